@@ -1,0 +1,120 @@
+"""Experiment configuration: one TOML file per experiment, any field overridable from the CLI."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from model.network import NetworkConfig
+from model.preprocessing import PreprocessingSpec
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "hapt"  # hapt | uci_har (original folder) | csv (generic recordings)
+    path: str = ""  # folder for uci_har / csv
+    classes: tuple[str, ...] = ()  # class names in index order (csv; others know their own)
+    channels: tuple[str, ...] = ()  # raw input channels (csv)
+    units: tuple[str, ...] = ()  # physical unit of each raw channel, for the device protocol
+    rate_hz: float = 50.0
+    window: int = 128  # samples per window
+    step: int = 64  # samples between window starts when cutting training windows
+    label_rule: str = "all"  # "all": one class covers the whole window; "last": the last sample's
+    test_subjects: tuple[str, ...] = ()
+    val_subjects: tuple[str, ...] = ()  # taken from the training subjects, never from test
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 250
+    batch_size: int = 100
+    lr: float = 0.001
+    optimizer: str = "adam"  # adam (with the seed's explicit L2 term) | adamw (decoupled decay)
+    l2: float = 0.005  # adam: loss += l2 * Σ w²/2 over weights; adamw: the decay coefficient
+    clip: float = 15.0  # gradient norm clipping
+    schedule: str = "constant"  # constant | onecycle | cosine
+    label_smoothing: float = 0.0
+    augment_scale: float = 0.0  # per-window random gain of up to ± this fraction
+    augment_rotate_deg: float = 0.0  # per-window random rotation of every xyz triple, degrees
+    select_on: str = "f1_weighted"  # validation metric that picks the kept epoch
+    seed: int = 0
+    threads: int = 0  # torch intra-op threads; 0 = torch's default
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    name: str = "experiment"
+    data: DataConfig = field(default_factory=DataConfig)
+    preprocessing: PreprocessingSpec = field(default_factory=PreprocessingSpec)
+    model: NetworkConfig = field(default_factory=NetworkConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "data": _plain(asdict(self.data)),
+            "preprocessing": self.preprocessing.to_dict(),
+            "model": self.model.to_dict(),
+            "train": asdict(self.train),
+        }
+
+
+_SECTIONS = {
+    "data": DataConfig,
+    "preprocessing": PreprocessingSpec,
+    "model": NetworkConfig,
+    "train": TrainConfig,
+}
+
+
+def _plain(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    known = {f.name: f for f in fields(cls)}
+    unknown = set(values) - set(known)
+    if unknown:
+        raise ValueError(f"[{where}] unknown field(s): {', '.join(sorted(unknown))}")
+    converted = {}
+    for key, value in values.items():
+        default = getattr(cls(), key) if key in known else None
+        if isinstance(default, tuple):
+            value = tuple(str(v) if key.endswith("subjects") else v for v in value)
+        converted[key] = value
+    return cls(**converted)
+
+
+def from_dict(raw: dict[str, Any]) -> ExperimentConfig:
+    unknown = set(raw) - set(_SECTIONS) - {"name"}
+    if unknown:
+        raise ValueError(f"unknown section(s): {', '.join(sorted(unknown))}")
+    parts = {k: _build(cls, raw.get(k, {}), k) for k, cls in _SECTIONS.items()}
+    return ExperimentConfig(name=raw.get("name", "experiment"), **parts)
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    with open(path, "rb") as stream:
+        return from_dict(tomllib.load(stream))
+
+
+def override(config: ExperimentConfig, assignments: list[str]) -> ExperimentConfig:
+    """Apply ``section.field=value`` assignments; values parse as TOML (strings may be bare)."""
+    raw = config.to_dict()
+    for assignment in assignments:
+        key, sep, text = assignment.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot or section not in _SECTIONS:
+            raise ValueError(f"override must look like section.field=value, got {assignment!r}")
+        try:
+            value = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text
+        raw[section][name] = value
+    return from_dict(raw)
+
+
+def with_train(config: ExperimentConfig, **changes: Any) -> ExperimentConfig:
+    return replace(config, train=replace(config.train, **changes))

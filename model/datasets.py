@@ -1,0 +1,180 @@
+"""From recordings to labelled windows, split by subject.
+
+Windows are cut from the features the causal preprocessor computes over each recording, starting
+at the recording's first sample every ``step`` samples: the live scheduler with hop = step cuts
+exactly these windows from a replayed recording.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from model.config import DataConfig, ExperimentConfig
+from model.preprocessing import UCI_HAR_FEATURES, PreprocessingSpec, build_preprocessor
+from model.recordings import HAPT_ACTIVITIES, Recording, load_hapt, read_csv_folder
+
+
+@dataclass
+class WindowSet:
+    """Windows ``x`` (N, T, F) float32, labels ``y`` (N,), and where each came from."""
+
+    x: np.ndarray
+    y: np.ndarray
+    subjects: np.ndarray  # (N,) str
+    recordings: np.ndarray  # (N,) str
+    ends: np.ndarray  # (N,) index of each window's last sample in its recording
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def subset(self, mask: np.ndarray) -> WindowSet:
+        return WindowSet(
+            self.x[mask], self.y[mask], self.subjects[mask], self.recordings[mask], self.ends[mask]
+        )
+
+    @staticmethod
+    def concat(parts: list[WindowSet], n_steps: int, n_features: int) -> WindowSet:
+        if not parts:
+            return WindowSet(
+                np.zeros((0, n_steps, n_features), np.float32),
+                np.zeros(0, np.int64),
+                np.zeros(0, str),
+                np.zeros(0, str),
+                np.zeros(0, np.int64),
+            )
+        return WindowSet(
+            *(
+                np.concatenate([getattr(p, f) for p in parts])
+                for f in ("x", "y", "subjects", "recordings", "ends")
+            )
+        )
+
+
+def window_labels(labels: np.ndarray, starts: np.ndarray, length: int, rule: str) -> np.ndarray:
+    """The class of each window, -1 where it has none.
+
+    ``all``: the class that covers every sample (UCI HAR keeps only such windows);
+    ``last``: the last sample's class (the OPPORTUNITY challenge's rule).
+    """
+    if rule == "last":
+        return labels[starts + length - 1]
+    if rule != "all":
+        raise ValueError(f"unknown label rule {rule!r} (all | last)")
+    spans = np.lib.stride_tricks.sliding_window_view(labels, length)[starts]
+    first = spans[:, 0]
+    return np.where((spans == first[:, None]).all(axis=1), first, -1)
+
+
+def cut_windows(features: np.ndarray, recording: Recording, data: DataConfig) -> WindowSet:
+    n = len(features)
+    starts = np.arange(0, max(n - data.window + 1, 0), data.step)
+    y = window_labels(recording.labels, starts, data.window, data.label_rule)
+    keep = starts[y >= 0]
+    x = np.lib.stride_tricks.sliding_window_view(features, data.window, axis=0)[keep]
+    return WindowSet(
+        x=np.ascontiguousarray(x.transpose(0, 2, 1), dtype=np.float32),
+        y=y[y >= 0],
+        subjects=np.full(len(keep), recording.subject),
+        recordings=np.full(len(keep), recording.name),
+        ends=keep + data.window - 1,
+    )
+
+
+def recording_windows(recordings: list[Recording], data: DataConfig, spec: PreprocessingSpec) -> WindowSet:
+    """Each recording through a fresh causal preprocessor, then cut into labelled windows."""
+    parts = []
+    for recording in recordings:
+        preprocessor = build_preprocessor(spec)
+        features = preprocessor.process(recording.select(spec.inputs).values)
+        parts.append(cut_windows(features, recording, data))
+    return WindowSet.concat(parts, data.window, len(spec.features))
+
+
+def load_recordings(config: ExperimentConfig) -> list[Recording]:
+    data = config.data
+    if data.dataset == "hapt":
+        return load_hapt()
+    if data.dataset == "csv":
+        return read_csv_folder(Path(data.path), data.channels, data.classes, data.rate_hz)
+    raise ValueError(f"dataset {data.dataset!r} has no continuous recordings")
+
+
+def class_names(config: ExperimentConfig) -> tuple[str, ...]:
+    if config.data.dataset in ("hapt", "uci_har"):
+        return HAPT_ACTIVITIES
+    return config.data.classes
+
+
+@dataclass
+class Splits:
+    train: WindowSet
+    val: WindowSet
+    test: WindowSet
+    fingerprint: str  # sha256 over the windows and labels, to tell which data a model saw
+
+    def by_name(self, name: str) -> WindowSet:
+        return {"train": self.train, "val": self.val, "test": self.test}[name]
+
+
+def _fingerprint(*sets: WindowSet) -> str:
+    digest = hashlib.sha256()
+    for s in sets:
+        digest.update(np.ascontiguousarray(s.x).tobytes())
+        digest.update(s.y.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def split_by_subject(windows: WindowSet, data: DataConfig) -> Splits:
+    test = set(data.test_subjects)
+    val = set(data.val_subjects)
+    overlap = test & val
+    if overlap:
+        raise ValueError(f"subject(s) {', '.join(sorted(overlap))} are in both test and val")
+    is_test = np.isin(windows.subjects, list(test))
+    is_val = np.isin(windows.subjects, list(val))
+    parts = [windows.subset(~is_test & ~is_val), windows.subset(is_val), windows.subset(is_test)]
+    return Splits(*parts, fingerprint=_fingerprint(*parts))
+
+
+def build_splits(config: ExperimentConfig) -> Splits:
+    """Train, validation and test windows for an experiment."""
+    if config.data.dataset == "uci_har":
+        return read_uci_har_folder(Path(config.data.path), config.data)
+    windows = recording_windows(load_recordings(config), config.data, config.preprocessing)
+    return split_by_subject(windows, config.data)
+
+
+UCI_HAR_SIGNALS = tuple(
+    name.removesuffix("_x").removesuffix("_y").removesuffix("_z") + "_" + name[-1]
+    for name in UCI_HAR_FEATURES
+)
+
+
+def read_uci_har_folder(root: Path, data: DataConfig) -> Splits:
+    """The original 'UCI HAR Dataset' folder: pre-cut, pre-filtered 128-step windows.
+
+    Its test split is its own; validation subjects come out of its training split.
+    """
+    root = Path(root)
+
+    def read_split(split: str) -> WindowSet:
+        signals = root / split / "Inertial Signals"
+        if not signals.is_dir():
+            raise FileNotFoundError(f"{signals} not found: is {root} the 'UCI HAR Dataset' folder?")
+        x = np.stack(
+            [np.loadtxt(signals / f"{name}_{split}.txt", ndmin=2) for name in UCI_HAR_SIGNALS], axis=-1
+        ).astype(np.float32)
+        y = np.loadtxt(root / split / f"y_{split}.txt", dtype=np.int64, ndmin=1) - 1
+        subjects = np.loadtxt(root / split / f"subject_{split}.txt", dtype=np.int64, ndmin=1)
+        n = len(y)
+        assert x.shape[0] == n == len(subjects), f"{split}: {x.shape[0]} windows, {n} labels"
+        return WindowSet(x, y, subjects.astype(str), np.full(n, f"uci-har-{split}"), np.arange(n))
+
+    train, test = read_split("train"), read_split("test")
+    is_val = np.isin(train.subjects, list(data.val_subjects))
+    parts = [train.subset(~is_val), train.subset(is_val), test]
+    return Splits(*parts, fingerprint=_fingerprint(*parts))

@@ -1,0 +1,59 @@
+"""Rich tables (and an optional PNG) for a metrics summary from :func:`model.metrics.summarise`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+
+def per_class_table(metrics: dict[str, Any], classes: tuple[str, ...], title: str = "") -> Table:
+    table = Table("class", "precision", "recall", "F1", "windows", title=title or None)
+    for name in classes:
+        row = metrics["per_class"].get(name)
+        if row:
+            table.add_row(
+                name,
+                f"{row['precision']:.3f}",
+                f"{row['recall']:.3f}",
+                f"{row['f1']:.3f}",
+                str(row["support"]),
+            )
+    return table
+
+
+def confusion_table(metrics: dict[str, Any], classes: tuple[str, ...]) -> Table:
+    """Rows are the truth, columns the prediction; the diagonal is bold."""
+    short = [name[:8] for name in classes]
+    table = Table("truth \\ predicted", *short, title="confusion matrix")
+    for i, row in enumerate(metrics["confusion"]):
+        cells = [
+            f"[bold green]{v}[/]" if i == j else (f"[red]{v}[/]" if v else "·") for j, v in enumerate(row)
+        ]
+        table.add_row(classes[i], *cells)
+    return table
+
+
+def save_confusion_png(metrics: dict[str, Any], classes: tuple[str, ...], path: Path) -> Path | None:
+    """A confusion-matrix picture, when matplotlib is installed (it is optional)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(1 + 0.7 * len(classes), 1 + 0.6 * len(classes)))
+    ax.imshow(metrics["confusion"], cmap="Blues")
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    for i, row in enumerate(metrics["confusion"]):
+        for j, v in enumerate(row):
+            ax.text(j, i, str(v), ha="center", va="center", fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("truth")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,205 @@
+"""The training loop: fit on train windows, keep the epoch that scores best on validation."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from model.config import ExperimentConfig
+from model.datasets import WindowSet
+from model.metrics import summarise
+from model.network import NetworkConfig, ResidualBiLSTM
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    loss: float
+    val_accuracy: float
+    val_f1: float
+    seconds: float
+    lr: float
+
+
+@dataclass
+class FitResult:
+    model: ResidualBiLSTM  # with the weights of the best validation epoch
+    best_epoch: int
+    best_val: dict
+    history: list[EpochRecord] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@torch.inference_mode()
+def predict_proba(model: nn.Module, x: np.ndarray | torch.Tensor, batch_size: int = 512) -> np.ndarray:
+    """Class probabilities (N, K) for windows (N, T, F), the model in eval mode."""
+    was_training = model.training
+    model.eval()
+    x = torch.as_tensor(x, dtype=torch.float32)
+    device = next(model.parameters()).device
+    out = [
+        torch.softmax(model(x[i : i + batch_size].to(device)), dim=-1).cpu()
+        for i in range(0, len(x), batch_size)
+    ]
+    model.train(was_training)
+    if not out:
+        return np.zeros((0, model.config.n_classes), np.float32)
+    return torch.cat(out).numpy()
+
+
+def evaluate(model: nn.Module, windows: WindowSet, classes: tuple[str, ...]) -> dict:
+    predictions = predict_proba(model, windows.x).argmax(axis=1)
+    return summarise(windows.y, predictions, classes)
+
+
+def xyz_groups(features: tuple[str, ...]) -> list[list[int]]:
+    """Indices of the (x, y, z) triples among the feature names: the vectors a rotation turns."""
+    groups = []
+    for i, name in enumerate(features):
+        if name.endswith("_x") and i + 2 < len(features):
+            stem = name[:-2]
+            if features[i + 1] == stem + "_y" and features[i + 2] == stem + "_z":
+                groups.append([i, i + 1, i + 2])
+    return groups
+
+
+def random_rotations(n: int, max_deg: float, generator: torch.Generator) -> torch.Tensor:
+    """(n, 3, 3) rotations about random axes by angles uniform in ±max_deg."""
+    axis = torch.randn(n, 3, generator=generator)
+    axis = axis / axis.norm(dim=1, keepdim=True)
+    angle = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(max_deg)
+    k = torch.zeros(n, 3, 3)
+    k[:, 0, 1], k[:, 0, 2], k[:, 1, 2] = -axis[:, 2], axis[:, 1], -axis[:, 0]
+    k = k - k.transpose(1, 2)
+    s, c = angle.sin()[:, None, None], angle.cos()[:, None, None]
+    return torch.eye(3) + s * k + (1 - c) * (k @ k)  # Rodrigues
+
+
+def augment(
+    x: torch.Tensor, config: ExperimentConfig, groups: list[list[int]], generator: torch.Generator
+) -> torch.Tensor:
+    """Physically plausible variation: the device sits a little differently, gains differ."""
+    t = config.train
+    if t.augment_rotate_deg > 0 and groups:
+        rotation = random_rotations(len(x), t.augment_rotate_deg, generator)
+        x = x.clone()
+        for g in groups:
+            x[:, :, g] = torch.einsum("bij,btj->bti", rotation, x[:, :, g])
+    if t.augment_scale > 0:
+        gain = 1 + (torch.rand(len(x), 1, x.shape[2], generator=generator) * 2 - 1) * t.augment_scale
+        x = x * gain
+    return x
+
+
+def build_model(config: ExperimentConfig, n_features: int, n_classes: int) -> ResidualBiLSTM:
+    m = config.model
+    return ResidualBiLSTM(
+        NetworkConfig(
+            n_inputs=n_features,
+            n_classes=n_classes,
+            n_hidden=m.n_hidden,
+            n_stacked=m.n_stacked,
+            n_residual=m.n_residual,
+            bidirectional=m.bidirectional,
+            dropout=m.dropout,
+        )
+    )
+
+
+def fit(
+    config: ExperimentConfig,
+    train: WindowSet,
+    val: WindowSet,
+    classes: tuple[str, ...],
+    features: tuple[str, ...],
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+    device: str = "cpu",
+) -> FitResult:
+    t = config.train
+    torch.manual_seed(t.seed)
+    generator = torch.Generator().manual_seed(t.seed)
+    if t.threads:
+        torch.set_num_threads(t.threads)
+
+    model = build_model(config, train.x.shape[2], len(classes))
+    x_train = torch.from_numpy(train.x)
+    y_train = torch.from_numpy(train.y)
+    flat = x_train.reshape(-1, x_train.shape[2]).double()
+    model.set_normalisation(flat.mean(0).float(), flat.std(0).float())
+    model.to(device)
+
+    if t.optimizer == "adamw":
+        decay, no_decay = model.weight_parameters(), []
+        ids = {id(p) for p in decay}
+        no_decay = [p for p in model.parameters() if id(p) not in ids]
+        optimizer: torch.optim.Optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": t.l2}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=t.lr,
+        )
+    elif t.optimizer == "adam":
+        optimizer = torch.optim.Adam(model.parameters(), lr=t.lr)
+    else:
+        raise ValueError(f"unknown optimizer {t.optimizer!r} (adam | adamw)")
+
+    steps_per_epoch = math.ceil(len(train) / t.batch_size)
+    total_steps = steps_per_epoch * t.epochs
+    if t.schedule == "onecycle":
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=t.lr, total_steps=total_steps)
+    elif t.schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    elif t.schedule == "constant":
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    else:
+        raise ValueError(f"unknown schedule {t.schedule!r} (constant | onecycle | cosine)")
+
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
+    groups = xyz_groups(features)
+    weights = model.weight_parameters()
+    best_score, best_state, best_epoch, best_val = -math.inf, None, 0, {}
+    history: list[EpochRecord] = []
+    started = time.perf_counter()
+    for epoch in range(1, t.epochs + 1):
+        epoch_start = time.perf_counter()
+        model.train()
+        order = torch.randperm(len(train), generator=generator)
+        total_loss = 0.0
+        for i in range(0, len(order), t.batch_size):
+            index = order[i : i + t.batch_size]
+            xb = augment(x_train[index], config, groups, generator).to(device)
+            yb = y_train[index].to(device)
+            loss = loss_fn(model(xb), yb)
+            total_loss += loss.item() * len(index)
+            if t.optimizer == "adam" and t.l2 > 0:  # the seed's L2 term: l2 * Σ w² / 2
+                loss = loss + t.l2 * sum((w**2).sum() for w in weights) / 2
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), t.clip)
+            optimizer.step()
+            scheduler.step()
+        val_metrics = evaluate(model, val, classes) if len(val) else {"accuracy": 0.0, "f1_weighted": 0.0}
+        record = EpochRecord(
+            epoch,
+            total_loss / len(train),
+            val_metrics["accuracy"],
+            val_metrics["f1_weighted"],
+            time.perf_counter() - epoch_start,
+            optimizer.param_groups[0]["lr"],
+        )
+        history.append(record)
+        score = val_metrics[t.select_on]
+        if score > best_score:  # strictly better: ties keep the earlier epoch
+            best_score, best_epoch, best_val = score, epoch, val_metrics
+            best_state = copy.deepcopy(model.state_dict())
+        if on_epoch:
+            on_epoch(record)
+    assert best_state is not None
+    model.load_state_dict(best_state)
+    model.eval()
+    return FitResult(model.cpu(), best_epoch, best_val, history, time.perf_counter() - started)

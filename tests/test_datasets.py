@@ -1,0 +1,121 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from model.config import DataConfig, ExperimentConfig, load_config, override
+from model.datasets import build_splits, read_uci_har_folder, recording_windows, window_labels
+from model.preprocessing import PreprocessingSpec
+from model.recordings import HAPT_ACTIVITIES, Recording, read_csv_folder, write_csv_recording
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_hapt_has_61_recordings_of_30_subjects_and_1122772_samples(hapt):
+    assert len(hapt) == 61
+    assert {r.subject for r in hapt} == {str(s) for s in range(1, 31)}
+    assert sum(len(r.timestamps) for r in hapt) == 1_122_772
+    assert all(r.rate_hz == 50.0 and r.values.shape[1] == 6 for r in hapt)
+
+
+def test_hapt_labels_are_the_six_uci_har_classes_or_none(hapt):
+    labels = np.concatenate([r.labels for r in hapt])
+    assert set(np.unique(labels)) == {-1, 0, 1, 2, 3, 4, 5}
+    still = np.concatenate([r.values[r.labels == 5, :3] for r in hapt])  # LAYING
+    assert 0.9 < np.median(np.linalg.norm(still, axis=1)) < 1.1  # gravity, in g
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return build_splits(load_config(ROOT / "configs/uci_har_3x3.toml"))
+
+
+def test_splits_share_no_subject_and_test_is_uci_hars(splits):
+    train, val, test = (set(s.subjects) for s in (splits.train, splits.val, splits.test))
+    assert not (train & val or train & test or val & test)
+    assert test == {"2", "4", "9", "10", "12", "13", "18", "20", "24"}
+    assert len(train | val) == 21
+
+
+def test_window_counts_are_close_to_the_original_uci_har(splits):
+    # The original has 7352 train and 2947 test windows cut the same way from the same sessions.
+    assert 0.9 * 7352 < len(splits.train) + len(splits.val) < 1.05 * 7352
+    assert 0.9 * 2947 < len(splits.test) < 1.05 * 2947
+    assert splits.train.x.shape[1:] == (128, 9) and splits.train.x.dtype == np.float32
+    assert set(np.unique(splits.test.y)) == set(range(6))
+
+
+def test_window_label_rules():
+    labels = np.array([0, 0, 0, 1, 1, 1, -1, 2])
+    starts = np.array([0, 2, 3, 5])
+    assert window_labels(labels, starts, 3, "all").tolist() == [0, -1, 1, -1]
+    assert window_labels(labels, starts, 3, "last").tolist() == [0, 1, 1, 2]
+
+
+def write_uci_har_folder(root: Path, rng: np.random.Generator) -> dict:
+    names = ["body_acc", "body_gyro", "total_acc"]
+    truth = {}
+    for split, subjects in (("train", [1, 1, 3, 5, 5]), ("test", [2, 2, 4])):
+        n = len(subjects)
+        signals = root / split / "Inertial Signals"
+        signals.mkdir(parents=True)
+        x = rng.normal(size=(n, 128, 9))
+        for k, (name, axis) in enumerate((n_, a) for n_ in names for a in "xyz"):
+            np.savetxt(signals / f"{name}_{axis}_{split}.txt", x[:, :, k])
+        y = rng.integers(1, 7, size=n)
+        np.savetxt(root / split / f"y_{split}.txt", y, fmt="%d")
+        np.savetxt(root / split / f"subject_{split}.txt", subjects, fmt="%d")
+        truth[split] = (x, y, subjects)
+    return truth
+
+
+def test_the_original_uci_har_folder_layout_is_read(tmp_path):
+    truth = write_uci_har_folder(tmp_path / "UCI HAR Dataset", np.random.default_rng(0))
+    splits = read_uci_har_folder(tmp_path / "UCI HAR Dataset", DataConfig(val_subjects=("3",)))
+    x, y, _ = truth["test"]
+    np.testing.assert_allclose(splits.test.x, x, rtol=1e-6)
+    np.testing.assert_array_equal(splits.test.y, y - 1)
+    assert list(splits.val.subjects) == ["3"] and len(splits.train) == 4
+
+
+def make_recording(subject: str, labels: list[int], rng: np.random.Generator) -> Recording:
+    n = len(labels)
+    return Recording(f"rec-{subject}", subject, np.arange(n) / 50.0, rng.normal(size=(n, 6)),
+                     np.asarray(labels), ("acc_x", "acc_y", "acc_z", "gyro_x", "gyro_y", "gyro_z"),
+                     HAPT_ACTIVITIES, 50.0)  # fmt: skip
+
+
+def test_generic_csv_recordings_round_trip_and_split(tmp_path):
+    rng = np.random.default_rng(0)
+    originals = [make_recording(s, [k % 6] * 300 + [-1] * 20, rng) for k, s in enumerate("abcd")]
+    for r in originals:
+        write_csv_recording(tmp_path / f"{r.name}.csv", r)
+    channels = originals[0].channels
+    back = read_csv_folder(tmp_path, channels, HAPT_ACTIVITIES, 50.0)
+    for a, b in zip(originals, back, strict=True):
+        np.testing.assert_array_equal(a.values, b.values)
+        np.testing.assert_array_equal(a.labels, b.labels)
+        assert a.subject == b.subject
+
+    config = override(ExperimentConfig(), [
+        'data.dataset="csv"', f'data.path="{tmp_path}"', f"data.channels={list(channels)}",
+        f"data.classes={list(HAPT_ACTIVITIES)}", 'data.test_subjects=["d"]', 'data.val_subjects=["c"]',
+    ])  # fmt: skip
+    splits = build_splits(config)
+    assert set(splits.test.subjects) == {"d"} and set(splits.val.subjects) == {"c"}
+    assert set(splits.train.subjects) == {"a", "b"}
+    # 300 labelled samples hold windows starting at 0, 64, 128 (ending at 127, 191, 255).
+    assert len(splits.train) == 6 and splits.train.x.shape[1:] == (128, 9)
+
+
+def test_unknown_class_in_a_csv_is_an_error_naming_the_line(tmp_path):
+    (tmp_path / "r.csv").write_text("timestamp,acc_x,label\n0.0,1.0,WALKING\n0.02,1.0,FLYING\n")
+    with pytest.raises(ValueError, match=r"r.csv:3: unknown class 'FLYING'"):
+        read_csv_folder(tmp_path, ("acc_x",), HAPT_ACTIVITIES, 50.0)
+
+
+def test_windows_end_where_the_recording_says(hapt):
+    data = DataConfig(window=128, step=64)
+    windows = recording_windows(hapt[:1], data, PreprocessingSpec())
+    assert (windows.ends % 64 == 63).all()
+    assert (hapt[0].labels[windows.ends] == windows.y).all()

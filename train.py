@@ -1,0 +1,138 @@
+"""Train the residual bidirectional LSTM: ``python train.py --config configs/<name>.toml``.
+
+The epoch kept is the one that scores best on the validation subjects; the test subjects are
+scored once, at the end, with that epoch's weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from model.checkpoint import save_checkpoint
+from model.config import load_config, override, with_train
+from model.datasets import build_splits, class_names
+from model.report import confusion_table, per_class_table, save_confusion_png
+from model.training import EpochRecord, evaluate, fit
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="experiment TOML file (configs/...)")
+    p.add_argument("--epochs", type=int, help="override train.epochs")
+    p.add_argument("--seed", type=int, help="override train.seed")
+    p.add_argument("--out", help="checkpoint path (default model/weights/<name>.pt)")
+    p.add_argument("--data-dir", help="dataset folder (original 'UCI HAR Dataset', CSV recordings)")
+    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1 ...")
+    p.add_argument(
+        "--no-test",
+        action="store_true",
+        help="skip the test split (for choosing a recipe on validation alone)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="override any config field, e.g. --set model.n_hidden=64",
+    )
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    console = Console()
+    config = override(load_config(args.config), args.set)
+    if args.data_dir:
+        config = override(config, [f'data.path="{args.data_dir}"'])
+    if args.epochs is not None:
+        config = with_train(config, epochs=args.epochs)
+    if args.seed is not None:
+        config = with_train(config, seed=args.seed)
+    out = Path(args.out or f"model/weights/{config.name}.pt")
+
+    started = time.perf_counter()
+    with console.status("building windows from the recordings..."):
+        splits = build_splits(config)
+    classes = class_names(config)
+    features = config.preprocessing.features
+    console.print(
+        f"[bold]{config.name}[/]: {len(splits.train)} train, {len(splits.val)} validation, "
+        f"{len(splits.test)} test windows of {config.data.window}x{len(features)}; "
+        f"data {splits.fingerprint}"
+    )
+
+    table = Table("epoch", "loss", "val acc", "val F1", "lr", "s", box=None)
+
+    def on_epoch(r: EpochRecord) -> None:
+        console.print(
+            f"epoch {r.epoch:4d}/{config.train.epochs}  loss {r.loss:.4f}  val acc {r.val_accuracy:.4f}"
+            f"  val F1 {r.val_f1:.4f}  lr {r.lr:.2e}  {r.seconds:.1f}s"
+        )
+
+    del table
+    result = fit(config, splits.train, splits.val, classes, features, on_epoch, device=args.device)
+    if args.no_test:
+        console.print(
+            f"kept epoch {result.best_epoch}: validation {result.best_val['accuracy']:.4f} "
+            f"accuracy, {result.best_val['f1_weighted']:.4f} weighted F1 (test not scored)"
+        )
+        return 0
+    test = evaluate(result.model, splits.test, classes)
+    wall = time.perf_counter() - started
+
+    console.print(per_class_table(test, classes, title="test, per class"))
+    console.print(confusion_table(test, classes))
+    console.print(
+        f"[bold]kept epoch {result.best_epoch}[/] (validation {config.train.select_on} "
+        f"{result.best_val[config.train.select_on]:.4f}); [bold]test accuracy {test['accuracy']:.4f}, "
+        f"weighted F1 {test['f1_weighted']:.4f}[/], macro F1 {test['f1_macro']:.4f} "
+        f"on {test['n_windows']} windows; {wall / 60:.1f} min"
+    )
+
+    meta = {
+        "name": config.name,
+        "classes": list(classes),
+        "input_channels": list(config.preprocessing.inputs),
+        "input_units": list(config.data.units),
+        "features": list(features),
+        "rate_hz": config.data.rate_hz,
+        "window": config.data.window,
+        "step": config.data.step,
+        "preprocessing": config.preprocessing.to_dict(),
+        "normalisation": {
+            "mean": result.model.feature_mean.tolist(),
+            "std": result.model.feature_std.tolist(),
+        },
+        "config": config.to_dict(),
+        "best_epoch": result.best_epoch,
+        "metrics": {
+            "val": {k: result.best_val[k] for k in ("accuracy", "f1_weighted", "f1_macro", "n_windows")},
+            "test": {k: test[k] for k in ("accuracy", "f1_weighted", "f1_macro", "n_windows")},
+        },
+        "history": [r.__dict__ for r in result.history],
+        "data_fingerprint": splits.fingerprint,
+        "command": "python train.py " + shlex.join(sys.argv[1:] if argv is None else argv),
+        "train_seconds": round(result.seconds, 1),
+        "wall_seconds": round(wall, 1),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, device {args.device}",
+        "torch": torch.__version__,
+    }
+    save_checkpoint(out, result.model, meta)
+    out.with_suffix(".report.json").write_text(json.dumps(test, indent=2) + "\n")
+    png = save_confusion_png(test, classes, out.with_suffix(".confusion.png"))
+    console.print(f"saved {out} and {out.with_suffix('.json')}" + (f", {png}" if png else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
