@@ -49,8 +49,101 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def open_checkpoint(path: Path):
+    from model.checkpoint import load_checkpoint
+
+    if not Path(path).exists():
+        raise CliError(
+            f"no trained model at {path}: train one with python train.py --config configs/<name>.toml"
+        )
+    return load_checkpoint(path)
+
+
+def live_parts(args: argparse.Namespace, checkpoint, sources: list) -> tuple:
+    """The scheduler, engine, decider and pipeline for a checkpoint and some sources."""
+    from streamer.engine import Decider, InferenceEngine
+    from streamer.pipeline import Pipeline
+    from streamer.scheduler import Scheduler
+
+    window = checkpoint.window
+    hop = args.hop or max(1, window // 4)
+    label_rule = checkpoint.meta.get("config", {}).get("data", {}).get("label_rule", "all")
+    scheduler = Scheduler(checkpoint.preprocessing, window, hop, checkpoint.rate_hz, label_rule=label_rule,
+                          max_devices=getattr(args, "max_devices", 10_000),
+                          idle_timeout_s=getattr(args, "idle_timeout", 0.0))  # fmt: skip
+    engine = InferenceEngine(checkpoint.model, max_batch=args.max_batch)
+    decider = Decider(checkpoint.classes, smooth=args.smooth, min_confidence=args.min_confidence)
+    return Pipeline(sources, scheduler, engine, decider, max_wait_s=args.max_wait_ms / 1000.0), hop
+
+
+def run_live(args: argparse.Namespace, pipeline, classes: tuple[str, ...], title: str) -> int:
+    """Drive the pipeline into the chosen sinks: dashboard, JSON lines, or neither."""
+    from rich.console import Console
+    from rich.live import Live
+
+    from streamer.dashboard import Dashboard, summary_table
+
+    console = Console(stderr=args.jsonl)
+    interrupted = False
+    try:
+        if args.headless:
+            for prediction in pipeline.run():
+                if args.jsonl:
+                    print(json.dumps(prediction.to_json()), flush=True)
+        else:
+            dashboard = Dashboard(pipeline, classes, title)
+            with Live(dashboard, console=console, refresh_per_second=4, screen=False, transient=False):
+                for prediction in pipeline.run():
+                    dashboard.observe(prediction)
+                    if args.jsonl:
+                        print(json.dumps(prediction.to_json()), flush=True)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        pipeline.stop()
+    summary = pipeline.summary() | {"interrupted": interrupted}
+    if args.jsonl:
+        print(json.dumps({"summary": summary}), flush=True)
+    else:
+        console.print(summary_table(summary))
+    return 130 if interrupted and not args.headless else 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from replay.sources import Inputs, ReplaySource, parse_source
+
+    checkpoint = open_checkpoint(args.checkpoint)
+    inputs = Inputs(checkpoint.input_channels, checkpoint.classes, checkpoint.rate_hz)
+    devices = [device for spec in (args.sources or ["hapt:2"]) for device in parse_source(spec, inputs)]
+    names = [d.name for d in devices]
+    if len(set(names)) != len(names):
+        raise CliError(f"the same device is named twice: {', '.join(names)}")
+    sources = [ReplaySource(d, speed=args.speed) for d in devices]
+    pipeline, hop = live_parts(args, checkpoint, sources)
+    speed = "as fast as possible" if args.speed == 0 else f"{args.speed:g}x real time"
+    name = checkpoint.meta.get("name", args.checkpoint.stem)
+    title = (f"harstream replay · {name} · {checkpoint.rate_hz:g} Hz · window {checkpoint.window} "
+             f"hop {hop} · {speed} · Ctrl-C to stop")
+    return run_live(args, pipeline, checkpoint.classes, title)
+
+
+def add_live_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="trained model (.pt)")
+    p.add_argument("--hop", type=int, default=0, help="samples between windows (default: a quarter window)")
+    p.add_argument("--smooth", type=int, default=1, help="average probabilities over the last K windows")
+    p.add_argument("--min-confidence", type=float, default=0.0,
+                   help="below this top probability the label is 'uncertain'")
+    p.add_argument("--max-batch", type=int, default=256, help="largest inference batch")
+    p.add_argument("--max-wait-ms", type=float, default=20.0,
+                   help="how long a ready window waits for others to share its batch")
+    p.add_argument("--headless", action="store_true", help="no dashboard")
+    p.add_argument("--jsonl", action="store_true", help="one JSON object per prediction on stdout")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="harstream", description="Real-time activity recognition for wearables.")
+    parser = argparse.ArgumentParser(
+        prog="harstream", description="Real-time activity recognition for wearables."
+    )
     parser.add_argument("--debug", action="store_true", help="full tracebacks and debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -60,6 +153,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="dataset folder, for checkpoints trained on a folder dataset")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.set_defaults(run=cmd_evaluate)
+
+    p = sub.add_parser("replay", help="play recordings as live devices through the model")
+    p.add_argument("sources", nargs="*", metavar="SOURCE",
+                   help="hapt:N[,M...], csv:PATH, uci-har:PATH[:SUBJECTS], opportunity:PATH "
+                   "(default hapt:2)")
+    p.add_argument("--speed", type=float, default=1.0, help="x real time; 0 = as fast as possible")
+    add_live_options(p)
+    p.set_defaults(run=cmd_replay)
     return parser
 
 

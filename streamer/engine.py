@@ -1,0 +1,80 @@
+"""Batched inference: windows from any number of devices in, predictions out.
+
+The engine is stateless between windows (every window starts from a zero LSTM state); the only
+state is the optional per-device smoothing of probabilities, kept in :class:`Decider`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+
+import numpy as np
+import torch
+
+from model.network import ResidualBiLSTM
+from streamer.types import Prediction, Window
+
+UNCERTAIN = "uncertain"
+
+
+class InferenceEngine:
+    """Runs a list of windows through the model as one batch (split at ``max_batch``)."""
+
+    def __init__(self, model: ResidualBiLSTM, max_batch: int = 256) -> None:
+        self.model = model.eval()
+        self.max_batch = max_batch
+
+    @torch.inference_mode()
+    def probabilities(self, windows: list[Window]) -> np.ndarray:
+        """(N, K) class probabilities, row i for ``windows[i]``."""
+        if not windows:
+            return np.zeros((0, self.model.config.n_classes), np.float32)
+        x = torch.from_numpy(np.stack([w.features for w in windows]))
+        out = [torch.softmax(self.model(x[i : i + self.max_batch]), dim=-1)
+               for i in range(0, len(x), self.max_batch)]  # fmt: skip
+        return torch.cat(out).numpy()
+
+
+class Decider:
+    """Turns probabilities into labels: optional smoothing over a device's last ``smooth``
+    windows, and :data:`UNCERTAIN` when the top probability is below ``min_confidence``."""
+
+    def __init__(self, classes: tuple[str, ...], smooth: int = 1, min_confidence: float = 0.0) -> None:
+        assert smooth >= 1, f"smooth must be >= 1, got {smooth}"
+        self.classes = classes
+        self.smooth = smooth
+        self.min_confidence = min_confidence
+        self.history: dict[tuple[str, int], deque[np.ndarray]] = {}
+
+    def forget(self, device: str) -> None:
+        for key in [k for k in self.history if k[0] == device]:
+            del self.history[key]
+
+    def decide(self, windows: list[Window], probs: np.ndarray) -> list[Prediction]:
+        now = time.monotonic()
+        predictions = []
+        for window, p in zip(windows, probs, strict=True):
+            if self.smooth > 1:  # smoothing never reaches across a gap (a new segment)
+                past = self.history.setdefault((window.device, window.segment), deque(maxlen=self.smooth))
+                if window.segment > 0:
+                    self.history.pop((window.device, window.segment - 1), None)
+                past.append(p)
+                p = np.mean(past, axis=0)
+            best = int(np.argmax(p))
+            confidence = float(p[best])
+            label = self.classes[best] if confidence >= self.min_confidence else UNCERTAIN
+            predictions.append(
+                Prediction(
+                    device=window.device,
+                    t=window.t,
+                    label=label,
+                    confidence=confidence,
+                    probs={c: float(q) for c, q in zip(self.classes, p, strict=True)},
+                    truth=self.classes[window.truth] if window.truth is not None else None,
+                    latency_ms=(now - window.arrival) * 1000.0,
+                    index=window.index,
+                    segment=window.segment,
+                )
+            )
+        return predictions

@@ -1,0 +1,62 @@
+"""The records that flow through the live pipeline, in the order they flow.
+
+    SampleBatch (a source) ─▶ Window (the scheduler) ─▶ Prediction (the engine)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SampleBatch:
+    """Consecutive samples of one device, as a source received them."""
+
+    device: str
+    timestamps: np.ndarray  # (n,) seconds on the device's clock
+    values: np.ndarray  # (n, C) raw physical units, columns named by ``channels``
+    channels: tuple[str, ...]
+    arrival: float  # time.monotonic() when the batch reached harstream
+    rate_hz: float | None = None  # the rate the device announces, if it does
+    truth: np.ndarray | None = None  # (n,) class index per sample when replaying, -1 = none
+    final: bool = False  # the device's stream ends after this batch (replay)
+
+
+@dataclass(frozen=True)
+class Window:
+    """A model-ready window of features, cut by the scheduler."""
+
+    device: str
+    t: float  # timestamp of the window's last sample
+    features: np.ndarray  # (window, F) float32
+    arrival: float  # arrival time of the batch that completed the window
+    truth: int | None  # the class covering the window (per the checkpoint's label rule), if known
+    index: int  # samples since the device's stream (re)started, at the window's last sample
+    segment: int  # how many times the device's stream restarted (gaps) before this window
+
+
+@dataclass
+class Prediction:
+    device: str
+    t: float
+    label: str
+    confidence: float
+    probs: dict[str, float]
+    truth: str | None
+    latency_ms: float  # last sample's arrival -> this prediction
+    index: int = 0
+    segment: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {
+            "device": self.device,
+            "t": round(self.t, 4),
+            "label": self.label,
+            "confidence": round(self.confidence, 6),
+            "probs": {k: round(v, 7) for k, v in self.probs.items()},
+            "truth": self.truth,
+            "latency_ms": round(self.latency_ms, 3),
+        }
