@@ -1,0 +1,167 @@
+"""The live path end to end: replay → scheduler → engine → predictions, dashboard, command line."""
+
+import json
+import time
+
+import numpy as np
+import pytest
+from rich.console import Console
+
+from model.checkpoint import load_checkpoint
+from model.config import from_dict
+from model.datasets import recording_windows
+from model.recordings import HAPT_ACTIVITIES, Recording, load_hapt
+from model.training import predict_proba
+from replay.sources import Device, Inputs, ReplaySource, parse_source
+from streamer.cli import main
+from streamer.dashboard import Dashboard
+from streamer.engine import UNCERTAIN, Decider, InferenceEngine
+from streamer.pipeline import Pipeline
+from streamer.scheduler import Scheduler
+
+
+def pipeline_for(checkpoint, devices, hop=64, speed=0.0, max_batch=256, **decider):
+    scheduler = Scheduler(checkpoint.preprocessing, checkpoint.window, hop, checkpoint.rate_hz)
+    sources = [ReplaySource(d, speed=speed) for d in devices]
+    return Pipeline(sources, scheduler, InferenceEngine(checkpoint.model, max_batch=max_batch),
+                    Decider(checkpoint.classes, **decider))  # fmt: skip
+
+
+def offline_probabilities(checkpoint, recordings):
+    """What training/evaluation computes for each window of each recording: (session, end) -> p."""
+    config = from_dict(checkpoint.meta["config"])
+    out = {}
+    for session, recording in enumerate(recordings):
+        windows = recording_windows([recording], config.data, checkpoint.preprocessing)
+        for end, p in zip(windows.ends, predict_proba(checkpoint.model, windows.x), strict=True):
+            out[(session, int(end))] = p
+    return out
+
+
+def assert_live_equals_offline(checkpoint, subject: int):
+    recordings = load_hapt((subject,))
+    live = list(pipeline_for(checkpoint, [Device("wearer", recordings)]).run())
+    offline = offline_probabilities(checkpoint, recordings)
+    matched = [(p, offline[(p.segment, p.index)]) for p in live if (p.segment, p.index) in offline]
+    assert len(matched) == len(offline) > 100  # every offline window has its live twin
+    for prediction, expected in matched:
+        probs = np.array([prediction.probs[c] for c in checkpoint.classes])
+        np.testing.assert_allclose(probs, expected, atol=1e-5)
+        assert prediction.label == checkpoint.classes[int(np.argmax(expected))]
+        assert prediction.truth is not None
+
+
+def test_live_windows_equal_offline_windows_for_a_test_subject(tiny_checkpoint):
+    assert_live_equals_offline(load_checkpoint(tiny_checkpoint), subject=9)
+
+
+def test_batching_across_devices_gives_the_same_predictions_as_one_at_a_time(tiny_checkpoint):
+    checkpoint = load_checkpoint(tiny_checkpoint)
+    devices = [Device(f"s{s}", load_hapt((s,))[:1]) for s in (2, 4, 9)]
+    batched = {(p.device, p.index): p for p in pipeline_for(checkpoint, devices, max_batch=64).run()}
+    single = {(p.device, p.index): p for p in pipeline_for(checkpoint, devices, max_batch=1).run()}
+    assert batched.keys() == single.keys() and len(batched) > 100
+    for key, p in batched.items():
+        assert p.label == single[key].label
+        for c in checkpoint.classes:
+            assert abs(p.probs[c] - single[key].probs[c]) < 1e-5
+
+
+def test_smoothing_and_the_uncertain_label():
+    windows_probs = np.array([[0.9, 0.1], [0.1, 0.9], [0.1, 0.9]])
+    from streamer.types import Window
+
+    windows = [Window("d", float(i), np.zeros((2, 1), np.float32), time.monotonic(), None, i, 0)
+               for i in range(3)]  # fmt: skip
+    smoothed = Decider(("a", "b"), smooth=2).decide(windows, windows_probs)
+    assert [p.label for p in smoothed] == ["a", "a", "b"]  # the middle one averages to a tie → a
+    assert smoothed[1].confidence == pytest.approx(0.5)
+    unsure = Decider(("a", "b"), min_confidence=0.95).decide(windows, windows_probs)
+    assert {p.label for p in unsure} == {UNCERTAIN}
+
+
+def short_recording(seconds: float = 12.0) -> Recording:
+    """A few seconds of subject 2, from the first labelled sample on."""
+    r = load_hapt((2,))[0]
+    a = int(np.argmax(r.labels >= 0))
+    b = a + int(seconds * r.rate_hz)
+    return Recording("short", r.subject, r.timestamps[a:b], r.values[a:b], r.labels[a:b], r.channels,
+                     r.classes, r.rate_hz)
+
+
+def test_replay_at_speed_10_takes_about_a_tenth_of_the_recording(tiny_checkpoint):
+    checkpoint = load_checkpoint(tiny_checkpoint)
+    recording = short_recording(12.0)
+    pipeline = pipeline_for(checkpoint, [Device("d", [recording])], hop=32, speed=10.0)
+    started = time.monotonic()
+    predictions = list(pipeline.run())
+    elapsed = time.monotonic() - started
+    # 12 s of recording / 10 = 1.2 s; the upper bound leaves room for a busy machine
+    assert 1.0 < elapsed < 3.6, elapsed
+    assert len(predictions) == (600 - 128) // 32 + 1
+
+
+def test_dashboard_renders_activity_bars_timeline_and_counters(tiny_checkpoint):
+    checkpoint = load_checkpoint(tiny_checkpoint)
+    pipeline = pipeline_for(checkpoint, [Device("hapt-s02", [short_recording(8.0)])], hop=32)
+    dashboard = Dashboard(pipeline, checkpoint.classes, "harstream test")
+    for prediction in pipeline.run():
+        dashboard.observe(prediction)
+    console = Console(record=True, width=80, height=24)
+    console.print(dashboard)
+    text = console.export_text()
+    latest = dashboard.history["hapt-s02"][-1]
+    assert "hapt-s02" in text and latest.label in text and "truth" in text
+    assert all(name in text for name in HAPT_ACTIVITIES)  # a bar per class
+    assert "model" in text and "windows/s" in text and "dropped 0" in text
+    assert "accuracy" in text
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert len(text.splitlines()) <= 24
+
+
+def test_dashboard_collapses_many_devices_into_a_table(tiny_checkpoint):
+    checkpoint = load_checkpoint(tiny_checkpoint)
+    devices = [Device(f"wearer-{k}", [short_recording(4.0)]) for k in range(6)]
+    pipeline = pipeline_for(checkpoint, devices, hop=64)
+    dashboard = Dashboard(pipeline, checkpoint.classes, "many")
+    for prediction in pipeline.run():
+        dashboard.observe(prediction)
+    console = Console(record=True, width=80)
+    console.print(dashboard)
+    text = console.export_text()
+    assert all(f"wearer-{k}" in text for k in range(6))
+    assert len(text.splitlines()) < 16
+
+
+def test_headless_jsonl_prints_one_object_per_prediction_then_a_summary(tiny_checkpoint, capsys):
+    assert main(["replay", "hapt:24", "--checkpoint", str(tiny_checkpoint), "--speed", "0",
+                 "--hop", "64", "--headless", "--jsonl"]) == 0  # fmt: skip
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    *predictions, last = lines
+    assert predictions and set(predictions[0]) == {"device", "t", "label", "confidence", "probs", "truth",
+                                                   "latency_ms"}  # fmt: skip
+    assert {p["device"] for p in predictions} == {"hapt-s24"}
+    summary = last["summary"]
+    assert summary["windows"] == len(predictions)
+    assert summary["samples"] == sum(len(r.timestamps) for r in load_hapt((24,)))
+    assert summary["dropped"] == 0 and summary["gaps"] == 1  # two sessions, one restart
+    judged = [p for p in predictions if p["truth"] is not None]
+    assert summary["accuracy"] == pytest.approx(np.mean([p["label"] == p["truth"] for p in judged]))
+
+
+def test_missing_checkpoint_is_one_line_naming_the_training_command(tmp_path, capsys):
+    assert main(["replay", "--checkpoint", str(tmp_path / "none.pt"), "--headless"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "python train.py --config" in err
+
+
+def test_unknown_source_is_one_line(tiny_checkpoint, capsys):
+    assert main(["replay", "nowhere:1", "--checkpoint", str(tiny_checkpoint), "--headless"]) == 1
+    assert "unknown source" in capsys.readouterr().err
+
+
+def test_several_subjects_play_concurrently_as_several_devices(tiny_checkpoint):
+    checkpoint = load_checkpoint(tiny_checkpoint)
+    inputs = Inputs(checkpoint.input_channels, checkpoint.classes, checkpoint.rate_hz)
+    devices = parse_source("hapt:2,4,9", inputs)
+    assert [d.name for d in devices] == ["hapt-s02", "hapt-s04", "hapt-s09"]
