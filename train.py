@@ -20,7 +20,7 @@ from rich.table import Table
 
 from model.checkpoint import save_checkpoint
 from model.config import load_config, override, with_train
-from model.datasets import build_splits, class_names
+from model.datasets import build_splits, class_names, null_class
 from model.report import confusion_table, per_class_table, save_confusion_png
 from model.training import EpochRecord, evaluate, fit
 
@@ -31,7 +31,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, help="override train.epochs")
     p.add_argument("--seed", type=int, help="override train.seed")
     p.add_argument("--out", help="checkpoint path (default model/weights/<name>.pt)")
-    p.add_argument("--data-dir", help="dataset folder (original 'UCI HAR Dataset', CSV recordings)")
+    p.add_argument("--data-dir", help="dataset folder ('UCI HAR Dataset', CSV recordings, OPPORTUNITY)")
+    p.add_argument("--data-zip", metavar="FILE", help="dataset zip (OpportunityUCIDataset.zip)")
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1 ...")
     p.add_argument(
         "--no-test",
@@ -52,8 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     console = Console()
     config = override(load_config(args.config), args.set)
-    if args.data_dir:
-        config = override(config, [f'data.path="{args.data_dir}"'])
+    if args.data_dir or args.data_zip:
+        config = override(config, [f'data.path="{args.data_zip or args.data_dir}"'])
     if args.epochs is not None:
         config = with_train(config, epochs=args.epochs)
     if args.seed is not None:
@@ -61,8 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or f"model/weights/{config.name}.pt")
 
     started = time.perf_counter()
-    with console.status("building windows from the recordings..."):
-        splits = build_splits(config)
+    try:
+        with console.status("building windows from the recordings..."):
+            splits = build_splits(config)
+    except (FileNotFoundError, ValueError) as error:  # missing or malformed data: one line, no traceback
+        print(f"train.py: {error}", file=sys.stderr)
+        return 1
     classes = class_names(config)
     features = config.preprocessing.features
     console.print(
@@ -87,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             f"accuracy, {result.best_val['f1_weighted']:.4f} weighted F1 (test not scored)"
         )
         return 0
-    test = evaluate(result.model, splits.test, classes)
+    test = evaluate(result.model, splits.test, classes, null_class(config))
     wall = time.perf_counter() - started
 
     console.print(per_class_table(test, classes, title="test, per class"))
@@ -98,6 +103,11 @@ def main(argv: list[str] | None = None) -> int:
         f"weighted F1 {test['f1_weighted']:.4f}[/], macro F1 {test['f1_macro']:.4f} "
         f"on {test['n_windows']} windows; {wall / 60:.1f} min"
     )
+    if "f1_weighted_no_null" in test:
+        console.print(
+            f"without Null: weighted F1 {test['f1_weighted_no_null']:.4f}, "
+            f"macro F1 {test['f1_macro_no_null']:.4f}"
+        )
 
     meta = {
         "name": config.name,
@@ -117,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         "best_epoch": result.best_epoch,
         "metrics": {
             "val": {k: result.best_val[k] for k in ("accuracy", "f1_weighted", "f1_macro", "n_windows")},
-            "test": {k: test[k] for k in ("accuracy", "f1_weighted", "f1_macro", "n_windows")},
+            "test": {k: v for k, v in test.items() if k not in ("per_class", "confusion")},
         },
         "history": [r.__dict__ for r in result.history],
         "data_fingerprint": splits.fingerprint,

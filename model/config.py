@@ -13,8 +13,8 @@ from model.preprocessing import PreprocessingSpec
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = "hapt"  # hapt | uci_har (original folder) | csv (generic recordings)
-    path: str = ""  # folder for uci_har / csv
+    dataset: str = "hapt"  # hapt | uci_har (original folder) | csv (generic recordings) | opportunity
+    path: str = ""  # folder for uci_har / csv; folder or zip for opportunity
     classes: tuple[str, ...] = ()  # class names in index order (csv; others know their own)
     channels: tuple[str, ...] = ()  # raw input channels (csv)
     units: tuple[str, ...] = ()  # physical unit of each raw channel, for the device protocol
@@ -24,6 +24,12 @@ class DataConfig:
     label_rule: str = "all"  # "all": one class covers the whole window; "last": the last sample's
     test_subjects: tuple[str, ...] = ()
     val_subjects: tuple[str, ...] = ()  # taken from the training subjects, never from test
+    # Or split by recording name (OPPORTUNITY's challenge splits runs, not subjects); only the
+    # recordings named here are used.
+    train_runs: tuple[str, ...] = ()
+    val_runs: tuple[str, ...] = ()
+    test_runs: tuple[str, ...] = ()
+    labels: str = "gestures"  # opportunity: "gestures" (18 classes) | "locomotion" (5 classes)
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,7 @@ class TrainConfig:
     augment_scale: float = 0.0  # per-window random gain of up to ± this fraction
     augment_rotate_deg: float = 0.0  # per-window random rotation of every xyz triple, degrees
     select_on: str = "f1_weighted"  # validation metric that picks the kept epoch
+    feature_std: float = 1.0  # features are normalised to this std (OPPORTUNITY's scheme: 0.5)
     seed: int = 0
     threads: int = 0  # torch intra-op threads; 0 = torch's default
 

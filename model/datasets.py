@@ -1,4 +1,4 @@
-"""From recordings to labelled windows, split by subject.
+"""From recordings to labelled windows, split by subject (or by recording, for OPPORTUNITY).
 
 Windows are cut from the features the causal preprocessor computes over each recording, starting
 at the recording's first sample every ``step`` samples: the live scheduler with hop = step cuts
@@ -8,11 +8,13 @@ exactly these windows from a replayed recording.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from model import opportunity
 from model.config import DataConfig, ExperimentConfig
 from model.preprocessing import UCI_HAR_FEATURES, PreprocessingSpec, build_preprocessor
 from model.recordings import HAPT_ACTIVITIES, Recording, load_hapt, read_csv_folder
@@ -100,13 +102,23 @@ def load_recordings(config: ExperimentConfig) -> list[Recording]:
         return load_hapt()
     if data.dataset == "csv":
         return read_csv_folder(Path(data.path), data.channels, data.classes, data.rate_hz)
+    if data.dataset == "opportunity":
+        runs = (*data.train_runs, *data.val_runs, *data.test_runs)
+        return opportunity.load_opportunity(data.path, data.labels, runs if data.train_runs else None)
     raise ValueError(f"dataset {data.dataset!r} has no continuous recordings")
 
 
 def class_names(config: ExperimentConfig) -> tuple[str, ...]:
     if config.data.dataset in ("hapt", "uci_har"):
         return HAPT_ACTIVITIES
+    if config.data.dataset == "opportunity":
+        return opportunity.classes(config.data.labels)
     return config.data.classes
+
+
+def null_class(config: ExperimentConfig) -> int | None:
+    """The class that means "none of the others", scored apart (OPPORTUNITY's Null)."""
+    return 0 if config.data.dataset == "opportunity" else None
 
 
 @dataclass
@@ -140,11 +152,27 @@ def split_by_subject(windows: WindowSet, data: DataConfig) -> Splits:
     return Splits(*parts, fingerprint=_fingerprint(*parts))
 
 
+def split_by_run(windows: WindowSet, data: DataConfig) -> Splits:
+    """Split by recording name; with no ``train_runs``, every run not in val or test trains."""
+    if data.test_subjects or data.val_subjects:
+        raise ValueError("split by subjects or by runs, not both")
+    val, test = set(data.val_runs), set(data.test_runs)
+    train = set(data.train_runs) or set(windows.recordings) - val - test
+    named = {"train": train, "val": val, "test": test}
+    for a, b in itertools.combinations(named, 2):
+        if named[a] & named[b]:
+            raise ValueError(f"run(s) {', '.join(sorted(named[a] & named[b]))} are in both {a} and {b}")
+    parts = [windows.subset(np.isin(windows.recordings, list(runs))) for runs in named.values()]
+    return Splits(*parts, fingerprint=_fingerprint(*parts))
+
+
 def build_splits(config: ExperimentConfig) -> Splits:
     """Train, validation and test windows for an experiment."""
     if config.data.dataset == "uci_har":
         return read_uci_har_folder(Path(config.data.path), config.data)
     windows = recording_windows(load_recordings(config), config.data, config.preprocessing)
+    if config.data.train_runs or config.data.val_runs or config.data.test_runs:
+        return split_by_run(windows, config.data)
     return split_by_subject(windows, config.data)
 
 

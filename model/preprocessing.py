@@ -41,7 +41,7 @@ UCI_HAR_FEATURES = (
 class PreprocessingSpec:
     """Everything needed to rebuild a preprocessor; stored in every checkpoint."""
 
-    kind: str = "uci_har"  # "uci_har" (filters + gravity split) or "identity"
+    kind: str = "uci_har"  # "uci_har" (filters + gravity split), "opportunity" (fill gaps), "identity"
     rate_hz: float = 50.0
     median_kernel: int = 3  # UCI HAR: median filter, then...
     lowpass_hz: float = 20.0  # ...3rd-order Butterworth low-pass at 20 Hz for noise,
@@ -167,7 +167,38 @@ class IdentityPreprocessor:
         return np.asarray(x, dtype=np.float64).copy()
 
 
-_KINDS = {"uci_har": UciHarPreprocessor, "identity": IdentityPreprocessor}
+class CarryForwardPreprocessor:
+    """Missing samples (NaN) take their channel's last observed value; 0 before the first one.
+
+    The causal counterpart of OPPORTUNITY's published preprocessing, which interpolates gaps
+    linearly per channel and sets the rest to 0: interpolation needs the value after the gap, which a
+    live stream has not seen yet. The last observed values are the state carried between calls.
+    """
+
+    def __init__(self, spec: PreprocessingSpec) -> None:
+        self.inputs = self.features = spec.inputs
+        self.last = np.zeros(len(spec.inputs))
+
+    def reset(self) -> None:
+        self.last = np.zeros(len(self.inputs))
+
+    def process(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        rows = np.arange(len(x))[:, None]
+        # For each sample and channel, the row of the latest observation so far (-1: none yet).
+        source = np.maximum.accumulate(np.where(np.isnan(x), -1, rows), axis=0)
+        columns = np.arange(x.shape[1])[None, :]
+        out = np.where(source >= 0, x[np.maximum(source, 0), columns], self.last)
+        if len(out):
+            self.last = out[-1].copy()
+        return out
+
+
+_KINDS = {
+    "uci_har": UciHarPreprocessor,
+    "opportunity": CarryForwardPreprocessor,
+    "identity": IdentityPreprocessor,
+}
 
 
 def build_preprocessor(spec: PreprocessingSpec) -> Preprocessor:

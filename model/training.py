@@ -54,9 +54,11 @@ def predict_proba(model: nn.Module, x: np.ndarray | torch.Tensor, batch_size: in
     return torch.cat(out).numpy()
 
 
-def evaluate(model: nn.Module, windows: WindowSet, classes: tuple[str, ...]) -> dict:
+def evaluate(
+    model: nn.Module, windows: WindowSet, classes: tuple[str, ...], null_class: int | None = None
+) -> dict:
     predictions = predict_proba(model, windows.x).argmax(axis=1)
-    return summarise(windows.y, predictions, classes)
+    return summarise(windows.y, predictions, classes, null_class)
 
 
 def xyz_groups(features: tuple[str, ...]) -> list[list[int]]:
@@ -132,7 +134,7 @@ def fit(
     x_train = torch.from_numpy(train.x)
     y_train = torch.from_numpy(train.y)
     flat = x_train.reshape(-1, x_train.shape[2]).double()
-    model.set_normalisation(flat.mean(0).float(), flat.std(0).float())
+    model.set_normalisation(flat.mean(0).float(), flat.std(0).float() / t.feature_std)
     model.to(device)
 
     if t.optimizer == "adamw":

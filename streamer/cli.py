@@ -20,17 +20,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from model.checkpoint import load_checkpoint
     from model.config import from_dict, override
-    from model.datasets import build_splits
+    from model.datasets import build_splits, null_class
     from model.report import confusion_table, per_class_table
     from model.training import evaluate
 
     checkpoint = load_checkpoint(args.checkpoint)
     config = from_dict(checkpoint.meta["config"])
-    if args.data_dir:
-        config = override(config, [f'data.path="{args.data_dir}"'])
+    if args.data_dir or args.data_zip:
+        config = override(config, [f'data.path="{args.data_zip or args.data_dir}"'])
     splits = build_splits(config)
-    metrics = evaluate(checkpoint.model, splits.by_name(args.split), checkpoint.classes)
-    keys = ("accuracy", "f1_weighted", "f1_macro", "n_windows")
+    metrics = evaluate(checkpoint.model, splits.by_name(args.split), checkpoint.classes, null_class(config))
+    keys = ("accuracy", "f1_weighted", "f1_macro", "n_windows", "f1_weighted_no_null", "f1_macro_no_null")
+    keys = tuple(k for k in keys if k in metrics)
     summary = {k: metrics[k] for k in keys} | {"split": args.split}
     same_data = splits.fingerprint == checkpoint.meta.get("data_fingerprint")
     if args.json:
@@ -151,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
     p.add_argument("--split", choices=("train", "val", "test"), default="test")
     p.add_argument("--data-dir", help="dataset folder, for checkpoints trained on a folder dataset")
+    p.add_argument("--data-zip", metavar="FILE", help="dataset zip (OpportunityUCIDataset.zip)")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.set_defaults(run=cmd_evaluate)
 
