@@ -126,7 +126,7 @@ def _binary(payload: bytes) -> Decoded:
     if c not in BINARY_CHANNELS:
         raise WireError("wrong channel count")
     if len(payload) != HEADER.size + 4 * n * c:
-        raise WireError("binary frame length does not match its header")
+        raise WireError("frame length does not match header")
     rate = _rate(rate)
     values = np.frombuffer(payload, dtype="<f4", offset=HEADER.size).reshape(n, c).astype(np.float64)
     return t0 + np.arange(n) / rate, values, BINARY_CHANNELS[c], rate

@@ -94,7 +94,7 @@ def test_binary_frame_with_accelerometer_only_lacks_gyro() -> None:
         (b"HAR1\x01\x06", "binary frame too short"),
         (HEADER.pack(b"HAR1", 1, 5, 1, 50.0, 0.0) + bytes(20), "wrong channel count"),
         (HEADER.pack(b"HAR1", 2, 6, 1, 50.0, 0.0) + bytes(24), "unknown binary version"),
-        (HEADER.pack(b"HAR1", 1, 6, 2, 50.0, 0.0) + bytes(4), "binary frame length does not match its header"),
+        (HEADER.pack(b"HAR1", 1, 6, 2, 50.0, 0.0) + bytes(4), "frame length does not match header"),
         (HEADER.pack(b"HAR1", 1, 6, 1, float("nan"), 0.0) + bytes(24), "hz out of range"),
     ],
 )
