@@ -120,7 +120,12 @@ class MqttOptions:
 
 def new_client(options: MqttOptions, client_id: str, will: str | None = None) -> mqtt.Client:
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-    client.enable_logger(logging.getLogger("harstream.paho"))
+    paho_log = logging.getLogger("harstream.paho")
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        # paho logs each failed reconnect as an error; the source's status line says it once, and
+        # ``--debug`` shows paho's own account
+        paho_log.setLevel(logging.CRITICAL)
+    client.enable_logger(paho_log)
     if options.username is not None:
         client.username_pw_set(options.username, options.password)
     if options.broker.tls or options.tls_ca:

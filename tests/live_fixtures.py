@@ -121,7 +121,9 @@ def same_predictions(got: list[dict], want: list[dict]) -> None:
 
 def harstream(*args: str, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "streamer.cli", *args], cwd=ROOT, env=env, text=True,
+    # as the installed ``harstream`` script runs it (``-m streamer.cli`` would load cli.py twice)
+    command = [sys.executable, "-c", "import sys; from streamer.cli import main; sys.exit(main())", *args]
+    return subprocess.Popen(command, cwd=ROOT, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)  # fmt: skip
 
 
