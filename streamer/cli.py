@@ -163,6 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speed", type=float, default=1.0, help="x real time; 0 = as fast as possible")
     add_live_options(p)
     p.set_defaults(run=cmd_replay)
+
+    from streamer.wearables_cli import add_wearable_commands  # mqtt, serial, publish, record
+
+    add_wearable_commands(sub)
     return parser
 
 

@@ -110,6 +110,7 @@ class Pipeline:
         self.stats = PipelineStats()
         self.latest: dict[str, Prediction] = {}  # device -> its latest prediction
         self.threads: list[threading.Thread] = []
+        self.sinks: list[Callable[[Prediction], None]] = []  # told of every prediction (MQTT out, ...)
 
     def emit(self, batch: SampleBatch) -> None:
         """Called by sources from their threads; blocks while the queue is full."""
@@ -182,6 +183,11 @@ class Pipeline:
                 self.stats.judged += 1
                 self.stats.correct += prediction.label == prediction.truth
             self.latest[prediction.device] = prediction
+            for sink in self.sinks:
+                try:
+                    sink(prediction)
+                except Exception as error:  # a sink's failure must not stop recognition
+                    log.error("sink %s failed: %s", sink, error)
             yield prediction
 
     def summary(self) -> dict:

@@ -1,0 +1,254 @@
+"""``harstream mqtt | serial | publish | record``: live wearables on the command line.
+
+Kept apart from :mod:`streamer.cli`, which only registers these commands in its parser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+from streamer.cli import CliError, add_live_options, live_parts, open_checkpoint, run_live
+
+
+def sigterm_as_interrupt() -> None:
+    """SIGTERM stops as Ctrl-C does: sources stop, files close, the summary prints."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
+
+
+def say(message: str) -> None:
+    print(f"harstream: {message}", file=sys.stderr, flush=True)
+
+
+# -- MQTT ----------------------------------------------------------------------------------------
+def mqtt_options(args: argparse.Namespace):
+    from streamer.mqtt import MqttOptions, TopicPattern, parse_broker
+    from streamer.wire import valid_device_id
+
+    if not 0 <= args.qos <= 2:
+        raise CliError(f"--qos must be 0, 1 or 2, not {args.qos}")
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise CliError("--tls-cert and --tls-key go together")
+    for path in (args.tls_ca, args.tls_cert, args.tls_key):
+        if path and not Path(path).exists():
+            raise CliError(f"no such file: {path}")
+    client_id = args.client_id or f"harstream-{socket.gethostname()}"[:64]
+    if not valid_device_id(client_id):
+        raise CliError(f"bad --client-id {client_id!r}: use letters, digits, '_', '.', '-'")
+    return MqttOptions(
+        broker=parse_broker(args.broker), topic=TopicPattern.parse(args.topic), client_id=client_id,
+        qos=args.qos, username=args.username, password=args.password, tls_ca=args.tls_ca,
+        tls_cert=args.tls_cert, tls_key=args.tls_key,
+    )  # fmt: skip
+
+
+def start_mqtt(args: argparse.Namespace, channels: tuple[str, ...]):
+    """An MQTT source, connecting; with ``--headless`` a broker that stays away is an error."""
+    from streamer.mqtt import MqttSource, unreachable
+
+    options = mqtt_options(args)
+    source = MqttSource(options, channels, max_devices=getattr(args, "max_devices", 10_000))
+    source.start()
+    wait = args.connect_timeout if args.headless else min(args.connect_timeout, 2.0)
+    if source.connected.wait(wait):
+        say(f"connected to {options.broker.url}, listening on {options.topic.text}")
+        return source
+    why = unreachable(options.broker) or source.status
+    if args.headless:
+        source.close()
+        raise CliError(f"could not connect to broker {options.broker.url} within {wait:g} s: {why}")
+    say(f"cannot reach broker {options.broker.url} ({why}); retrying, Ctrl-C to stop")
+    return source
+
+
+def cmd_mqtt(args: argparse.Namespace) -> int:
+    from streamer.mqtt import PredictionPublisher
+
+    checkpoint = open_checkpoint(args.checkpoint)
+    sigterm_as_interrupt()
+    source = start_mqtt(args, checkpoint.input_channels)
+    try:
+        pipeline, hop = live_parts(args, checkpoint, [source])
+        source.reject = pipeline.stats.reject
+        if args.publish or args.ha_discovery:
+            pipeline.sinks.append(PredictionPublisher(source, discovery=args.ha_discovery))
+        title = (f"harstream mqtt · {source.options.broker.url} {source.options.topic.text} · "
+                 f"window {checkpoint.window} hop {hop} · Ctrl-C to stop")  # fmt: skip
+        return run_live(args, pipeline, checkpoint.classes, title)
+    finally:
+        source.close()
+
+
+def add_mqtt_options(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--broker", required=required, help="mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
+    p.add_argument("--topic", default="har/+/imu", help="'+' is the device id (default har/+/imu)")
+    p.add_argument("--username")
+    p.add_argument("--password")
+    p.add_argument("--tls-ca", help="CA certificate file (turns TLS on)")
+    p.add_argument("--tls-cert", help="client certificate file")
+    p.add_argument("--tls-key", help="client key file")
+    p.add_argument("--client-id", help="fixed id of the persistent session (default harstream-HOSTNAME)")
+    p.add_argument("--qos", type=int, default=1, help="subscription QoS (default 1)")
+    p.add_argument("--connect-timeout", type=float, default=10.0,
+                   help="seconds to reach the broker before --headless gives up (default 10)")
+
+
+# -- serial --------------------------------------------------------------------------------------
+def serial_source(args: argparse.Namespace, channels: tuple[str, ...]):
+    """A serial source; with ``--headless`` a port that does not open is an error."""
+    from streamer.serial_source import SerialSource
+    from streamer.wire import valid_device_id
+
+    if args.device and not valid_device_id(args.device):
+        raise CliError(f"bad --device {args.device!r}: use 1-64 letters, digits, '_', '.', '-'")
+    columns = tuple(c.strip() for c in args.columns.split(",")) if args.columns else None
+    source = SerialSource(args.port, channels, baud=args.baud, device=args.device, columns=columns,
+                          hz=args.hz, acc_unit=args.acc_unit)  # fmt: skip
+    try:
+        source.open()
+        say(f"opened {args.port} as device {source.device}")
+    except OSError as error:  # serial.SerialException is an OSError
+        if args.headless:
+            raise CliError(f"could not open port {args.port!r}: {error}") from None
+        say(f"could not open port {args.port!r} ({error}); retrying, Ctrl-C to stop")
+    return source
+
+
+def cmd_serial(args: argparse.Namespace) -> int:
+    checkpoint = open_checkpoint(args.checkpoint)
+    sigterm_as_interrupt()
+    source = serial_source(args, checkpoint.input_channels)
+    pipeline, hop = live_parts(args, checkpoint, [source])
+    source.reject = pipeline.stats.reject
+    title = f"harstream serial · {args.port} · window {checkpoint.window} hop {hop} · Ctrl-C to stop"
+    return run_live(args, pipeline, checkpoint.classes, title)
+
+
+def add_serial_options(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--port", required=required, help="serial port, e.g. /dev/ttyUSB0 (or a pyserial URL)")
+    p.add_argument("--baud", type=int, default=115_200)
+    p.add_argument("--hz", type=float, help="sample rate, when lines carry no time column")
+    p.add_argument("--columns", help="column names when the device sends no header, e.g. acc_x,acc_y,...")
+    p.add_argument("--device", help="device id (default: the port's name)")
+    p.add_argument("--acc-unit", choices=("g", "m/s2"), default="g", help="unit of the acc_* columns")
+
+
+# -- publish and record --------------------------------------------------------------------------
+def cmd_publish(args: argparse.Namespace) -> int:
+    from model.recordings import HAPT_ACTIVITIES, HAPT_CHANNELS, HAPT_RATE_HZ
+    from replay.sources import Inputs, parse_source
+    from streamer.publisher import FORMATS, Publisher
+    from streamer.wire import valid_device_id
+
+    if args.format not in FORMATS:
+        raise CliError(f"unknown --format {args.format!r}: use one of {', '.join(FORMATS)}")
+    devices = parse_source(args.source, Inputs(HAPT_CHANNELS, HAPT_ACTIVITIES, HAPT_RATE_HZ))
+    if args.device and len(devices) > 1:
+        raise CliError(f"--device names one device, but {args.source} holds {len(devices)}")
+    args.client_id = args.client_id or "publisher"  # unused: a publisher's session is not persistent
+    options = mqtt_options(args)
+    publishers = []
+    for device in devices:
+        name = args.device or device.name
+        if not valid_device_id(name):
+            raise CliError(f"bad device id {name!r}: use 1-64 letters, digits, '_', '.', '-'")
+        publishers.append(Publisher(options, device, name, speed=args.speed, fmt=args.format,
+                                    prefix=args.topic_prefix, qos=args.qos))  # fmt: skip
+    try:
+        for publisher in publishers:
+            publisher.connect(args.connect_timeout)
+    except OSError as error:
+        raise CliError(f"could not connect to broker {options.broker.url}: {error}") from None
+    sigterm_as_interrupt()
+    stop = threading.Event()
+    threads = [threading.Thread(target=p.run, args=(stop,), daemon=True) for p in publishers]
+    for thread in threads:
+        thread.start()
+    interrupted = False
+    try:
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(0.2)
+    except KeyboardInterrupt:
+        interrupted = True
+        stop.set()
+    for publisher in publishers:
+        publisher.close()
+        say(f"published {publisher.samples} samples in {publisher.messages} messages to {publisher.topic}")
+    return 130 if interrupted else 0
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    from model.recordings import HAPT_CHANNELS
+    from streamer.recorder import CsvRecorder
+
+    if (args.broker is None) == (args.port is None):
+        raise CliError("record from one of --broker URL or --port DEV")
+    args.headless = True  # no dashboard; a source that cannot start is an error
+    sigterm_as_interrupt()
+    recorder = CsvRecorder(args.out, HAPT_CHANNELS)
+    source = start_mqtt(args, HAPT_CHANNELS) if args.broker else serial_source(args, HAPT_CHANNELS)
+    source.reject = lambda device, reason, count=1: None  # the source keeps its own tally
+    stop = threading.Event()
+    thread = threading.Thread(target=source.run, args=(recorder.write, stop), daemon=True)
+    thread.start()
+    say(f"recording {source.name} into {args.out}; Ctrl-C to stop")
+    interrupted = False
+    try:
+        while thread.is_alive():
+            time.sleep(0.5)
+            recorder.flush()  # at least once a second, also when nothing new arrived
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        stop.set()
+        if hasattr(source, "close"):
+            source.close()
+        thread.join(2.0)
+        for path in recorder.close():
+            say(f"wrote {path}")
+    return 0 if interrupted or not thread.is_alive() else 1
+
+
+def add_wearable_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("mqtt", help="recognize activities of wearables that publish to an MQTT broker")
+    add_mqtt_options(p)
+    p.add_argument("--max-devices", type=int, default=1000, help="ignore device ids beyond this many")
+    p.add_argument("--idle-timeout", type=float, default=300.0,
+                   help="forget a device silent for this many seconds (0 = never)")
+    p.add_argument("--publish", action="store_true", help="publish predictions to har/<device>/activity")
+    p.add_argument("--ha-discovery", action="store_true",
+                   help="announce each device to Home Assistant (implies --publish)")
+    add_live_options(p)
+    p.set_defaults(run=cmd_mqtt)
+
+    p = sub.add_parser("serial", help="recognize the activity of a wearable on a serial port")
+    add_serial_options(p)
+    add_live_options(p)
+    p.set_defaults(run=cmd_serial)
+
+    p = sub.add_parser("publish", help="publish a recording over MQTT as a wearable would")
+    p.add_argument("source", nargs="?", default="hapt:2", metavar="SOURCE",
+                   help="as in replay: hapt:N, csv:PATH, ... (default hapt:2)")
+    add_mqtt_options(p)
+    p.add_argument("--device", help="device id on the wire (default: the recording's)")
+    p.add_argument("--speed", type=float, default=1.0, help="x real time; 0 = as fast as possible")
+    p.add_argument("--format", default="batch", help="json (a message per sample), batch or binary")
+    p.add_argument("--topic-prefix", default="har", help="messages go to PREFIX/DEVICE/imu")
+    p.set_defaults(run=cmd_publish)
+
+    p = sub.add_parser("record", help="write what live devices send into CSV recordings")
+    add_mqtt_options(p, required=False)
+    add_serial_options(p, required=False)
+    p.add_argument("--out", type=Path, required=True, help="folder for the recordings (one file per device)")
+    p.set_defaults(run=cmd_record)
