@@ -66,7 +66,7 @@ def test_a_100_hz_device_is_resampled_for_a_50_hz_model():
     scheduler = Scheduler(IDENTITY, window=50, hop=50, rate_hz=50.0)
     t = np.arange(400) / 100.0  # 4 s at 100 Hz; the signal is 50 * t, linear in time
     windows = feed(scheduler, t, [7] * 60, rate=100.0)
-    assert len(windows) == 3  # 200 samples at 50 Hz (up to t = 3.98 s) -> windows of 1 s, hop 1 s
+    assert len(windows) == 4  # 200 samples at 50 Hz (up to t = 3.98 s) -> four 1 s windows
     for w in windows:
         expected_t = w.t - np.arange(49, -1, -1) / 50.0  # 50 Hz spacing
         np.testing.assert_allclose(w.features[:, 0], expected_t * 50, atol=1e-4)
