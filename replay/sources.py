@@ -64,10 +64,14 @@ def parse_source(spec: str, inputs: Inputs) -> list[Device]:
         wanted = tuple(int(s) for s in subjects.split(",") if s) or None
         return [Device(r.name, [r]) for r in read_uci_har_streams(Path(folder), wanted)]
     if kind == "opportunity":
-        from model.opportunity import load_opportunity_run
+        from model import opportunity
 
-        path = Path(rest)
-        recording = load_opportunity_run(path, classes=inputs.classes)
+        kinds = ("gestures", "locomotion")
+        labels = next((k for k in kinds if opportunity.classes(k) == inputs.classes), None)
+        if labels is None:
+            raise ValueError("this checkpoint was not trained on OPPORTUNITY: train one with "
+                             "python train.py --config configs/opportunity_18.toml --data-zip ...")
+        recording = opportunity.load_opportunity_run(Path(rest), labels=labels)
         return [Device(recording.name, [recording])]
     raise ValueError(f"unknown source {spec!r}: use hapt:N, csv:PATH, uci-har:PATH or opportunity:PATH")
 

@@ -113,9 +113,17 @@ def run_live(args: argparse.Namespace, pipeline, classes: tuple[str, ...], title
 def cmd_replay(args: argparse.Namespace) -> int:
     from replay.sources import Inputs, ReplaySource, parse_source
 
+    specs = args.sources or ["hapt:2"]
+    if args.checkpoint == DEFAULT_CHECKPOINT and all(s.startswith("opportunity:") for s in specs):
+        args.checkpoint = DEFAULT_CHECKPOINT.with_name("opportunity_18.pt")
+        if not args.checkpoint.exists():
+            raise CliError(
+                f"no OPPORTUNITY model at {args.checkpoint}: train one with python train.py "
+                "--config configs/opportunity_18.toml --data-zip OpportunityUCIDataset.zip"
+            )
     checkpoint = open_checkpoint(args.checkpoint)
     inputs = Inputs(checkpoint.input_channels, checkpoint.classes, checkpoint.rate_hz)
-    devices = [device for spec in (args.sources or ["hapt:2"]) for device in parse_source(spec, inputs)]
+    devices = [device for spec in specs for device in parse_source(spec, inputs)]
     names = [d.name for d in devices]
     if len(set(names)) != len(names):
         raise CliError(f"the same device is named twice: {', '.join(names)}")
@@ -185,4 +193,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # Run as `python -m streamer.cli`, this file is __main__ and a second copy of the module gets
+    # imported by the subcommands; the installed module's main() catches that copy's CliError.
+    from streamer.cli import main as installed_main
+
+    raise SystemExit(installed_main())
