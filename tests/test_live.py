@@ -165,3 +165,29 @@ def test_several_subjects_play_concurrently_as_several_devices(tiny_checkpoint):
     inputs = Inputs(checkpoint.input_channels, checkpoint.classes, checkpoint.rate_hz)
     devices = parse_source("hapt:2,4,9", inputs)
     assert [d.name for d in devices] == ["hapt-s02", "hapt-s04", "hapt-s09"]
+
+
+def test_uci_har_folder_windows_are_stitched_back_into_streams(tmp_path, tiny_checkpoint):
+    from replay.uci_har import SIGNALS, read_uci_har_streams
+
+    rng = np.random.default_rng(0)
+    stream = rng.normal(size=(64 * 6, 6))  # 5 overlapping windows of one contiguous run...
+    windows = [stream[i * 64 : i * 64 + 128] for i in range(5)] + [rng.normal(size=(128, 6))]  # ...then a jump
+    labels = [1, 1, 1, 2, 2, 3]
+    for split, subjects in (("train", [7] * 6), ("test", [3])):
+        folder = tmp_path / split / "Inertial Signals"
+        folder.mkdir(parents=True)
+        chosen = np.stack(windows if split == "train" else windows[:1])
+        for k, name in enumerate(SIGNALS):
+            np.savetxt(folder / f"{name}_{split}.txt", chosen[:, :, k])
+        np.savetxt(tmp_path / split / f"y_{split}.txt", labels[: len(chosen)], fmt="%d")
+        np.savetxt(tmp_path / split / f"subject_{split}.txt", subjects, fmt="%d")
+    (recording,) = read_uci_har_streams(tmp_path, (7,))
+    assert len(recording.timestamps) == 64 * 6 + 128
+    np.testing.assert_allclose(recording.values[: 64 * 6], stream, atol=1e-12)
+    assert np.diff(recording.timestamps).max() > 1.0  # the jump becomes a silence
+    checkpoint = load_checkpoint(tiny_checkpoint)
+    inputs = Inputs(checkpoint.input_channels, checkpoint.classes, checkpoint.rate_hz)
+    (device,) = parse_source(f"uci-har:{tmp_path}:7", inputs)
+    predictions = list(pipeline_for(checkpoint, [device], hop=64).run())
+    assert [p.segment for p in predictions] == [0, 0, 0, 0, 0, 1]
