@@ -172,7 +172,8 @@ def test_uci_har_folder_windows_are_stitched_back_into_streams(tmp_path, tiny_ch
 
     rng = np.random.default_rng(0)
     stream = rng.normal(size=(64 * 6, 6))  # 5 overlapping windows of one contiguous run...
-    windows = [stream[i * 64 : i * 64 + 128] for i in range(5)] + [rng.normal(size=(128, 6))]  # ...then a jump
+    windows = [stream[i * 64 : i * 64 + 128] for i in range(5)]
+    windows.append(rng.normal(size=(128, 6)))  # ...then a jump
     labels = [1, 1, 1, 2, 2, 3]
     for split, subjects in (("train", [7] * 6), ("test", [3])):
         folder = tmp_path / split / "Inertial Signals"
