@@ -93,6 +93,12 @@ def run(args: argparse.Namespace, context: distributed.Context, argv: list[str] 
         f"data {splits.fingerprint}"
     )
 
+    if config.train.batch_size % context.world_size:
+        console.print(
+            f"[yellow]note: batch {config.train.batch_size} over {context.world_size} processes is "
+            f"{config.train.batch_size // context.world_size} per rank: a global batch of "
+            f"{config.train.batch_size // context.world_size * context.world_size}"
+        )
     table = Table("epoch", "loss", "val acc", "val F1", "lr", "s", box=None)
 
     def on_epoch(r: EpochRecord) -> None:

@@ -83,7 +83,7 @@ def test_torchrun_trains_two_ranks_in_sync_and_saves_one_checkpoint(csv_dataset,
         "--set", f"data.channels={list(HAPT_CHANNELS)}", "--set", f"data.classes={list(HAPT_ACTIVITIES)}",
         "--set", 'data.test_subjects=["2"]', "--set", 'data.val_subjects=["3"]',
         "--set", "model.n_hidden=8", "--set", "model.n_stacked=1", "--set", "model.n_residual=1",
-        "--set", "train.threads=1",
+        "--set", "train.threads=1", "--set", "train.batch_size=65",  # 32 per rank: a global batch of 64
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
     env |= {"OMP_NUM_THREADS": "1", "COLUMNS": "120"}
@@ -94,9 +94,10 @@ def test_torchrun_trains_two_ranks_in_sync_and_saves_one_checkpoint(csv_dataset,
     assert sorted(p.name for p in out.parent.iterdir() if p.suffix == ".pt") == ["ddp.pt"]
     assert log.count("epoch    1/2") == 1, log  # only rank 0 reports
     assert "2 ranks (gloo) in sync: identical parameters" in log, log
+    assert "batch 65 over 2 processes is 32 per rank" in log, log
     meta = json.loads(out.with_suffix(".json").read_text())
     ddp = meta["distributed"]
-    assert (ddp["world_size"], ddp["backend"], ddp["batch_per_rank"]) == (2, "gloo", 50)
+    assert (ddp["world_size"], ddp["backend"], ddp["batch_per_rank"]) == (2, "gloo", 32)
     assert len(ddp["parameter_sha256"]) == 2 and len(set(ddp["parameter_sha256"])) == 1
     assert meta["command"].startswith("torchrun --nproc_per_node=2 train.py")
     assert [r["epoch"] for r in meta["history"]] == [1, 2]
