@@ -1,5 +1,8 @@
 """Train the residual bidirectional LSTM: ``python train.py --config configs/<name>.toml``.
 
+Data-parallel on N processes: ``torchrun --nproc_per_node=N train.py --config ...`` (gloo on
+CPU, nccl with ``--device cuda``; see model/distributed.py). Rank 0 prints and saves.
+
 The epoch kept is the one that scores best on the validation subjects; the test subjects are
 scored once, at the end, with that epoch's weights.
 """
@@ -18,6 +21,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from model import distributed
 from model.checkpoint import save_checkpoint
 from model.config import load_config, override, with_train
 from model.datasets import build_splits, class_names, null_class
@@ -51,7 +55,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    console = Console()
+    try:
+        context = distributed.setup(args.device)
+    except (distributed.DeviceError, RuntimeError) as error:  # no GPU, or no process group: one line
+        print(f"train.py: {error}", file=sys.stderr)
+        return 1
+    try:
+        return run(args, context, argv)
+    finally:
+        distributed.teardown(context)
+
+
+def run(args: argparse.Namespace, context: distributed.Context, argv: list[str] | None) -> int:
+    console = Console(quiet=not context.is_main)  # under torchrun only rank 0 reports
     config = override(load_config(args.config), args.set)
     if args.data_dir or args.data_zip:
         config = override(config, [f'data.path="{args.data_zip or args.data_dir}"'])
@@ -66,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         with console.status("building windows from the recordings..."):
             splits = build_splits(config)
     except (FileNotFoundError, ValueError) as error:  # missing or malformed data: one line, no traceback
-        print(f"train.py: {error}", file=sys.stderr)
+        if context.is_main:
+            print(f"train.py: {error}", file=sys.stderr)
         return 1
     classes = class_names(config)
     features = config.preprocessing.features
@@ -76,6 +93,12 @@ def main(argv: list[str] | None = None) -> int:
         f"data {splits.fingerprint}"
     )
 
+    if config.train.batch_size % context.world_size:
+        console.print(
+            f"[yellow]note: batch {config.train.batch_size} over {context.world_size} processes is "
+            f"{config.train.batch_size // context.world_size} per rank: a global batch of "
+            f"{config.train.batch_size // context.world_size * context.world_size}"
+        )
     table = Table("epoch", "loss", "val acc", "val F1", "lr", "s", box=None)
 
     def on_epoch(r: EpochRecord) -> None:
@@ -85,7 +108,17 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     del table
-    result = fit(config, splits.train, splits.val, classes, features, on_epoch, device=args.device)
+    result = fit(config, splits.train, splits.val, classes, features, on_epoch, device=context.device)
+    if context.distributed:  # every rank must hold the same weights: compare them byte for byte
+        digests = distributed.replica_digests(result.model)
+        if len(set(digests)) != 1:
+            raise RuntimeError(f"DDP replicas diverged: parameter digests {digests}")
+        console.print(
+            f"{context.world_size} ranks ({context.backend}) in sync: identical parameters, "
+            f"sha256 {digests[0][:16]}"
+        )
+        if not context.is_main:
+            return 0
     if args.no_test:
         console.print(
             f"kept epoch {result.best_epoch}: validation {result.best_val['accuracy']:.4f} "
@@ -131,12 +164,21 @@ def main(argv: list[str] | None = None) -> int:
         },
         "history": [r.__dict__ for r in result.history],
         "data_fingerprint": splits.fingerprint,
-        "command": "python train.py " + shlex.join(sys.argv[1:] if argv is None else argv),
+        "command": (f"torchrun --nproc_per_node={context.world_size} " if context.distributed else "python ")
+        + "train.py "
+        + shlex.join(sys.argv[1:] if argv is None else argv),
         "train_seconds": round(result.seconds, 1),
         "wall_seconds": round(wall, 1),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, device {args.device}",
         "torch": torch.__version__,
     }
+    if context.distributed:
+        meta["distributed"] = {
+            "world_size": context.world_size,
+            "backend": context.backend,
+            "batch_per_rank": config.train.batch_size // context.world_size,
+            "parameter_sha256": digests,
+        }
     save_checkpoint(out, result.model, meta)
     out.with_suffix(".report.json").write_text(json.dumps(test, indent=2) + "\n")
     png = save_confusion_png(test, classes, out.with_suffix(".confusion.png"))

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from model import distributed
 from model.config import ExperimentConfig
 from model.datasets import WindowSet
 from model.metrics import summarise
@@ -124,9 +125,22 @@ def fit(
     on_epoch: Callable[[EpochRecord], None] | None = None,
     device: str = "cpu",
 ) -> FitResult:
+    """Train; data-parallel when a process group is initialised (see model/distributed.py).
+
+    Under DDP every rank runs this with the same arguments: the shuffled order comes from the
+    shared seed, each rank steps through its shard in batches of ``batch_size // world_size``,
+    validation runs on rank 0 and its scores are broadcast, so every rank keeps the same epoch.
+    """
     t = config.train
+    rank, world_size = distributed.world()
     torch.manual_seed(t.seed)
     generator = torch.Generator().manual_seed(t.seed)
+    # One process draws the order and the augmentation from one generator, as it always has;
+    # ranks need the order in step but their own augmentation and dropout draws.
+    augment_generator = generator
+    per_rank = t.batch_size // world_size
+    if per_rank < 1:
+        raise ValueError(f"train.batch_size {t.batch_size} is smaller than the {world_size} processes")
     if t.threads:
         torch.set_num_threads(t.threads)
 
@@ -136,6 +150,10 @@ def fit(
     flat = x_train.reshape(-1, x_train.shape[2]).double()
     model.set_normalisation(flat.mean(0).float(), flat.std(0).float() / t.feature_std)
     model.to(device)
+    net = distributed.wrap(model, device)  # DDP under torchrun, else the model itself
+    if world_size > 1:
+        torch.manual_seed(t.seed + 1_000_003 * rank)  # dropout: replicas start equal (DDP), draw apart
+        augment_generator = torch.Generator().manual_seed(t.seed + 1_000_003 * (rank + 1))
 
     if t.optimizer == "adamw":
         decay, no_decay = model.weight_parameters(), []
@@ -150,7 +168,7 @@ def fit(
     else:
         raise ValueError(f"unknown optimizer {t.optimizer!r} (adam | adamw)")
 
-    steps_per_epoch = math.ceil(len(train) / t.batch_size)
+    steps_per_epoch = math.ceil(len(distributed.shard(torch.arange(len(train)), rank, world_size)) / per_rank)
     total_steps = steps_per_epoch * t.epochs
     if t.schedule == "onecycle":
         scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=t.lr, total_steps=total_steps)
@@ -169,26 +187,36 @@ def fit(
     started = time.perf_counter()
     for epoch in range(1, t.epochs + 1):
         epoch_start = time.perf_counter()
-        model.train()
-        order = torch.randperm(len(train), generator=generator)
+        net.train()
+        order = torch.randperm(len(train), generator=generator)  # the same on every rank
+        mine = distributed.shard(order, rank, world_size)
         total_loss = 0.0
-        for i in range(0, len(order), t.batch_size):
-            index = order[i : i + t.batch_size]
-            xb = augment(x_train[index], config, groups, generator).to(device)
+        for i in range(0, len(mine), per_rank):
+            index = mine[i : i + per_rank]
+            xb = augment(x_train[index], config, groups, augment_generator).to(device)
             yb = y_train[index].to(device)
-            loss = loss_fn(model(xb), yb)
+            loss = loss_fn(net(xb), yb)
             total_loss += loss.item() * len(index)
             if t.optimizer == "adam" and t.l2 > 0:  # the seed's L2 term: l2 * Σ w² / 2
                 loss = loss + t.l2 * sum((w**2).sum() for w in weights) / 2
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # DDP averages the gradients over the ranks here
             nn.utils.clip_grad_norm_(model.parameters(), t.clip)
             optimizer.step()
             scheduler.step()
-        val_metrics = evaluate(model, val, classes) if len(val) else {"accuracy": 0.0, "f1_weighted": 0.0}
+        val_metrics = {"accuracy": 0.0, "f1_weighted": 0.0}
+        if len(val) and rank == 0:
+            val_metrics = evaluate(model, val, classes)
+        if world_size > 1:  # rank 0's scores everywhere, so every rank keeps the same epoch
+            keys = ["accuracy", "f1_weighted", t.select_on]
+            shared = distributed.broadcast_floats([val_metrics.get(k, 0.0) for k in keys])
+            val_metrics |= dict(zip(keys, shared, strict=True))
+            total_loss, seen = distributed.sum_floats([total_loss, len(mine)])
+        else:
+            seen = len(train)
         record = EpochRecord(
             epoch,
-            total_loss / len(train),
+            total_loss / seen,
             val_metrics["accuracy"],
             val_metrics["f1_weighted"],
             time.perf_counter() - epoch_start,
