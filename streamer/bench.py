@@ -89,3 +89,113 @@ def inference_figures(checkpoint: Checkpoint, seconds: float, batches: tuple[int
     out["speedup_batch1_vs_baseline"] = out["baseline_p50_ms"] / out["batch1_p50_ms"]
     out["speedup_best_vs_baseline"] = out["best_batch_windows_per_s"] / out["baseline_windows_per_s"]
     return out
+
+
+class Fleet:
+    """``n`` simulated wearables at ``rate_hz`` sending a burst every ``tick_s``, in one thread.
+
+    Each device plays real HAPT samples from its own offset. A batch's arrival is the moment its
+    last sample was due, so a pipeline that falls behind shows it as latency.
+    """
+
+    def __init__(self, n: int, seconds: float, rate_hz: float = 50.0, tick_s: float = 0.1) -> None:
+        from model.recordings import load_hapt
+
+        self.name = f"fleet of {n}"
+        self.status = "waiting"
+        self.n, self.seconds, self.rate_hz, self.tick_s = n, seconds, rate_hz, tick_s
+        recording = load_hapt((2,))[0]
+        self.values = recording.values
+        self.channels = recording.channels
+        self.late_s = 0.0  # how far behind schedule the fleet fell, at worst
+
+    def run(self, emit, stop) -> None:
+        from streamer.types import SampleBatch
+
+        per_tick = round(self.rate_hz * self.tick_s)
+        start = time.monotonic()
+        n_values = len(self.values) - per_tick
+        ticks = int(self.seconds / self.tick_s)
+        self.status = "sending"
+        for k in range(ticks):
+            due = start + (k + 1) * self.tick_s
+            delay = due - time.monotonic()
+            if delay > 0 and stop.wait(delay):
+                return
+            self.late_s = max(self.late_s, -delay)
+            t = (k * per_tick + np.arange(per_tick)) / self.rate_hz
+            for d in range(self.n):
+                i = (d * 997 + k * per_tick) % n_values
+                emit(SampleBatch(f"dev{d:05d}", t, self.values[i : i + per_tick], self.channels,
+                                 arrival=due, rate_hz=self.rate_hz))
+        self.status = "finished"
+
+
+def end_to_end(checkpoint: Checkpoint, n: int, seconds: float, hop: int = 32) -> dict:
+    """Run ``n`` simulated devices through the real pipeline for ``seconds``; report what held."""
+    import resource
+
+    from streamer.engine import Decider, InferenceEngine
+    from streamer.pipeline import Pipeline
+    from streamer.scheduler import Scheduler
+
+    fleet = Fleet(n, seconds)
+    scheduler = Scheduler(checkpoint.preprocessing, checkpoint.window, hop, checkpoint.rate_hz)
+    pipeline = Pipeline([fleet], scheduler, InferenceEngine(checkpoint.model, max_batch=256),
+                        Decider(checkpoint.classes), max_wait_s=0.05, queue_size=100_000)
+    cpu0, wall0 = time.process_time(), time.monotonic()
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    windows = sum(1 for _ in pipeline.run())
+    wall = time.monotonic() - wall0
+    summary = pipeline.summary()
+    expected = n * max(0, int((seconds * 50 - checkpoint.window) // hop) + 1)
+    p99 = summary["latency_p99_ms"] or float("inf")
+    return {
+        "devices": n,
+        "seconds": seconds,
+        "windows": windows,
+        "windows_expected": expected,
+        "p50_ms": summary["latency_p50_ms"],
+        "p99_ms": p99,
+        "dropped": summary["dropped"],
+        "late_s": fleet.late_s,
+        "cpu_percent": 100 * (time.process_time() - cpu0) / wall,
+        "rss_growth_kib_per_device": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / n,
+        "held": p99 <= 250 and summary["dropped"] == 0 and windows >= expected and fleet.late_s < 0.25,
+    }
+
+
+def largest_fleet(checkpoint: Checkpoint, seconds: float, sizes: tuple[int, ...]) -> tuple[int, list[dict]]:
+    """Step the fleet size up until a run fails to hold; the largest that held."""
+    runs, best = [], 0
+    for n in sizes:
+        run = end_to_end(checkpoint, n, seconds)
+        runs.append(run)
+        if not run["held"]:
+            break
+        best = n
+    return best, runs
+
+
+def run_bench(checkpoint: Checkpoint, quick: bool) -> dict:
+    seconds = 3.0 if quick else 8.0
+    out = inference_figures(checkpoint, seconds, (1, 16, 64, 256))
+    e2e_seconds = 10.0 if quick else 60.0
+    sizes = (25, 50, 100, 200) if quick else (50, 100, 200, 400, 700, 1000, 1500)
+    best, runs = largest_fleet(checkpoint, e2e_seconds, sizes)
+    out["e2e_max_devices"] = best
+    out["e2e_runs"] = runs
+    held = [r for r in runs if r["devices"] == best]
+    out["e2e_p99_ms"] = held[0]["p99_ms"] if held else None
+    try:
+        from streamer.bench_mqtt import measure_mqtt_ingestion
+
+        mqtt_seconds = 5.0 if quick else 15.0
+        mqtt = {fmt: measure_mqtt_ingestion(fmt, seconds=mqtt_seconds) for fmt in ("batch", "binary")}
+        out["mqtt"] = mqtt
+        out["mqtt_samples_per_s"] = max(m["samples_per_s"] for m in mqtt.values())
+    except (ImportError, FileNotFoundError, OSError) as error:
+        out["mqtt"] = {"error": str(error)}
+        out["mqtt_samples_per_s"] = None
+    out["torch_threads"] = torch.get_num_threads()
+    return out

@@ -62,10 +62,15 @@ def open_checkpoint(path: Path):
 
 def live_parts(args: argparse.Namespace, checkpoint, sources: list) -> tuple:
     """The scheduler, engine, decider and pipeline for a checkpoint and some sources."""
+    import torch
+
     from streamer.engine import Decider, InferenceEngine
     from streamer.pipeline import Pipeline
     from streamer.scheduler import Scheduler
 
+    # One intra-op thread by default: the sources and the scheduler need the other core, and
+    # OpenMP threads that wait on a busy core spin instead of yielding.
+    torch.set_num_threads(args.threads)
     window = checkpoint.window
     hop = args.hop or max(1, window // 4)
     label_rule = checkpoint.meta.get("config", {}).get("data", {}).get("label_rule", "all")
@@ -136,6 +141,32 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return run_live(args, pipeline, checkpoint.classes, title)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from streamer.bench import run_bench
+
+    torch.set_num_threads(args.threads)
+    checkpoint = open_checkpoint(args.checkpoint)
+    result = run_bench(checkpoint, quick=args.quick)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    table = Table("figure", "value", title=f"harstream bench ({'quick' if args.quick else 'full'})")
+    for key, value in result.items():
+        if not isinstance(value, (dict, list)):
+            table.add_row(key, f"{value:,.4g}" if isinstance(value, float) else str(value))
+    for key, row in result["batches"].items():
+        table.add_row(f"batch {key}", f"{row['windows_per_s']:,.0f} windows/s, p50 {row['p50_ms']:.1f} ms")
+    for run in result["e2e_runs"]:
+        table.add_row(f"e2e {run['devices']} devices", f"p99 {run['p99_ms']:.0f} ms, dropped "
+                      f"{run['dropped']}, cpu {run['cpu_percent']:.0f}%, held {run['held']}")
+    Console().print(table)
+    return 0
+
+
 def add_live_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="trained model (.pt)")
     p.add_argument("--hop", type=int, default=0, help="samples between windows (default: a quarter window)")
@@ -145,6 +176,7 @@ def add_live_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-batch", type=int, default=256, help="largest inference batch")
     p.add_argument("--max-wait-ms", type=float, default=20.0,
                    help="how long a ready window waits for others to share its batch")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads for inference")
     p.add_argument("--headless", action="store_true", help="no dashboard")
     p.add_argument("--jsonl", action="store_true", help="one JSON object per prediction on stdout")
 
@@ -171,6 +203,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speed", type=float, default=1.0, help="x real time; 0 = as fast as possible")
     add_live_options(p)
     p.set_defaults(run=cmd_replay)
+
+    p = sub.add_parser("bench", help="measure inference and pipeline speed, side by side")
+    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
+    p.add_argument("--quick", action="store_true", help="seconds instead of minutes")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p.set_defaults(run=cmd_bench)
 
     from streamer.wearables_cli import add_wearable_commands  # mqtt, serial, publish, record
 

@@ -5,10 +5,10 @@ import json
 from pathlib import Path
 
 import pytest
+from test_live import assert_live_equals_offline
 
 from model.checkpoint import load_checkpoint
 from streamer.cli import DEFAULT_CHECKPOINT, main
-from test_live import assert_live_equals_offline
 
 
 @pytest.fixture(scope="module")
