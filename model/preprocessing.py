@@ -100,6 +100,9 @@ class CausalMedian:
             self.history = np.repeat(x[:1], self.kernel - 1, axis=0)
         extended = np.concatenate([self.history, x], axis=0)
         self.history = extended[-(self.kernel - 1) :]
+        if self.kernel == 3:  # UCI HAR's kernel: the same values as np.median, ~10x faster (live hot path)
+            a, b, c = extended[:-2], extended[1:-1], extended[2:]
+            return np.maximum(np.minimum(a, b), np.minimum(np.maximum(a, b), c))
         windows = np.lib.stride_tricks.sliding_window_view(extended, self.kernel, axis=0)
         return np.median(windows, axis=-1)
 

@@ -7,6 +7,20 @@ decode-and-emit inside its own try/except (an exception there would escape into 
 loop). The session is persistent (fixed client id, ``clean_start=False``, a session expiry) with
 QoS 1, so samples published while the recognizer was away are delivered when it comes back, as far
 as the broker kept them.
+
+Several recognizer processes can share the devices in two ways:
+
+* ``shard`` (``--shard K/N``): every worker subscribes to every device and keeps the ones that
+  :func:`streamer.shard.shard_of` gives it, dropping the others' messages from their topic alone
+  (before decoding; they are counted in one number, never per device). Works with any broker.
+* ``shared_group`` (``--shared-group NAME``): an MQTT 5 shared subscription,
+  ``$share/NAME/har/+/imu``, so the broker hands each message to one member of the group. The device
+  is still read from the message's own topic. A window needs all of a device's samples in order in
+  one process, so this is only right when the broker keeps each topic on one subscriber: EMQX with
+  ``mqtt.shared_subscription_strategy = hash_topic`` (or ``sticky``; EMQX 4:
+  ``broker.shared_subscription_strategy``), HiveMQ and others with a topic-hash strategy. Mosquitto
+  hands shared messages out round robin, message by message, which scatters every device over
+  all workers: with mosquitto use ``shard`` instead.
 """
 
 from __future__ import annotations
@@ -25,6 +39,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from streamer.shard import Shard
 from streamer.types import Prediction, SampleBatch
 from streamer.wire import WireError, decode, valid_device_id
 
@@ -111,6 +126,20 @@ class MqttOptions:
     tls_cert: str | None = None
     tls_key: str | None = None
     keepalive: int = 30
+    shard: Shard | None = None  # keep only this shard's devices (see streamer.shard)
+    shared_group: str | None = None  # subscribe as a member of this MQTT 5 shared-subscription group
+
+    def __post_init__(self) -> None:
+        group = self.shared_group
+        if group is not None and (not group or any(c in group for c in "/+#")):
+            raise ValueError(f"bad shared group {group!r}: a name without '/', '+' or '#'")
+
+    @property
+    def subscription(self) -> str:
+        """The topic filter to subscribe to: the pattern, or ``$share/GROUP/`` + the pattern."""
+        if self.shared_group is None:
+            return self.topic.text
+        return f"$share/{self.shared_group}/{self.topic.text}"
 
     @property
     def status_topic(self) -> str:
@@ -164,6 +193,7 @@ class MqttSource:
         self.retries = 0
         self.devices: set[str] = set()  # devices heard from (valid ids), bounded by max_devices
         self.rejected: Counter = Counter()  # (device, reason) -> count, also when no pipeline listens
+        self.other_shard = 0  # messages of devices that another shard owns; one number, no per-device state
         self.reject: Callable[[str, str], None] = lambda device, reason: None  # the pipeline's counter
         self.on_connected: list[Callable[[mqtt.Client], None]] = []  # sinks that publish on connect
         self._emit: Callable[[SampleBatch], None] | None = None
@@ -212,7 +242,7 @@ class MqttSource:
             self.status = f"refused by the broker: {reason_code}"
             log.error("mqtt: %s refused the connection: %s", self.options.broker.url, reason_code)
             return
-        client.subscribe(self.options.topic.text, qos=self.options.qos)
+        client.subscribe(self.options.subscription, qos=self.options.qos)
         client.publish(self.options.status_topic, "online", qos=1, retain=True)
         for callback in self.on_connected:
             callback(client)
@@ -243,6 +273,9 @@ class MqttSource:
         if device is None or not valid_device_id(device):  # checked before it names anything
             self._count(INVALID_DEVICE, "invalid device id")
             return
+        if self.options.shard is not None and not self.options.shard.owns(device):
+            self.other_shard += 1  # another worker's device: not decoded, not remembered
+            return
         try:
             batch = decode(payload, device, self.channels, arrival)
         except WireError as error:
@@ -254,6 +287,10 @@ class MqttSource:
                     self._early.append(batch)
                 return
         self._emit(batch)
+
+    def summary(self) -> dict:
+        """The source's own tallies, for the pipeline's summary."""
+        return {"other_shard": self.other_shard} if self.options.shard is not None else {}
 
     def _count(self, device: str, reason: str) -> None:
         if device not in self.devices:  # a flood of new ids must not grow the counters without bound

@@ -198,6 +198,9 @@ class Pipeline:
         for reasons in self.stats.bad_input.values():
             dropped.update(reasons)
         elapsed = time.monotonic() - self.stats.started
+        extra: dict = {}
+        for source in self.sources:  # a source's own tallies (an MQTT shard: other shards' messages)
+            extra |= getattr(source, "summary", dict)()
         return {
             "windows": self.stats.windows,
             "accuracy": self.stats.accuracy,
@@ -210,4 +213,5 @@ class Pipeline:
             "latency_p50_ms": self.stats.latency_percentile(50),
             "latency_p99_ms": self.stats.latency_percentile(99),
             "seconds": round(elapsed, 3),
+            **extra,
         }

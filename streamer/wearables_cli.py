@@ -33,6 +33,7 @@ def say(message: str) -> None:
 # -- MQTT ----------------------------------------------------------------------------------------
 def mqtt_options(args: argparse.Namespace):
     from streamer.mqtt import MqttOptions, TopicPattern, parse_broker
+    from streamer.shard import Shard
     from streamer.wire import valid_device_id
 
     if not 0 <= args.qos <= 2:
@@ -42,13 +43,19 @@ def mqtt_options(args: argparse.Namespace):
     for path in (args.tls_ca, args.tls_cert, args.tls_key):
         if path and not Path(path).exists():
             raise CliError(f"no such file: {path}")
-    client_id = args.client_id or f"harstream-{socket.gethostname()}"[:64]
+    shard = Shard.parse(args.shard) if getattr(args, "shard", None) else None
+    group = getattr(args, "shared_group", None)
+    if group is not None and not args.client_id:
+        # one id per worker: two sessions with one id disconnect each other, over and over
+        raise CliError("--shared-group needs a --client-id of its own for each worker")
+    suffix = f"-shard{shard.index}of{shard.count}" if shard else ""  # workers of one host differ
+    client_id = args.client_id or f"harstream-{socket.gethostname()}"[: 64 - len(suffix)] + suffix
     if not valid_device_id(client_id):
         raise CliError(f"bad --client-id {client_id!r}: use letters, digits, '_', '.', '-'")
     return MqttOptions(
         broker=parse_broker(args.broker), topic=TopicPattern.parse(args.topic), client_id=client_id,
         qos=args.qos, username=args.username, password=args.password, tls_ca=args.tls_ca,
-        tls_cert=args.tls_cert, tls_key=args.tls_key,
+        tls_cert=args.tls_cert, tls_key=args.tls_key, shard=shard, shared_group=group,
     )  # fmt: skip
 
 
@@ -61,7 +68,8 @@ def start_mqtt(args: argparse.Namespace, channels: tuple[str, ...]):
     source.start()
     wait = args.connect_timeout if args.headless else min(args.connect_timeout, 2.0)
     if source.connected.wait(wait):
-        say(f"connected to {options.broker.url}, listening on {options.topic.text}")
+        shard = f" (shard {options.shard.text})" if options.shard else ""
+        say(f"connected to {options.broker.url}, listening on {options.subscription}{shard}")
         return source
     why = unreachable(options.broker) or source.status
     if args.headless:
@@ -71,18 +79,35 @@ def start_mqtt(args: argparse.Namespace, channels: tuple[str, ...]):
     return source
 
 
+def share_cores(workers: int) -> None:
+    """Give each of ``workers`` recognizers on this host its share of the cores for inference.
+
+    torch's intra-op threads spin while they wait for work; two workers with all cores each took
+    28 s instead of 0.2 s for the same 100 windows on a busy 2-core machine (tests/test_shard.py).
+    ``OMP_NUM_THREADS`` in the environment, when set, decides instead.
+    """
+    import os
+
+    import torch
+
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
 def cmd_mqtt(args: argparse.Namespace) -> int:
     from streamer.mqtt import PredictionPublisher
 
     checkpoint = open_checkpoint(args.checkpoint)
     sigterm_as_interrupt()
     source = start_mqtt(args, checkpoint.input_channels)
+    if source.options.shard is not None:
+        share_cores(source.options.shard.count)
     try:
         pipeline, hop = live_parts(args, checkpoint, [source])
         source.reject = pipeline.stats.reject
         if args.publish or args.ha_discovery:
             pipeline.sinks.append(PredictionPublisher(source, discovery=args.ha_discovery))
-        title = (f"harstream mqtt · {source.options.broker.url} {source.options.topic.text} · "
+        title = (f"harstream mqtt · {source.options.broker.url} {source.options.subscription} · "
                  f"window {checkpoint.window} hop {hop} · Ctrl-C to stop")  # fmt: skip
         return run_live(args, pipeline, checkpoint.classes, title)
     finally:
@@ -226,6 +251,12 @@ def add_wearable_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-devices", type=int, default=1000, help="ignore device ids beyond this many")
     p.add_argument("--idle-timeout", type=float, default=300.0,
                    help="forget a device silent for this many seconds (0 = never)")
+    p.add_argument("--shard", metavar="K/N",
+                   help="keep only the devices with crc32(device id) %% N == K (see streamer/shard.py); "
+                   "run N workers, K = 0 .. N-1")
+    p.add_argument("--shared-group", metavar="NAME",
+                   help="subscribe through the MQTT 5 shared subscription $share/NAME/TOPIC; needs a broker "
+                   "that keeps a topic on one subscriber (EMQX hash_topic), not mosquitto")
     p.add_argument("--publish", action="store_true", help="publish predictions to har/<device>/activity")
     p.add_argument("--ha-discovery", action="store_true",
                    help="announce each device to Home Assistant (implies --publish)")

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -20,57 +18,30 @@ from model.checkpoint import save_checkpoint
 from model.network import NetworkConfig, ResidualBiLSTM
 from model.preprocessing import PreprocessingSpec
 from model.recordings import HAPT_ACTIVITIES, HAPT_CHANNELS, Recording, load_hapt, write_csv_recording
+from streamer import broker as broker_module
+from streamer.broker import free_port  # noqa: F401 - the tests import it from here
 
 ROOT = Path(__file__).resolve().parent.parent
 SECONDS = 40  # of the recording the end-to-end tests play
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class Mosquitto(broker_module.Mosquitto):
+    """The shared broker helper (:mod:`streamer.broker`); a broker that cannot start fails the test,
+    since CI installs mosquitto: a missing broker is a broken setup, not a skip."""
 
-
-class Mosquitto:
-    """A real broker on a loopback port; ``restart`` keeps the port (and, like a crash, no state)."""
-
-    def __init__(self, folder: Path) -> None:
-        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        if not Path(binary).exists():  # CI installs it; a missing broker is a broken setup, not a skip
-            pytest.fail("mosquitto is not installed: apt-get install -y mosquitto mosquitto-clients")
-        self.binary = binary
-        self.port = free_port()
-        self.config = folder / "mosquitto.conf"
-        self.config.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-        self.process: subprocess.Popen | None = None
-        self.start()
-
-    @property
-    def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen([self.binary, "-c", str(self.config)],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                if time.monotonic() > deadline or self.process.poll() is not None:
-                    pytest.fail(f"mosquitto did not start on port {self.port}")
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(5)
+    def start(self, timeout: float = 10.0) -> None:
+        try:
+            super().start(timeout)
+        except broker_module.BrokerError as error:
+            pytest.fail(str(error))
 
 
 @pytest.fixture
 def broker(tmp_path: Path):
-    server = Mosquitto(tmp_path)
+    try:
+        server = Mosquitto(tmp_path)
+    except broker_module.BrokerError as error:  # mosquitto is not installed
+        pytest.fail(str(error))
     yield server
     server.stop()
 
