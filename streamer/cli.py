@@ -167,6 +167,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_download(args: argparse.Namespace) -> int:
+    from model.download import ARCHIVES, DownloadError, download
+
+    try:
+        marker = download(args.dataset, args.to, url=args.url)
+    except DownloadError as error:
+        raise CliError(str(error)) from None
+    print(f"{args.dataset}: extracted under {args.to} ({marker.relative_to(args.to)} checked)")
+    print("next: " + ARCHIVES[args.dataset].usage.format(root=args.to))
+    return 0
+
+
 def add_live_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="trained model (.pt)")
     p.add_argument("--hop", type=int, default=0, help="samples between windows (default: a quarter window)")
@@ -203,6 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speed", type=float, default=1.0, help="x real time; 0 = as fast as possible")
     add_live_options(p)
     p.set_defaults(run=cmd_replay)
+
+    p = sub.add_parser("download", help="fetch, check and extract a public dataset (needs a network)")
+    p.add_argument("dataset", choices=("opportunity", "uci-har"))
+    p.add_argument("--to", type=Path, default=Path("data"), help="folder to extract into (default data/)")
+    p.add_argument("--url", help=argparse.SUPPRESS)  # a mirror; the tests use a local server
+    p.set_defaults(run=cmd_download)
 
     p = sub.add_parser("bench", help="measure inference and pipeline speed, side by side")
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)

@@ -246,3 +246,34 @@ def test_train_then_evaluate_end_to_end(dataset, tmp_path, capsys):
     assert scores["data_fingerprint_matches"] and scores["n_windows"] == meta["metrics"]["test"]["n_windows"]
     assert scores["f1_weighted"] == pytest.approx(meta["metrics"]["test"]["f1_weighted"])
     assert 0 <= scores["f1_weighted_no_null"] <= 1
+    # ...and the same checkpoint replays a generated test run as a live stream.
+    capsys.readouterr()
+    run = root / "OpportunityUCIDataset" / "dataset" / "S2-ADL4.dat"
+    assert cli.main(["replay", f"opportunity:{run}", "--checkpoint", str(out), "--speed", "0",
+                     "--hop", "12", "--headless", "--jsonl"]) == 0  # fmt: skip
+    *predictions, last = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert predictions and {p["device"] for p in predictions} == {"S2-ADL4"}
+    assert set(predictions[0]["probs"]) == set(meta["classes"]) and len(meta["classes"]) == 18
+    assert last["summary"]["dropped"] == 0  # NaN stretches are filled, not dropped
+    n_rows = len(dataset[2]["S2-ADL4"])
+    assert last["summary"]["windows"] == len(predictions) == (n_rows - 24) // 12 + 1
+    assert any(p["truth"] == "Null" for p in predictions)
+
+
+def test_the_dashboard_fits_18_gestures_with_null_set_apart():
+    from rich.console import Console
+
+    from model.opportunity import classes
+    from streamer.dashboard import NULL_STYLE, Dashboard
+    from streamer.types import Prediction
+
+    gestures = classes("gestures")
+    dashboard = Dashboard(pipeline=None, classes=gestures, title="opportunity")  # type: ignore[arg-type]
+    probs = dict.fromkeys(gestures, 0.01) | {"Null": 0.5, "Open Door 1": 0.33}
+    prediction = Prediction("S2-ADL4", 1.0, "Null", 0.5, probs, "Open Door 1", 3.0)
+    console = Console(record=True, width=80)
+    console.print(dashboard.bars(prediction, 24))
+    text = console.export_text()
+    assert len(text.splitlines()) == 5  # the top five classes, not all 18
+    assert text.splitlines()[0].startswith("Null") and "Open Door 1" in text.splitlines()[1]
+    assert dashboard.style("Null") == NULL_STYLE != dashboard.style("Open Door 1")
