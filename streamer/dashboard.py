@@ -52,6 +52,12 @@ class Dashboard:
         except ValueError:
             return "white"
 
+    def dropped(self, device: str) -> int:
+        """Everything lost for a device: by the scheduler and, before it, by the wire decoder."""
+        stream = self.pipeline.scheduler.devices.get(device)
+        bad_input = self.pipeline.stats.bad_input.get(device)
+        return (stream.counters.dropped_total if stream else 0) + (sum(bad_input.values()) if bad_input else 0)
+
     # -- pieces ------------------------------------------------------------------------------
     def strip(self, labels: list[str | None], glyph: str = "█") -> Text:
         text = Text()
@@ -99,8 +105,7 @@ class Dashboard:
         if any(p.truth is not None for p in history):
             timeline.add_row("truth", self.strip([p.truth for p in history]))
         timeline.add_row("|acc|", self.sparkline(device, self.timeline_length))
-        counters = self.pipeline.scheduler.devices.get(device)
-        dropped = counters.counters.dropped_total if counters else 0
+        dropped = self.dropped(device)
         subtitle = f"t {latest.t:.1f}s · {latest.latency_ms:.0f} ms"
         if dropped:
             subtitle += f" · dropped {dropped}"
@@ -112,8 +117,7 @@ class Dashboard:
         for device in sorted(self.history):
             history = list(self.history[device])
             latest = history[-1]
-            stream = self.pipeline.scheduler.devices.get(device)
-            dropped = stream.counters.dropped_total if stream else 0
+            dropped = self.dropped(device)
             truth = Text(latest.truth or "", style=self.style(latest.truth))
             table.add_row(device, Text(latest.label, style=f"bold {self.style(latest.label)}"),
                           f"{latest.confidence * 100:.0f}%", truth,
@@ -131,6 +135,7 @@ class Dashboard:
         text.append(f"{stats.window_rate.per_second(now):,.1f} windows/s  ")
         if p50 is not None:
             text.append(f"latency p50 {p50:.0f} ms p99 {p99:.0f} ms  ")
+        text.append("\n")  # two short lines rather than one that wraps at 80 columns
         if fills:
             text.append(f"buffer {sum(fills) / len(fills) * 100:.0f}%  ")
         style = "bold red" if summary["dropped"] else "grey62"
