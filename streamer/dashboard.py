@@ -56,7 +56,8 @@ class Dashboard:
         """Everything lost for a device: by the scheduler and, before it, by the wire decoder."""
         stream = self.pipeline.scheduler.devices.get(device)
         bad_input = self.pipeline.stats.bad_input.get(device)
-        return (stream.counters.dropped_total if stream else 0) + (sum(bad_input.values()) if bad_input else 0)
+        scheduled = stream.counters.dropped_total if stream else 0
+        return scheduled + (sum(bad_input.values()) if bad_input else 0)
 
     # -- pieces ------------------------------------------------------------------------------
     def strip(self, labels: list[str | None], glyph: str = "█") -> Text:
