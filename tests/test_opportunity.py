@@ -277,3 +277,14 @@ def test_the_dashboard_fits_18_gestures_with_null_set_apart():
     assert len(text.splitlines()) == 5  # the top five classes, not all 18
     assert text.splitlines()[0].startswith("Null") and "Open Door 1" in text.splitlines()[1]
     assert dashboard.style("Null") == NULL_STYLE != dashboard.style("Open Door 1")
+
+
+def test_replay_without_an_opportunity_model_names_the_training_command(dataset, tiny_checkpoint, capsys):
+    run = dataset[0] / "OpportunityUCIDataset" / "dataset" / "S2-ADL4.dat"
+    assert not (Path(cli.DEFAULT_CHECKPOINT).with_name("opportunity_18.pt")).exists()
+    assert cli.main(["replay", f"opportunity:{run}", "--headless"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "python train.py --config configs/opportunity_18.toml" in err
+    # a checkpoint trained on other data is refused the same way
+    assert cli.main(["replay", f"opportunity:{run}", "--checkpoint", str(tiny_checkpoint), "--headless"]) == 1
+    assert "configs/opportunity_18.toml" in capsys.readouterr().err
