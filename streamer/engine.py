@@ -48,8 +48,8 @@ class Decider:
         self.history: dict[tuple[str, int], deque[np.ndarray]] = {}
 
     def forget(self, device: str) -> None:
-        for key in [k for k in list(self.history) if k[0] == device]:  # snapshot: another thread adds
-            self.history.pop(key, None)
+        for key in [k for k in self.history if k[0] == device]:
+            del self.history[key]
 
     def decide(self, windows: list[Window], probs: np.ndarray) -> list[Prediction]:
         now = time.monotonic()

@@ -134,21 +134,11 @@ class Pipeline:
         self.stop_event.set()
 
     def run(self) -> Iterator[Prediction]:
-        """Predictions as they are made, until every source has ended (or :meth:`stop`).
-
-        Inference runs in a thread of its own: PyTorch releases the GIL while it computes, so the
-        scheduler keeps filtering and cutting the next windows on the other core meanwhile.
-        """
+        """Predictions as they are made, until every source has ended (or :meth:`stop`)."""
         for source in self.sources:
             thread = threading.Thread(target=self._run_source, args=(source,), name=source.name, daemon=True)
             thread.start()
             self.threads.append(thread)
-        batches: queue.Queue[list[Window] | None] = queue.Queue(maxsize=2)  # backpressure
-        results: queue.Queue[list[Prediction] | None] = queue.Queue()
-        worker = threading.Thread(target=self._infer_batches, args=(batches, results), name="inference",
-                                  daemon=True)
-        worker.start()
-        in_flight = 0
         running = len(self.sources)
         pending: list[Window] = []
         oldest = 0.0
@@ -156,8 +146,6 @@ class Pipeline:
         while running and not self.stop_event.is_set():
             now = time.monotonic()
             timeout = max(0.0, oldest + self.max_wait_s - now) if pending else 0.2
-            if in_flight:
-                timeout = min(timeout, 0.005)  # come back soon for the results
             try:
                 item = self.queue.get(timeout=timeout)
             except queue.Empty:
@@ -173,39 +161,16 @@ class Pipeline:
                 pending += windows
             now = time.monotonic()
             if pending and (len(pending) >= self.engine.max_batch or now - oldest >= self.max_wait_s):
-                batches.put(pending)
-                in_flight += 1
+                yield from self._infer(pending)
                 pending = []
-            while in_flight:
-                try:
-                    done = results.get_nowait()
-                except queue.Empty:
-                    break
-                in_flight -= 1
-                yield from done or ()
             if now - last_eviction > 1.0:
                 last_eviction = now
                 for device in self.scheduler.evict_idle(now):
                     self.decider.forget(device)
                     self.latest.pop(device, None)
-        if pending and not self.stop_event.is_set():
-            batches.put(pending)
-            in_flight += 1
-        batches.put(None)
-        while in_flight:
-            done = results.get()
-            in_flight -= 1
-            yield from done or ()
+        if pending:
+            yield from self._infer(pending)
         self.stop_event.set()
-
-    def _infer_batches(self, batches: queue.Queue, results: queue.Queue) -> None:
-        while (windows := batches.get()) is not None:
-            try:
-                results.put(list(self._infer(windows)))
-            except Exception as error:  # keep the loop alive; the windows are lost and counted
-                log.error("inference failed for %d windows: %s", len(windows), error)
-                self.stats.reject("(engine)", "inference failed", len(windows))
-                results.put([])
 
     def _infer(self, windows: list[Window]) -> Iterator[Prediction]:
         probs = self.engine.probabilities(windows)
