@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from live_fixtures import broker, short_recording  # noqa: F401 - fixtures for the MQTT/serial tests
 
 from model.recordings import Recording, load_hapt
 

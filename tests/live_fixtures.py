@@ -14,10 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.checkpoint import save_checkpoint
-from model.network import NetworkConfig, ResidualBiLSTM
-from model.preprocessing import PreprocessingSpec
-from model.recordings import HAPT_ACTIVITIES, HAPT_CHANNELS, Recording, load_hapt, write_csv_recording
+from model.recordings import Recording, load_hapt, write_csv_recording
 from streamer import broker as broker_module
 from streamer.broker import free_port  # noqa: F401 - the tests import it from here
 
@@ -44,20 +41,6 @@ def broker(tmp_path: Path):
         pytest.fail(str(error))
     yield server
     server.stop()
-
-
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory) -> Path:
-    """An untrained, tiny model: the tests compare paths, not accuracy."""
-    import torch
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "tiny.pt"
-    meta = {"name": "tiny", "classes": list(HAPT_ACTIVITIES), "input_channels": list(HAPT_CHANNELS),
-            "rate_hz": 50.0, "window": 128, "preprocessing": PreprocessingSpec().to_dict(),
-            "config": {"data": {"label_rule": "all"}}}  # fmt: skip
-    save_checkpoint(path, ResidualBiLSTM(NetworkConfig(n_hidden=8, n_stacked=1, n_residual=1)), meta)
-    return path
 
 
 @pytest.fixture(scope="session")

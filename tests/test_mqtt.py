@@ -1,6 +1,6 @@
 """MQTT end to end against a real mosquitto: publisher ─▶ broker ─▶ recognizer ─▶ predictions."""
 
-# ruff: noqa: F811 - pytest fixtures are imported from live_fixtures and then named as arguments
+
 
 from __future__ import annotations
 
@@ -13,16 +13,7 @@ from pathlib import Path
 import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
-from live_fixtures import (  # noqa: F401 - fixtures
-    Lines,
-    broker,
-    harstream,
-    predictions,
-    replay_reference,
-    same_predictions,
-    short_recording,
-    tiny_checkpoint,
-)
+from live_fixtures import Lines, harstream, predictions, replay_reference, same_predictions
 
 from model.recordings import HAPT_ACTIVITIES, HAPT_CHANNELS, read_csv_recording
 from replay.sources import Device

@@ -1,6 +1,6 @@
 """Serial wearables through real pseudo-terminal pairs: the slave is the port, the test is the device."""
 
-# ruff: noqa: F811 - pytest fixtures are imported from live_fixtures and then named as arguments
+
 
 from __future__ import annotations
 
@@ -11,15 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from live_fixtures import (  # noqa: F401 - fixtures
-    Lines,
-    harstream,
-    predictions,
-    replay_reference,
-    same_predictions,
-    short_recording,
-    tiny_checkpoint,
-)
+from live_fixtures import Lines, harstream, predictions, replay_reference, same_predictions
 
 from model.recordings import HAPT_ACTIVITIES, HAPT_CHANNELS, read_csv_recording
 from streamer.serial_source import SerialSource

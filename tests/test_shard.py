@@ -1,6 +1,5 @@
 """Several recognizers sharing the devices: ``--shard K/N`` and MQTT 5 shared subscriptions."""
 
-# ruff: noqa: F811 - pytest fixtures are imported from live_fixtures and then named as arguments
 
 from __future__ import annotations
 
@@ -14,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
-from live_fixtures import Lines, broker, harstream, predictions  # noqa: F401 - fixtures
+from live_fixtures import Lines, harstream, predictions
 
 from model.checkpoint import save_checkpoint
 from model.network import NetworkConfig, ResidualBiLSTM
