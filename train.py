@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
-from rich.table import Table
 
 from model import distributed
 from model.checkpoint import save_checkpoint
@@ -99,15 +98,12 @@ def run(args: argparse.Namespace, context: distributed.Context, argv: list[str] 
             f"{config.train.batch_size // context.world_size} per rank: a global batch of "
             f"{config.train.batch_size // context.world_size * context.world_size}"
         )
-    table = Table("epoch", "loss", "val acc", "val F1", "lr", "s", box=None)
-
     def on_epoch(r: EpochRecord) -> None:
         console.print(
             f"epoch {r.epoch:4d}/{config.train.epochs}  loss {r.loss:.4f}  val acc {r.val_accuracy:.4f}"
             f"  val F1 {r.val_f1:.4f}  lr {r.lr:.2e}  {r.seconds:.1f}s"
         )
 
-    del table
     result = fit(config, splits.train, splits.val, classes, features, on_epoch, device=context.device)
     if context.distributed:  # every rank must hold the same weights: compare them byte for byte
         digests = distributed.replica_digests(result.model)

@@ -63,7 +63,8 @@ class DeviceStream:
         self.recent_dt: deque[float] = deque(maxlen=64)
         self.announced_rate: float | None = None
         self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        self._column_maps: dict[tuple[str, ...], np.ndarray | None] = {}
+        # channel names as sent -> column indices in the model's order, or why they do not fit
+        self._column_maps: dict[tuple[str, ...], np.ndarray | str] = {}
         self._logged: set[str] = set()
         self.signal_magnitude: deque[float] = deque(maxlen=120)  # for the dashboard's sparkline
 
@@ -92,15 +93,14 @@ class DeviceStream:
             return 1.0 / float(np.median(self.recent_dt))
         return None
 
-    def _columns(self, channels: tuple[str, ...]) -> np.ndarray | None:
+    def _columns(self, channels: tuple[str, ...]) -> np.ndarray | str:
         if channels not in self._column_maps:
             wanted = self.s.spec.inputs
             missing = [c for c in wanted if c not in channels]
             self._column_maps[channels] = (
-                None if missing else np.array([channels.index(c) for c in wanted])
+                f"missing channel(s) {', '.join(missing)}" if missing
+                else np.array([channels.index(c) for c in wanted])
             )
-            if missing:
-                self.drop(f"missing channel(s) {', '.join(missing)}", 0)
         return self._column_maps[channels]
 
     # -- the path of a batch -----------------------------------------------------------------
@@ -108,8 +108,8 @@ class DeviceStream:
         self.last_seen = batch.arrival
         n = len(batch.timestamps)
         columns = self._columns(batch.channels)
-        if columns is None:
-            self.counters.dropped[f"missing channel(s) of {self.s.spec.inputs}"] += n
+        if isinstance(columns, str):
+            self.drop(columns, n)
             return []
         if batch.rate_hz:
             self.announced_rate = float(batch.rate_hz)

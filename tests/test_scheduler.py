@@ -92,6 +92,7 @@ def test_missing_channels_drop_the_batch_with_a_reason():
     scheduler = Scheduler(IDENTITY, window=2, hop=2, rate_hz=50.0)
     scheduler.push(batch([0.0, 0.02], values=[[1], [2]], channels=("x",), rate=50.0))
     assert sum(scheduler.devices["d"].counters.dropped.values()) == 2
+    assert scheduler.devices["d"].counters.dropped == {"missing channel(s) y": 2}  # one reason, counted once
 
 
 def test_devices_are_independent():
