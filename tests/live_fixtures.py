@@ -12,11 +12,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import paho.mqtt.client as mqtt
 import pytest
 
-from model.recordings import Recording, load_hapt, write_csv_recording
+from model.recordings import HAPT_ACTIVITIES, Recording, load_hapt, write_csv_recording
 from streamer import broker as broker_module
 from streamer.broker import free_port  # noqa: F401 - the tests import it from here
+from streamer.mqtt import parse_broker
 
 ROOT = Path(__file__).resolve().parent.parent
 SECONDS = 40  # of the recording the end-to-end tests play
@@ -31,6 +33,35 @@ class Mosquitto(broker_module.Mosquitto):
             super().start(timeout)
         except broker_module.BrokerError as error:
             pytest.fail(str(error))
+
+
+def mqtt_client(url: str) -> mqtt.Client:
+    """A plain paho client connected to ``url``, its network loop running in a thread."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    address = parse_broker(url)
+    client.connect(address.host, address.port)
+    client.loop_start()
+    return client
+
+
+def write_tiny_checkpoint(path: Path, window: int = 128) -> Path:
+    """An untrained 1x1 network with the shipped model's inputs: enough to test the plumbing."""
+    import torch
+
+    from model.checkpoint import save_checkpoint
+    from model.config import ExperimentConfig
+    from model.network import NetworkConfig, ResidualBiLSTM
+    from model.preprocessing import PreprocessingSpec
+
+    torch.manual_seed(0)
+    model = ResidualBiLSTM(NetworkConfig(n_hidden=8, n_stacked=1, n_residual=1, dropout=0.0))
+    spec = PreprocessingSpec()
+    save_checkpoint(path, model, {
+        "name": path.stem, "classes": list(HAPT_ACTIVITIES), "input_channels": list(spec.inputs),
+        "rate_hz": 50.0, "window": window, "step": window // 2, "preprocessing": spec.to_dict(),
+        "config": ExperimentConfig().to_dict(),
+    })  # fmt: skip
+    return path
 
 
 @pytest.fixture

@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import paho.mqtt.client as mqtt
 import pytest
 from live_fixtures import Lines, harstream, predictions, replay_reference, same_predictions
+from live_fixtures import mqtt_client as client
 
 from model.recordings import HAPT_ACTIVITIES, HAPT_CHANNELS, read_csv_recording
 from replay.sources import Device
@@ -38,14 +38,6 @@ def publish_recording(url: str, path: Path, name: str, fmt: str = "batch") -> No
     publisher.connect(5)
     publisher.run(threading.Event())
     publisher.close()
-
-
-def client(url: str) -> mqtt.Client:
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    broker_ = parse_broker(url)
-    c.connect(broker_.host, broker_.port)
-    c.loop_start()
-    return c
 
 
 class Recognizer:

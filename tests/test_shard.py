@@ -11,14 +11,10 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-import paho.mqtt.client as mqtt
 import pytest
-from live_fixtures import Lines, harstream, predictions
+from live_fixtures import Lines, harstream, mqtt_client, predictions, write_tiny_checkpoint
 
-from model.checkpoint import save_checkpoint
-from model.network import NetworkConfig, ResidualBiLSTM
-from model.preprocessing import PreprocessingSpec
-from model.recordings import HAPT_ACTIVITIES, HAPT_CHANNELS, load_hapt
+from model.recordings import HAPT_CHANNELS, load_hapt
 from streamer.cli import CliError, build_parser
 from streamer.mqtt import MqttOptions, MqttSource, TopicPattern, parse_broker
 from streamer.shard import Shard, shard_of
@@ -34,29 +30,13 @@ WINDOWS_PER_DEVICE = 1 + (MESSAGES * PER_MESSAGE - WINDOW) // HOP
 @pytest.fixture(scope="module")
 def short_window_checkpoint(tmp_path_factory) -> Path:
     """An untrained tiny model with a 64-sample window, so a few seconds give several windows."""
-    import torch
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("shard") / "tiny64.pt"
-    meta = {"name": "tiny64", "classes": list(HAPT_ACTIVITIES), "input_channels": list(HAPT_CHANNELS),
-            "rate_hz": 50.0, "window": WINDOW, "preprocessing": PreprocessingSpec().to_dict(),
-            "config": {"data": {"label_rule": "all"}}}  # fmt: skip
-    save_checkpoint(path, ResidualBiLSTM(NetworkConfig(n_hidden=8, n_stacked=1, n_residual=1)), meta)
-    return path
-
-
-def connected_client(url: str) -> mqtt.Client:
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    address = parse_broker(url)
-    client.connect(address.host, address.port)
-    client.loop_start()
-    return client
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("shard") / "tiny64.pt", window=WINDOW)
 
 
 def publish_devices(url: str, devices: list[str]) -> None:
     """Each device sends its own stretch of real HAPT data (subject 2), one batch a second."""
     values = load_hapt((2,))[0].values
-    sender = connected_client(url)
+    sender = mqtt_client(url)
     t0 = time.time()
     infos = []
     for m in range(MESSAGES):
@@ -176,7 +156,7 @@ def test_two_shared_subscribers_together_get_every_message_exactly_once(broker) 
         sources.append(source)
     try:
         time.sleep(0.2)  # the SUBACKs
-        sender = connected_client(broker.url)
+        sender = mqtt_client(broker.url)
         sent = []
         for k in range(60):
             device = DEVICES[k % 6]
