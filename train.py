@@ -3,8 +3,10 @@
 Data-parallel on N processes: ``torchrun --nproc_per_node=N train.py --config ...`` (gloo on
 CPU, nccl with ``--device cuda``; see model/distributed.py). Rank 0 prints and saves.
 
-The epoch kept is the one that scores best on the validation subjects; the test subjects are
-scored once, at the end, with that epoch's weights.
+The epoch kept is the one that scores best on the validation subjects (``train.keep = "best"``)
+or the schedule's last (``"last"``, for a refit on every training subject once cross-validation
+chose the recipe: ``--fold K/N`` validates on the K-th of N folds of the training subjects and
+never scores test). The test subjects are scored once, at the end, with the kept weights.
 """
 
 from __future__ import annotations
@@ -43,6 +45,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="skip the test split (for choosing a recipe on validation alone)",
     )
     p.add_argument(
+        "--fold",
+        metavar="K/N",
+        help="validate on cross-validation fold K of N over the training subjects (implies --no-test)",
+    )
+    p.add_argument(
         "--set",
         action="append",
         default=[],
@@ -75,11 +82,18 @@ def run(args: argparse.Namespace, context: distributed.Context, argv: list[str] 
     if args.seed is not None:
         config = with_train(config, seed=args.seed)
     out = Path(args.out or f"model/weights/{config.name}.pt")
+    fold = None
+    if args.fold:
+        k, _, n = args.fold.partition("/")
+        if not (k.isdigit() and n.isdigit()):
+            print(f"train.py: --fold wants K/N, e.g. 1/3, got {args.fold!r}", file=sys.stderr)
+            return 1
+        fold = (int(k), int(n))
 
     started = time.perf_counter()
     try:
         with console.status("building windows from the recordings..."):
-            splits = build_splits(config)
+            splits = build_splits(config, fold)
     except (FileNotFoundError, ValueError) as error:  # missing or malformed data: one line, no traceback
         if context.is_main:
             print(f"train.py: {error}", file=sys.stderr)
@@ -91,6 +105,9 @@ def run(args: argparse.Namespace, context: distributed.Context, argv: list[str] 
         f"{len(splits.test)} test windows of {config.data.window}x{len(features)}; "
         f"data {splits.fingerprint}"
     )
+    if fold:
+        held_out = sorted(set(splits.val.subjects), key=lambda s: (len(s), s))
+        console.print(f"fold {fold[0]}/{fold[1]}: validation subjects {' '.join(held_out)}")
 
     if config.train.batch_size % context.world_size:
         console.print(
@@ -115,10 +132,12 @@ def run(args: argparse.Namespace, context: distributed.Context, argv: list[str] 
         )
         if not context.is_main:
             return 0
-    if args.no_test:
+    if args.no_test or fold:
+        last = result.history[-1]
         console.print(
             f"kept epoch {result.best_epoch}: validation {result.best_val['accuracy']:.4f} "
-            f"accuracy, {result.best_val['f1_weighted']:.4f} weighted F1 (test not scored)"
+            f"accuracy, {result.best_val['f1_weighted']:.4f} weighted F1; last epoch {last.epoch}: "
+            f"{last.val_accuracy:.4f} accuracy, {last.val_f1:.4f} weighted F1 (test not scored)"
         )
         return 0
     test = evaluate(result.model, splits.test, classes, null_class(config))

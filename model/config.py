@@ -45,6 +45,9 @@ class TrainConfig:
     augment_scale: float = 0.0  # per-window random gain of up to ± this fraction
     augment_rotate_deg: float = 0.0  # per-window random rotation of every xyz triple, degrees
     select_on: str = "f1_weighted"  # validation metric that picks the kept epoch
+    # "best": the epoch that scores best on validation; "last": the schedule's final epoch, for a
+    # refit on every training subject once cross-validation (train.py --fold) chose the recipe
+    keep: str = "best"
     feature_std: float = 1.0  # features are normalised to this std (OPPORTUNITY's scheme: 0.5)
     seed: int = 0
     threads: int = 0  # torch intra-op threads; 0 = torch's default

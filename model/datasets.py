@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -166,14 +167,31 @@ def split_by_run(windows: WindowSet, data: DataConfig) -> Splits:
     return Splits(*parts, fingerprint=_fingerprint(*parts))
 
 
-def build_splits(config: ExperimentConfig) -> Splits:
-    """Train, validation and test windows for an experiment."""
-    if config.data.dataset == "uci_har":
-        return read_uci_har_folder(Path(config.data.path), config.data)
-    windows = recording_windows(load_recordings(config), config.data, config.preprocessing)
-    if config.data.train_runs or config.data.val_runs or config.data.test_runs:
-        return split_by_run(windows, config.data)
-    return split_by_subject(windows, config.data)
+def cross_validation_fold(subjects: Iterable[str], data: DataConfig, fold: int, folds: int) -> DataConfig:
+    """Fold ``fold`` of ``folds`` (1-based): every ``folds``-th non-test subject, in numeric
+    order, validates; the configured validation subjects go back to training."""
+    if not 1 <= fold <= folds:
+        raise ValueError(f"fold {fold}/{folds}: the fold must be between 1 and {folds}")
+    pool = sorted(set(subjects) - set(data.test_subjects), key=lambda s: (len(s), s))
+    if len(pool) < folds:
+        raise ValueError(f"{folds} folds need at least {folds} training subjects, there are {len(pool)}")
+    return replace(data, val_subjects=tuple(pool[fold - 1 :: folds]))
+
+
+def build_splits(config: ExperimentConfig, fold: tuple[int, int] | None = None) -> Splits:
+    """Train, validation and test windows for an experiment; ``fold=(k, n)`` validates on the
+    k-th of n cross-validation folds of the training subjects instead of the configured ones."""
+    data = config.data
+    if fold and (data.dataset == "uci_har" or data.train_runs or data.val_runs or data.test_runs):
+        raise ValueError("cross-validation folds split by subject: not with runs or the UCI HAR folder")
+    if data.dataset == "uci_har":
+        return read_uci_har_folder(Path(data.path), data)
+    windows = recording_windows(load_recordings(config), data, config.preprocessing)
+    if data.train_runs or data.val_runs or data.test_runs:
+        return split_by_run(windows, data)
+    if fold:
+        data = cross_validation_fold(np.unique(windows.subjects), data, *fold)
+    return split_by_subject(windows, data)
 
 
 UCI_HAR_SIGNALS = tuple(

@@ -179,6 +179,12 @@ def fit(
     else:
         raise ValueError(f"unknown schedule {t.schedule!r} (constant | onecycle | cosine)")
 
+    if t.keep not in ("best", "last"):
+        raise ValueError(f"unknown train.keep {t.keep!r} (best | last)")
+    if t.keep == "best" and not len(val):
+        raise ValueError(
+            'no validation windows to pick an epoch with: name val subjects or set train.keep="last"'
+        )
     loss_fn = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
     groups = xyz_groups(features)
     weights = model.weight_parameters()
@@ -223,7 +229,7 @@ def fit(
             optimizer.param_groups[0]["lr"],
         )
         history.append(record)
-        score = val_metrics[t.select_on]
+        score = epoch if t.keep == "last" else val_metrics[t.select_on]
         if score > best_score:  # strictly better: ties keep the earlier epoch
             best_score, best_epoch, best_val = score, epoch, val_metrics
             best_state = copy.deepcopy(model.state_dict())

@@ -37,6 +37,19 @@ def test_splits_share_no_subject_and_test_is_uci_hars(splits):
     assert len(train | val) == 21
 
 
+def test_cross_validation_folds_cover_every_training_subject_once():
+    from model.datasets import cross_validation_fold
+
+    data = DataConfig(test_subjects=("2", "4"), val_subjects=("1",))
+    subjects = [str(s) for s in range(1, 12)]
+    folds = [cross_validation_fold(subjects, data, k, 3).val_subjects for k in (1, 2, 3)]
+    assert folds[0] == ("1", "6", "9")  # numeric order (1 3 5 6 7 8 9 10 11), not "1" "10" "11" "3"
+    held_out = [s for fold in folds for s in fold]
+    assert sorted(held_out, key=int) == [s for s in subjects if s not in {"2", "4"}]  # each once, no test
+    with pytest.raises(ValueError, match="between 1 and 3"):
+        cross_validation_fold(subjects, data, 4, 3)
+
+
 def test_window_counts_are_close_to_the_original_uci_har(splits):
     # The original has 7352 train and 2947 test windows cut the same way from the same sessions.
     assert 0.9 * 7352 < len(splits.train) + len(splits.val) < 1.05 * 7352

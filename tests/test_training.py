@@ -32,6 +32,25 @@ def test_a_seconds_long_run_on_a_small_subset_learns(hapt):
     assert 1 <= result.best_epoch <= 6
 
 
+def test_keep_last_takes_the_final_epoch_and_best_needs_validation(hapt):
+    import pytest
+
+    from model.datasets import recording_windows
+
+    config = override(ExperimentConfig(), [
+        "model.n_stacked=1", "model.n_residual=1", "model.n_hidden=8", "train.epochs=3",
+        "train.batch_size=32", 'train.keep="last"', "data.window=64", "data.step=64",
+    ])  # fmt: skip
+    windows = subset(recording_windows([r for r in hapt if r.subject == "1"], config.data,
+                                       config.preprocessing), 5, 0)  # fmt: skip
+    empty = windows.subset(np.zeros(len(windows), bool))
+    result = fit(config, windows, empty, HAPT_ACTIVITIES, config.preprocessing.features)
+    assert result.best_epoch == 3  # no validation to score: the schedule's end is kept
+    with pytest.raises(ValueError, match="no validation windows"):
+        fit(override(config, ['train.keep="best"']), windows, empty, HAPT_ACTIVITIES,
+            config.preprocessing.features)  # fmt: skip
+
+
 def test_rotations_are_proper_and_bounded():
     import torch
 
