@@ -6,6 +6,10 @@ and the ratios to the baseline (the plain eager model, one window at a time) are
 FLOPs per window count the multiply-adds of the network (each dense layer, each LSTM direction's
 input and recurrent products, the classifier), 2 FLOPs per multiply-add. The reference rate is a
 large fp32 matrix product (torch.mm) timed in the same run.
+
+The same network exported to ONNX and run by onnxruntime (same thread count) is timed the same way,
+side by side (its graph ends in the softmax, which the eager timing leaves out); its figures carry
+the prefix ``onnx_``, its batches the name ``onnx/``.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import torch
 
 from model.checkpoint import Checkpoint
 from model.network import ResidualBiLSTM
+from streamer.backends import OnnxBackend, TorchBackend
 
 
 def flops_per_window(model: ResidualBiLSTM, steps: int) -> int:
@@ -68,27 +73,48 @@ def inference_figures(checkpoint: Checkpoint, seconds: float, batches: tuple[int
     baseline = time_calls(lambda: plain(one), seconds)
     out["baseline_windows_per_s"] = 1.0 / float(np.mean(baseline))
     out["baseline_p50_ms"] = float(np.median(baseline) * 1000)
-    for name, model in (("eager", plain),):
-        for batch in batches:
-            x = torch.randn(batch, steps, n_in)
-            t = time_calls(lambda m=model, x=x: m(x), seconds / len(batches))
-            out["batches"][f"{name}/{batch}"] = {
-                "windows_per_s": batch / float(np.mean(t)),
-                "p50_ms": float(np.median(t) * 1000),
-                "p99_ms": float(np.percentile(t, 99) * 1000),
-            }
-    best_key = max(out["batches"], key=lambda k: out["batches"][k]["windows_per_s"])
-    one_keys = [k for k in out["batches"] if k.endswith("/1")]
-    batch1_key = min(one_keys, key=lambda k: out["batches"][k]["p50_ms"])
-    out["batch1_path"] = batch1_key
-    out["batch1_p50_ms"] = out["batches"][batch1_key]["p50_ms"]
-    out["batch1_p99_ms"] = out["batches"][batch1_key]["p99_ms"]
-    out["best_batch"] = best_key
-    out["best_batch_windows_per_s"] = out["batches"][best_key]["windows_per_s"]
-    out["flop_efficiency"] = out["best_batch_windows_per_s"] * flops / rate
-    out["speedup_batch1_vs_baseline"] = out["baseline_p50_ms"] / out["batch1_p50_ms"]
-    out["speedup_best_vs_baseline"] = out["best_batch_windows_per_s"] / out["baseline_windows_per_s"]
+    time_batches(out, "eager", plain, steps, n_in, seconds, batches)
+    out.update(path_figures(out, "eager", "", flops, rate))
+    try:
+        onnx = OnnxBackend.from_checkpoint(checkpoint, threads=torch.get_num_threads())
+    except ImportError as error:
+        out["onnx_error"] = str(error)
+        return out
+    time_batches(out, "onnx", lambda x: onnx.probabilities(x.numpy()), steps, n_in, seconds, batches)
+    out.update(path_figures(out, "onnx", "onnx_", flops, rate))
     return out
+
+
+def time_batches(out: dict, name: str, fn: Callable, steps: int, n_in: int, seconds: float,
+                 batches: tuple[int, ...]) -> None:
+    """Time ``fn`` on random windows at each batch size, into ``out["batches"]["name/batch"]``."""
+    for batch in batches:
+        x = torch.randn(batch, steps, n_in)
+        t = time_calls(lambda x=x: fn(x), seconds / len(batches))
+        out["batches"][f"{name}/{batch}"] = {
+            "windows_per_s": batch / float(np.mean(t)),
+            "p50_ms": float(np.median(t) * 1000),
+            "p99_ms": float(np.percentile(t, 99) * 1000),
+        }
+
+
+def path_figures(out: dict, name: str, prefix: str, flops: int, rate: float) -> dict:
+    """Batch-1 latency, best batch, FLOP efficiency and ratios to the baseline for one path,
+    under keys that start with ``prefix``."""
+    rows = {k: v for k, v in out["batches"].items() if k.startswith(f"{name}/")}
+    best_key = max(rows, key=lambda k: rows[k]["windows_per_s"])
+    batch1_key = f"{name}/1"
+    figures = {
+        "batch1_path": batch1_key,
+        "batch1_p50_ms": rows[batch1_key]["p50_ms"],
+        "batch1_p99_ms": rows[batch1_key]["p99_ms"],
+        "best_batch": best_key,
+        "best_batch_windows_per_s": rows[best_key]["windows_per_s"],
+        "flop_efficiency": rows[best_key]["windows_per_s"] * flops / rate,
+        "speedup_batch1_vs_baseline": out["baseline_p50_ms"] / rows[batch1_key]["p50_ms"],
+        "speedup_best_vs_baseline": rows[best_key]["windows_per_s"] / out["baseline_windows_per_s"],
+    }
+    return {prefix + k: v for k, v in figures.items()}
 
 
 class Fleet:
@@ -141,7 +167,7 @@ def end_to_end(checkpoint: Checkpoint, n: int, seconds: float, hop: int = 32) ->
 
     fleet = Fleet(n, seconds)
     scheduler = Scheduler(checkpoint.preprocessing, checkpoint.window, hop, checkpoint.rate_hz)
-    pipeline = Pipeline([fleet], scheduler, InferenceEngine(checkpoint.model, max_batch=256),
+    pipeline = Pipeline([fleet], scheduler, InferenceEngine(TorchBackend(checkpoint.model), max_batch=256),
                         Decider(checkpoint.classes), max_wait_s=0.05, queue_size=100_000)
     cpu0, wall0 = time.process_time(), time.monotonic()
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -21,15 +21,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from model.checkpoint import load_checkpoint
     from model.config import from_dict, override
     from model.datasets import build_splits, null_class
+    from model.metrics import summarise
     from model.report import confusion_table, per_class_table
-    from model.training import evaluate
 
     checkpoint = load_checkpoint(args.checkpoint)
     config = from_dict(checkpoint.meta["config"])
     if args.data_dir or args.data_zip:
         config = override(config, [f'data.path="{args.data_zip or args.data_dir}"'])
+    engine = live_engine(args, checkpoint, max_batch=512)
     splits = build_splits(config)
-    metrics = evaluate(checkpoint.model, splits.by_name(args.split), checkpoint.classes, null_class(config))
+    windows = splits.by_name(args.split)
+    predicted = engine.probabilities_of(windows.x).argmax(axis=1)
+    metrics = summarise(windows.y, predicted, checkpoint.classes, null_class(config))
     keys = ("accuracy", "f1_weighted", "f1_macro", "n_windows", "f1_weighted_no_null", "f1_macro_no_null")
     keys = tuple(k for k in keys if k in metrics)
     summary = {k: metrics[k] for k in keys} | {"split": args.split}
@@ -60,24 +63,34 @@ def open_checkpoint(path: Path):
     return load_checkpoint(path)
 
 
-def live_parts(args: argparse.Namespace, checkpoint, sources: list) -> tuple:
-    """The scheduler, engine, decider and pipeline for a checkpoint and some sources."""
+def live_engine(args: argparse.Namespace, checkpoint, max_batch: int):
+    """The inference engine on the chosen ``--backend`` with ``--threads`` intra-op threads
+    (0: the library's default)."""
     import torch
 
-    from streamer.engine import Decider, InferenceEngine
+    from streamer.backends import make_backend
+    from streamer.engine import InferenceEngine
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    return InferenceEngine(make_backend(args.backend, checkpoint, args.threads), max_batch=max_batch)
+
+
+def live_parts(args: argparse.Namespace, checkpoint, sources: list) -> tuple:
+    """The scheduler, engine, decider and pipeline for a checkpoint and some sources."""
+    from streamer.engine import Decider
     from streamer.pipeline import Pipeline
     from streamer.scheduler import Scheduler
 
-    # One intra-op thread by default: the sources and the scheduler need the other core, and
-    # OpenMP threads that wait on a busy core spin instead of yielding.
-    torch.set_num_threads(args.threads)
+    # One intra-op thread by default (--threads): the sources and the scheduler need the other
+    # core, and OpenMP threads that wait on a busy core spin instead of yielding.
+    engine = live_engine(args, checkpoint, max_batch=args.max_batch)
     window = checkpoint.window
     hop = args.hop or max(1, window // 4)
     label_rule = checkpoint.meta.get("config", {}).get("data", {}).get("label_rule", "all")
     scheduler = Scheduler(checkpoint.preprocessing, window, hop, checkpoint.rate_hz, label_rule=label_rule,
                           max_devices=getattr(args, "max_devices", 10_000),
                           idle_timeout_s=getattr(args, "idle_timeout", 0.0))  # fmt: skip
-    engine = InferenceEngine(checkpoint.model, max_batch=args.max_batch)
     decider = Decider(checkpoint.classes, smooth=args.smooth, min_confidence=args.min_confidence)
     return Pipeline(sources, scheduler, engine, decider, max_wait_s=args.max_wait_ms / 1000.0), hop
 
@@ -167,6 +180,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from model.onnx_export import export_onnx, operator_counts
+
+    checkpoint = open_checkpoint(args.checkpoint)
+    out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(".onnx")
+    export_onnx(checkpoint, out)
+    lstm = operator_counts(out).get("LSTM", 0)
+    network = checkpoint.model.config
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, {lstm} ONNX LSTM operators): features float32 "
+          f"[batch, {checkpoint.window}, {network.n_inputs}] -> probabilities [batch, {network.n_classes}]")
+    return 0
+
+
 def cmd_download(args: argparse.Namespace) -> int:
     from model.download import ARCHIVES, DownloadError, download
 
@@ -179,6 +205,11 @@ def cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_backend_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=("torch", "onnx"), default="torch",
+                   help="run the network with PyTorch, or export it to ONNX and run it with onnxruntime")
+
+
 def add_live_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="trained model (.pt)")
     p.add_argument("--hop", type=int, default=0, help="samples between windows (default: a quarter window)")
@@ -188,7 +219,8 @@ def add_live_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-batch", type=int, default=256, help="largest inference batch")
     p.add_argument("--max-wait-ms", type=float, default=20.0,
                    help="how long a ready window waits for others to share its batch")
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads for inference")
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads for inference")
+    add_backend_option(p)
     p.add_argument("--headless", action="store_true", help="no dashboard")
     p.add_argument("--jsonl", action="store_true", help="one JSON object per prediction on stdout")
 
@@ -206,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="dataset folder, for checkpoints trained on a folder dataset")
     p.add_argument("--data-zip", metavar="FILE", help="dataset zip (OpportunityUCIDataset.zip)")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p.add_argument("--threads", type=int, default=0, help="intra-op threads (default 0: the library's own)")
+    add_backend_option(p)
     p.set_defaults(run=cmd_evaluate)
 
     p = sub.add_parser("replay", help="play recordings as live devices through the model")
@@ -215,6 +249,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speed", type=float, default=1.0, help="x real time; 0 = as fast as possible")
     add_live_options(p)
     p.set_defaults(run=cmd_replay)
+
+    p = sub.add_parser("export", help="write a checkpoint as a self-describing ONNX model")
+    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
+    p.add_argument("--format", choices=("onnx",), default="onnx", help="the only format so far: onnx")
+    p.add_argument("--out", type=Path, help="output file (default: the checkpoint's path with .onnx)")
+    p.set_defaults(run=cmd_export)
 
     p = sub.add_parser("download", help="fetch, check and extract a public dataset (needs a network)")
     p.add_argument("dataset", choices=("opportunity", "uci-har"))
@@ -242,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except KeyboardInterrupt:
         return 130
-    except (CliError, FileNotFoundError, ValueError, OSError) as error:
+    except (CliError, FileNotFoundError, ValueError, OSError, ImportError) as error:
         if args.debug:
             raise
         print(f"harstream {args.command}: {error}", file=sys.stderr)

@@ -10,30 +10,30 @@ import time
 from collections import deque
 
 import numpy as np
-import torch
 
-from model.network import ResidualBiLSTM
+from streamer.backends import Backend
 from streamer.types import Prediction, Window
 
 UNCERTAIN = "uncertain"
 
 
 class InferenceEngine:
-    """Runs a list of windows through the model as one batch (split at ``max_batch``)."""
+    """Runs a list of windows through a backend as one batch (split at ``max_batch``)."""
 
-    def __init__(self, model: ResidualBiLSTM, max_batch: int = 256) -> None:
-        self.model = model.eval()
+    def __init__(self, backend: Backend, max_batch: int = 256) -> None:
+        self.backend = backend
         self.max_batch = max_batch
 
-    @torch.inference_mode()
     def probabilities(self, windows: list[Window]) -> np.ndarray:
         """(N, K) class probabilities, row i for ``windows[i]``."""
         if not windows:
-            return np.zeros((0, self.model.config.n_classes), np.float32)
-        x = torch.from_numpy(np.stack([w.features for w in windows]))
-        out = [torch.softmax(self.model(x[i : i + self.max_batch]), dim=-1)
-               for i in range(0, len(x), self.max_batch)]  # fmt: skip
-        return torch.cat(out).numpy()
+            return np.zeros((0, self.backend.n_classes), np.float32)
+        return self.probabilities_of(np.stack([w.features for w in windows]))
+
+    def probabilities_of(self, x: np.ndarray) -> np.ndarray:
+        """(N, K) class probabilities for feature windows (N, T, F), N > 0."""
+        return np.concatenate([self.backend.probabilities(x[i : i + self.max_batch])
+                               for i in range(0, len(x), self.max_batch)])  # fmt: skip
 
 
 class Decider:

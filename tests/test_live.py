@@ -13,6 +13,7 @@ from model.datasets import recording_windows
 from model.recordings import HAPT_ACTIVITIES, Recording, load_hapt
 from model.training import predict_proba
 from replay.sources import Device, Inputs, ReplaySource, parse_source
+from streamer.backends import TorchBackend
 from streamer.cli import main
 from streamer.dashboard import Dashboard
 from streamer.engine import UNCERTAIN, Decider, InferenceEngine
@@ -23,7 +24,7 @@ from streamer.scheduler import Scheduler
 def pipeline_for(checkpoint, devices, hop=64, speed=0.0, max_batch=256, **decider):
     scheduler = Scheduler(checkpoint.preprocessing, checkpoint.window, hop, checkpoint.rate_hz)
     sources = [ReplaySource(d, speed=speed) for d in devices]
-    return Pipeline(sources, scheduler, InferenceEngine(checkpoint.model, max_batch=max_batch),
+    return Pipeline(sources, scheduler, InferenceEngine(TorchBackend(checkpoint.model), max_batch=max_batch),
                     Decider(checkpoint.classes, **decider))  # fmt: skip
 
 
