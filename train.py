@@ -145,9 +145,13 @@ def run(args: argparse.Namespace, context: distributed.Context, argv: list[str] 
 
     console.print(per_class_table(test, classes, title="test, per class"))
     console.print(confusion_table(test, classes))
+    kept = (
+        f"validation {config.train.select_on} {result.best_val[config.train.select_on]:.4f}"
+        if len(splits.val)
+        else "the schedule's last; no validation subjects"
+    )
     console.print(
-        f"[bold]kept epoch {result.best_epoch}[/] (validation {config.train.select_on} "
-        f"{result.best_val[config.train.select_on]:.4f}); [bold]test accuracy {test['accuracy']:.4f}, "
+        f"[bold]kept epoch {result.best_epoch}[/] ({kept}); [bold]test accuracy {test['accuracy']:.4f}, "
         f"weighted F1 {test['f1_weighted']:.4f}[/], macro F1 {test['f1_macro']:.4f} "
         f"on {test['n_windows']} windows; {wall / 60:.1f} min"
     )
@@ -174,7 +178,9 @@ def run(args: argparse.Namespace, context: distributed.Context, argv: list[str] 
         "config": config.to_dict(),
         "best_epoch": result.best_epoch,
         "metrics": {
-            "val": {k: result.best_val[k] for k in ("accuracy", "f1_weighted", "f1_macro", "n_windows")},
+            "val": {k: result.best_val[k] for k in ("accuracy", "f1_weighted", "f1_macro", "n_windows")}
+            if len(splits.val)
+            else None,
             "test": {k: v for k, v in test.items() if k not in ("per_class", "confusion")},
         },
         "history": [r.__dict__ for r in result.history],

@@ -14,12 +14,11 @@ import torch
 
 import train
 from model import distributed
-from model.recordings import HAPT_ACTIVITIES, HAPT_CHANNELS, Recording, write_csv_recording
+from model.recordings import HAPT_ACTIVITIES, HAPT_CHANNELS
 from streamer import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs" / "uci_har_3x3.toml"
-SECONDS = 150  # the first minutes of each HAPT recording: a few hundred windows in all
 
 
 @pytest.mark.parametrize("n", [1, 7, 10, 100, 101])
@@ -51,19 +50,6 @@ def test_cuda_without_a_gpu_is_a_one_line_error(capsys):
     assert train.main(["--config", str(CONFIG), "--device", "cuda"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "sees no CUDA GPU" in err and err.startswith("train.py: ")
-
-
-@pytest.fixture(scope="module")
-def csv_dataset(hapt, tmp_path_factory) -> Path:
-    """HAPT subjects 1, 2, 3 and 5, their recordings' first SECONDS, as generic CSV files."""
-    folder = tmp_path_factory.mktemp("csv-recordings")
-    for r in hapt:
-        if r.subject in {"1", "2", "3", "5"}:
-            n = int(SECONDS * r.rate_hz)
-            cut = Recording(r.name, r.subject, r.timestamps[:n], r.values[:n], r.labels[:n],
-                            r.channels, r.classes, r.rate_hz)  # fmt: skip
-            write_csv_recording(folder / f"{r.name}.csv", cut)
-    return folder
 
 
 def free_port() -> int:

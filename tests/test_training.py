@@ -66,3 +66,46 @@ def test_xyz_groups_find_the_vector_channels():
 
     assert xyz_groups(UCI_HAR_FEATURES) == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
     assert xyz_groups(("a", "b_x", "b_y")) == []
+
+
+def tiny_csv_run(csv_dataset, *extra: str) -> list[str]:
+    """train.py arguments for a seconds-long 1x1 run on the CSV copy of four HAPT subjects."""
+    from model.recordings import HAPT_CHANNELS
+
+    return [
+        "--config", "configs/uci_har_3x3.toml", "--epochs", "2", "--data-dir", str(csv_dataset),
+        "--set", 'data.dataset="csv"', "--set", f"data.channels={list(HAPT_CHANNELS)}",
+        "--set", f"data.classes={list(HAPT_ACTIVITIES)}", "--set", 'data.test_subjects=["2"]',
+        "--set", 'data.val_subjects=["3"]', "--set", "model.n_hidden=8", "--set", "model.n_stacked=1",
+        "--set", "model.n_residual=1", "--set", "train.threads=1", *extra,
+    ]  # fmt: skip
+
+
+def test_a_fold_run_validates_on_its_fold_and_never_scores_test(csv_dataset, tmp_path, capsys):
+    import train
+
+    out = tmp_path / "fold.pt"
+    assert train.main(tiny_csv_run(csv_dataset, "--fold", "2/3", "--out", str(out))) == 0
+    log = capsys.readouterr().out
+    assert "fold 2/3: validation subjects 3\n" in log  # training subjects 1 3 5: the second
+    assert "test not scored" in log and "test accuracy" not in log and not out.exists()
+    assert train.main(tiny_csv_run(csv_dataset, "--fold", "2-3")) == 1
+    assert "--fold wants K/N" in capsys.readouterr().err
+
+
+def test_a_refit_on_every_training_subject_keeps_the_last_epoch(csv_dataset, tmp_path, capsys):
+    import json
+
+    import train
+    from streamer import cli
+
+    out = tmp_path / "refit.pt"
+    refit = tiny_csv_run(csv_dataset, "--set", "data.val_subjects=[]", "--set", 'train.keep="last"',
+                         "--out", str(out))  # fmt: skip
+    assert train.main(refit) == 0
+    assert "kept epoch 2 (the schedule's last; no validation subjects)" in capsys.readouterr().out
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["best_epoch"] == 2 and meta["metrics"]["val"] is None
+    assert cli.main(["evaluate", "--checkpoint", str(out), "--data-dir", str(csv_dataset), "--json"]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert scores["accuracy"] == meta["metrics"]["test"]["accuracy"]
