@@ -2,7 +2,9 @@
 
 Sources run in their own threads and hand sample batches over a bounded queue (a full queue
 blocks a replay source, which is how ``--speed 0`` runs as fast as inference allows). The loop
-micro-batches: windows that become ready wait at most ``max_wait_s`` for others to share a batch.
+micro-batches: windows that become ready wait at most ``max_wait_s`` for others to share a batch,
+except after a :class:`FleetBatch`, which brings every one of its devices' windows of that moment
+at once (waiting would only add latency).
 """
 
 from __future__ import annotations
@@ -151,11 +153,13 @@ class Pipeline:
                 item = self.queue.get(timeout=timeout)
             except queue.Empty:
                 item = None
+            whole = False  # pending holds a whole moment of a fleet: waiting would add no windows
             if isinstance(item, _Finished):
                 running -= 1
             elif item is not None:
                 if isinstance(item, FleetBatch):
                     windows = self.scheduler.push_fleet(item)
+                    whole = bool(windows)
                 else:
                     windows = self.scheduler.push(item)
                 self.stats.samples += np.size(item.timestamps)
@@ -164,7 +168,8 @@ class Pipeline:
                     oldest = windows[0].arrival
                 pending += windows
             now = time.monotonic()
-            if pending and (len(pending) >= self.engine.max_batch or now - oldest >= self.max_wait_s):
+            full = whole or len(pending) >= self.engine.max_batch
+            if pending and (full or now - oldest >= self.max_wait_s):
                 yield from self._infer(pending)
                 pending = []
             if now - last_eviction > 1.0:
