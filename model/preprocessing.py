@@ -140,8 +140,7 @@ class CausalButterworth:
     def __init__(self, order: int, cutoff_hz: float, rate_hz: float) -> None:
         # copies: the cached design is shared, and scipy's filter wants writable arrays
         self.sos, self.zi_unit = (a.copy() for a in butterworth_design(order, cutoff_hz, rate_hz))
-        # zi_unit: (sections, 2), the state that holds a constant input at its output
-        # (..., sections, 2, C): the device axes lead, so that devices' states stack on axis 0
+        # (..., sections, 2, C): any device axes lead, so that devices' states stack on axis 0
         self.state: np.ndarray | None = None
 
     def reset(self) -> None:

@@ -272,8 +272,8 @@ class Scheduler:
         v = np.asarray(batch.values, dtype=np.float64)[rows][:, :, columns]
         last_t = np.array([steady[r].last_t for r in rows])
         dt = np.diff(np.concatenate([last_t[:, None], t], axis=1), axis=1)
-        # the per-device path's gap limit, computed the same way (same rounding)
-        limit = np.array([self.gap_periods * (1.0 / (steady[r].announced_rate or 0.0)) for r in rows])
+        # the per-device path's gap limit, in the same expression (same rounding)
+        limit = np.array([self.gap_periods * (1.0 / (steady[r].rate_hz or self.rate_hz)) for r in rows])
         bad = np.isinf(v) if self.accepts_missing else ~np.isfinite(v)
         in_order = ((dt > 0) & (dt <= limit[:, None])).all(axis=1)
         plain = ~bad.any(axis=(1, 2)) & np.isfinite(t).all(axis=1) & in_order
