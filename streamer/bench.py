@@ -22,7 +22,7 @@ import torch
 
 from model.checkpoint import Checkpoint
 from model.network import ResidualBiLSTM
-from streamer.backends import OnnxBackend, TorchBackend
+from streamer.backends import Backend, OnnxBackend, make_backend
 
 
 def flops_per_window(model: ResidualBiLSTM, steps: int) -> int:
@@ -120,8 +120,10 @@ def path_figures(out: dict, name: str, prefix: str, flops: int, rate: float) -> 
 class Fleet:
     """``n`` simulated wearables at ``rate_hz`` sending a burst every ``tick_s``, in one thread.
 
-    Each device plays real HAPT samples from its own offset. A batch's arrival is the moment its
-    last sample was due, so a pipeline that falls behind shows it as latency.
+    Each device plays real HAPT samples from its own offset. Every tick's bursts of all devices
+    are handed over as one :class:`FleetBatch` (as a gateway would), so the scheduler can check
+    and filter them together. A batch's arrival is the moment its last sample was due, so a
+    pipeline that falls behind shows it as latency.
     """
 
     def __init__(self, n: int, seconds: float, rate_hz: float = 50.0, tick_s: float = 0.1) -> None:
@@ -136,12 +138,14 @@ class Fleet:
         self.late_s = 0.0  # how far behind schedule the fleet fell, at worst
 
     def run(self, emit, stop) -> None:
-        from streamer.types import SampleBatch
+        from streamer.types import FleetBatch
 
         per_tick = round(self.rate_hz * self.tick_s)
         start = time.monotonic()
         n_values = len(self.values) - per_tick
         ticks = int(self.seconds / self.tick_s)
+        devices = tuple(f"dev{d:05d}" for d in range(self.n))
+        offsets = np.arange(self.n) * 997
         self.status = "sending"
         for k in range(ticks):
             due = start + (k + 1) * self.tick_s
@@ -150,15 +154,24 @@ class Fleet:
                 return
             self.late_s = max(self.late_s, -delay)
             t = (k * per_tick + np.arange(per_tick)) / self.rate_hz
-            for d in range(self.n):
-                i = (d * 997 + k * per_tick) % n_values
-                emit(SampleBatch(f"dev{d:05d}", t, self.values[i : i + per_tick], self.channels,
-                                 arrival=due, rate_hz=self.rate_hz))
+            first = (offsets + k * per_tick) % n_values
+            values = self.values[first[:, None] + np.arange(per_tick)]  # (devices, per_tick, channels)
+            emit(FleetBatch(devices, np.tile(t, (self.n, 1)), values, self.channels, arrival=due,
+                            rate_hz=self.rate_hz))
         self.status = "finished"
 
 
-def end_to_end(checkpoint: Checkpoint, n: int, seconds: float, hop: int = 32) -> dict:
-    """Run ``n`` simulated devices through the real pipeline for ``seconds``; report what held."""
+def default_backend() -> str:
+    """onnx where onnxruntime is installed (faster at every batch size here), else torch."""
+    import importlib.util
+
+    return "onnx" if importlib.util.find_spec("onnxruntime") else "torch"
+
+
+def end_to_end(checkpoint: Checkpoint, n: int, seconds: float, hop: int = 32,
+               backend: Backend | None = None) -> dict:
+    """Run ``n`` simulated devices through the real pipeline for ``seconds`` on ``backend`` (by
+    default the torch model); report what held."""
     import resource
 
     from streamer.engine import Decider, InferenceEngine
@@ -167,8 +180,9 @@ def end_to_end(checkpoint: Checkpoint, n: int, seconds: float, hop: int = 32) ->
 
     fleet = Fleet(n, seconds)
     scheduler = Scheduler(checkpoint.preprocessing, checkpoint.window, hop, checkpoint.rate_hz)
-    pipeline = Pipeline([fleet], scheduler, InferenceEngine(TorchBackend(checkpoint.model), max_batch=256),
-                        Decider(checkpoint.classes), max_wait_s=0.05, queue_size=100_000)
+    engine = InferenceEngine(backend or make_backend("torch", checkpoint), max_batch=256)
+    pipeline = Pipeline([fleet], scheduler, engine, Decider(checkpoint.classes), max_wait_s=0.05,
+                        queue_size=100_000)
     cpu0, wall0 = time.process_time(), time.monotonic()
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     windows = sum(1 for _ in pipeline.run())
@@ -191,11 +205,12 @@ def end_to_end(checkpoint: Checkpoint, n: int, seconds: float, hop: int = 32) ->
     }
 
 
-def largest_fleet(checkpoint: Checkpoint, seconds: float, sizes: tuple[int, ...]) -> tuple[int, list[dict]]:
+def largest_fleet(checkpoint: Checkpoint, seconds: float, sizes: tuple[int, ...],
+                  backend: Backend | None = None) -> tuple[int, list[dict]]:
     """Step the fleet size up until a run fails to hold; the largest that held."""
     runs, best = [], 0
     for n in sizes:
-        run = end_to_end(checkpoint, n, seconds)
+        run = end_to_end(checkpoint, n, seconds, backend=backend)
         runs.append(run)
         if not run["held"]:
             break
@@ -203,12 +218,16 @@ def largest_fleet(checkpoint: Checkpoint, seconds: float, sizes: tuple[int, ...]
     return best, runs
 
 
-def run_bench(checkpoint: Checkpoint, quick: bool) -> dict:
+def run_bench(checkpoint: Checkpoint, quick: bool, backend: str | None = None) -> dict:
+    """Everything ``harstream bench`` reports; the end-to-end runs use ``backend`` (torch or onnx,
+    by default :func:`default_backend`) with torch's thread count."""
     seconds = 3.0 if quick else 8.0
     out = inference_figures(checkpoint, seconds, (1, 16, 64, 256))
     e2e_seconds = 10.0 if quick else 60.0
     sizes = (25, 50, 100, 200) if quick else (50, 100, 200, 400, 700, 1000, 1500)
-    best, runs = largest_fleet(checkpoint, e2e_seconds, sizes)
+    out["e2e_backend"] = backend = backend or default_backend()
+    engine_backend = make_backend(backend, checkpoint, threads=torch.get_num_threads())
+    best, runs = largest_fleet(checkpoint, e2e_seconds, sizes, engine_backend)
     out["e2e_max_devices"] = best
     out["e2e_runs"] = runs
     held = [r for r in runs if r["devices"] == best]

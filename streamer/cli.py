@@ -163,7 +163,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     checkpoint = open_checkpoint(args.checkpoint)
-    result = run_bench(checkpoint, quick=args.quick)
+    result = run_bench(checkpoint, quick=args.quick, backend=args.backend)
     if args.json:
         print(json.dumps(result))
         return 0
@@ -265,7 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="measure inference and pipeline speed, side by side")
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
     p.add_argument("--quick", action="store_true", help="seconds instead of minutes")
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads (torch's and onnx's)")
+    p.add_argument("--backend", choices=("torch", "onnx"), default=None,
+                   help="backend of the end-to-end runs (default: onnx when onnxruntime is installed)")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.set_defaults(run=cmd_bench)
 

@@ -2,7 +2,9 @@
 
 Sources run in their own threads and hand sample batches over a bounded queue (a full queue
 blocks a replay source, which is how ``--speed 0`` runs as fast as inference allows). The loop
-micro-batches: windows that become ready wait at most ``max_wait_s`` for others to share a batch.
+micro-batches: windows that become ready wait at most ``max_wait_s`` for others to share a batch,
+except after a :class:`FleetBatch`, which brings every one of its devices' windows of that moment
+at once (waiting would only add latency).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np
 
 from streamer.engine import Decider, InferenceEngine
 from streamer.scheduler import Scheduler
-from streamer.types import Prediction, SampleBatch, Window
+from streamer.types import FleetBatch, Prediction, SampleBatch, Window
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +33,9 @@ class Source(Protocol):
     name: str
     status: str  # one line for the dashboard: "playing", "connected", "retrying in 4 s", ...
 
-    def run(self, emit: Callable[[SampleBatch], None], stop: threading.Event) -> None:
-        """Emit batches until the source ends or ``stop`` is set."""
+    def run(self, emit: Callable[[SampleBatch | FleetBatch], None], stop: threading.Event) -> None:
+        """Emit batches (one device's, or many devices' at once) until the source ends or ``stop``
+        is set."""
         ...
 
 
@@ -105,14 +108,14 @@ class Pipeline:
         self.engine = engine
         self.decider = decider
         self.max_wait_s = max_wait_s
-        self.queue: queue.Queue[SampleBatch | _Finished] = queue.Queue(maxsize=queue_size)
+        self.queue: queue.Queue[SampleBatch | FleetBatch | _Finished] = queue.Queue(maxsize=queue_size)
         self.stop_event = threading.Event()
         self.stats = PipelineStats()
         self.latest: dict[str, Prediction] = {}  # device -> its latest prediction
         self.threads: list[threading.Thread] = []
         self.sinks: list[Callable[[Prediction], None]] = []  # told of every prediction (MQTT out, ...)
 
-    def emit(self, batch: SampleBatch) -> None:
+    def emit(self, batch: SampleBatch | FleetBatch) -> None:
         """Called by sources from their threads; blocks while the queue is full."""
         while not self.stop_event.is_set():
             try:
@@ -150,17 +153,23 @@ class Pipeline:
                 item = self.queue.get(timeout=timeout)
             except queue.Empty:
                 item = None
+            whole = False  # pending holds a whole moment of a fleet: waiting would add no windows
             if isinstance(item, _Finished):
                 running -= 1
             elif item is not None:
-                windows = self.scheduler.push(item)
-                self.stats.samples += len(item.timestamps)
-                self.stats.sample_rate.add(len(item.timestamps), time.monotonic())
+                if isinstance(item, FleetBatch):
+                    windows = self.scheduler.push_fleet(item)
+                    whole = bool(windows)
+                else:
+                    windows = self.scheduler.push(item)
+                self.stats.samples += np.size(item.timestamps)
+                self.stats.sample_rate.add(np.size(item.timestamps), time.monotonic())
                 if windows and not pending:
                     oldest = windows[0].arrival
                 pending += windows
             now = time.monotonic()
-            if pending and (len(pending) >= self.engine.max_batch or now - oldest >= self.max_wait_s):
+            full = whole or len(pending) >= self.engine.max_batch
+            if pending and (full or now - oldest >= self.max_wait_s):
                 yield from self._infer(pending)
                 pending = []
             if now - last_eviction > 1.0:

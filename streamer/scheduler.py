@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from model.preprocessing import PreprocessingSpec, build_preprocessor
+from model.preprocessing import PreprocessingSpec, build_preprocessor, process_stacked
 from streamer.resample import StreamResampler
 from streamer.ringbuffer import RingBuffer
-from streamer.types import SampleBatch, Window
+from streamer.types import FleetBatch, SampleBatch, Window
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,13 @@ class DeviceCounters:
     @property
     def dropped_total(self) -> int:
         return sum(self.dropped.values())
+
+
+def last_magnitude(v: np.ndarray) -> np.ndarray:
+    """The norm of the last sample's first three channels (the acceleration), for the sparkline;
+    v: (..., T, C). One expression for one device and for many, so both give the same bits."""
+    last = v[..., -1, : min(3, v.shape[-1])]
+    return np.sqrt(np.sum(last * last, axis=-1))
 
 
 class DeviceStream:
@@ -63,8 +70,6 @@ class DeviceStream:
         self.recent_dt: deque[float] = deque(maxlen=64)
         self.announced_rate: float | None = None
         self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        # channel names as sent -> column indices in the model's order, or why they do not fit
-        self._column_maps: dict[tuple[str, ...], np.ndarray | str] = {}
         self._logged: set[str] = set()
         self.signal_magnitude: deque[float] = deque(maxlen=120)  # for the dashboard's sparkline
 
@@ -93,21 +98,18 @@ class DeviceStream:
             return 1.0 / float(np.median(self.recent_dt))
         return None
 
-    def _columns(self, channels: tuple[str, ...]) -> np.ndarray | str:
-        if channels not in self._column_maps:
-            wanted = self.s.spec.inputs
-            missing = [c for c in wanted if c not in channels]
-            self._column_maps[channels] = (
-                f"missing channel(s) {', '.join(missing)}" if missing
-                else np.array([channels.index(c) for c in wanted])
-            )
-        return self._column_maps[channels]
+    def steady(self) -> bool:
+        """Started, at an announced rate the model takes as it is: the next samples need none of
+        the per-device path's special cases if they are finite, in order and without a gap."""
+        rate = self.announced_rate
+        return (self.ring.total > 0 and not self._pending and rate is not None
+                and abs(rate / self.s.rate_hz - 1.0) <= self.s.rate_tolerance)  # fmt: skip
 
     # -- the path of a batch -----------------------------------------------------------------
     def push(self, batch: SampleBatch) -> list[Window]:
         self.last_seen = batch.arrival
         n = len(batch.timestamps)
-        columns = self._columns(batch.channels)
+        columns = self.s.columns(batch.channels)
         if isinstance(columns, str):
             self.drop(columns, n)
             return []
@@ -165,7 +167,7 @@ class DeviceStream:
             if len(t) == 0:
                 return []
         features = self.preprocessor.process(v)
-        self.signal_magnitude.append(float(np.linalg.norm(v[-1, : min(3, v.shape[1])])))
+        self.signal_magnitude.append(float(last_magnitude(v)))
         return self._cut(t, features, truth, arrival)
 
     def _cut(self, t: np.ndarray, features: np.ndarray, truth: np.ndarray, arrival: float) -> list[Window]:
@@ -230,8 +232,72 @@ class Scheduler:
         self.idle_timeout_s = idle_timeout_s
         self.accepts_missing = spec.kind in ACCEPTS_MISSING
         self.devices: dict[str, DeviceStream] = {}
+        # channel names as sent -> column indices in the model's order, or why they do not fit
+        self._column_maps: dict[tuple[str, ...], np.ndarray | str] = {}
+        self._stack = build_preprocessor(spec)  # runs many devices' states at once (push_fleet)
         self.rejected_devices = 0
         self.evicted_devices = 0
+
+    def columns(self, channels: tuple[str, ...]) -> np.ndarray | str:
+        """Where the model's inputs are among ``channels``, or why they are not all there."""
+        if channels not in self._column_maps:
+            wanted = self.spec.inputs
+            missing = [c for c in wanted if c not in channels]
+            self._column_maps[channels] = (
+                f"missing channel(s) {', '.join(missing)}" if missing
+                else np.array([channels.index(c) for c in wanted])
+            )
+        return self._column_maps[channels]
+
+    def push_fleet(self, batch: FleetBatch) -> list[Window]:
+        """Many devices' next samples: the same windows (in row order), counters and states as
+        pushing each row as its own :class:`SampleBatch`.
+
+        Rows that simply continue a steady stream (finite values, timestamps in order, no gap) are
+        checked and preprocessed together, in one filter call for all of them; any other row (a
+        new device, a gap, a bad or repeated sample, a device still measuring its rate or being
+        resampled) takes the per-device path.
+        """
+        columns = self.columns(batch.channels)
+        if isinstance(columns, str):  # the per-device path counts it for each device
+            return [w for d in range(len(batch)) for w in self.push(batch.row(d))]
+        found = {d: self.devices.get(device) for d, device in enumerate(batch.devices)}
+        if batch.rate_hz:
+            for stream in found.values():
+                if stream is not None:
+                    stream.announced_rate = float(batch.rate_hz)
+        steady = {d: s for d, s in found.items() if s is not None and s.steady()}
+        rows = np.fromiter(steady, int, len(steady))
+        t = np.asarray(batch.timestamps, dtype=np.float64)[rows]
+        v = np.asarray(batch.values, dtype=np.float64)[rows][:, :, columns]
+        last_t = np.array([steady[r].last_t for r in rows])
+        dt = np.diff(np.concatenate([last_t[:, None], t], axis=1), axis=1)
+        # the per-device path's gap limit, in the same expression (same rounding)
+        limit = np.array([self.gap_periods * (1.0 / (steady[r].rate_hz or self.rate_hz)) for r in rows])
+        bad = np.isinf(v) if self.accepts_missing else ~np.isfinite(v)
+        in_order = ((dt > 0) & (dt <= limit[:, None])).all(axis=1)
+        plain = ~bad.any(axis=(1, 2)) & np.isfinite(t).all(axis=1) & in_order
+        rows, t, v, dt = rows[plain], t[plain], v[plain], dt[plain]
+
+        windows: list[list[Window]] = [[] for _ in range(len(batch))]
+        together = set(rows.tolist())
+        for d in range(len(batch)):
+            if d not in together:
+                windows[d] = self.push(batch.row(d))
+        if len(rows):
+            streams = [steady[r] for r in rows]
+            features = process_stacked(self._stack, [s.preprocessor for s in streams], v)
+            magnitudes = last_magnitude(v)
+            no_truth = np.full(t.shape[1], -1, np.int64)
+            for i, (r, stream) in enumerate(zip(rows, streams, strict=True)):
+                stream.last_seen = batch.arrival
+                stream.recent_dt.extend(dt[i][-64:])
+                stream.counters.samples += t.shape[1]
+                stream.signal_magnitude.append(float(magnitudes[i]))
+                truth = batch.truth[r] if batch.truth is not None else no_truth
+                windows[r] = stream._cut(t[i], features[i], truth, batch.arrival)
+                stream.last_t = float(t[i, -1])
+        return [w for row in windows for w in row]
 
     def push(self, batch: SampleBatch) -> list[Window]:
         stream = self.devices.get(batch.device)

@@ -1,6 +1,6 @@
 """The records that flow through the live pipeline, in the order they flow.
 
-    SampleBatch (a source) ─▶ Window (the scheduler) ─▶ Prediction (the engine)
+    SampleBatch or FleetBatch (a source) ─▶ Window (the scheduler) ─▶ Prediction (the engine)
 """
 
 from __future__ import annotations
@@ -22,6 +22,34 @@ class SampleBatch:
     rate_hz: float | None = None  # the rate the device announces, if it does
     truth: np.ndarray | None = None  # (n,) class index per sample when replaying, -1 = none
     final: bool = False  # the device's stream ends after this batch (replay)
+
+
+@dataclass(frozen=True)
+class FleetBatch:
+    """The next ``n`` samples of each of many devices, stacked: what a gateway of many wearables
+    (or the benchmark's simulated fleet) hands over at once. Row ``d`` means exactly
+    ``SampleBatch`` :meth:`row` ``(d)``; the scheduler treats the rows together where it can."""
+
+    devices: tuple[str, ...]  # distinct
+    timestamps: np.ndarray  # (D, n) seconds on each device's clock
+    values: np.ndarray  # (D, n, C) raw physical units, columns named by ``channels``
+    channels: tuple[str, ...]
+    arrival: float
+    rate_hz: float | None = None  # the rate every device announces, if they do
+    truth: np.ndarray | None = None  # (D, n) class index per sample, -1 = none
+
+    def __post_init__(self) -> None:
+        d, n = self.timestamps.shape
+        assert self.values.shape[:2] == (d, n) and len(self.devices) == d, "one row per device"
+        assert len(set(self.devices)) == d, "a device appears twice in one FleetBatch"
+
+    def __len__(self) -> int:
+        return len(self.devices)
+
+    def row(self, d: int) -> SampleBatch:
+        truth = self.truth[d] if self.truth is not None else None
+        return SampleBatch(self.devices[d], self.timestamps[d], self.values[d], self.channels, self.arrival,
+                           rate_hz=self.rate_hz, truth=truth)  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from streamer.dashboard import Dashboard
 from streamer.engine import UNCERTAIN, Decider, InferenceEngine
 from streamer.pipeline import Pipeline
 from streamer.scheduler import Scheduler
+from streamer.types import FleetBatch
 
 
 def pipeline_for(checkpoint, devices, hop=64, speed=0.0, max_batch=256, **decider):
@@ -193,3 +194,35 @@ def test_uci_har_folder_windows_are_stitched_back_into_streams(tmp_path, tiny_ch
     (device,) = parse_source(f"uci-har:{tmp_path}:7", inputs)
     predictions = list(pipeline_for(checkpoint, [device], hop=64).run())
     assert [p.segment for p in predictions] == [0, 0, 0, 0, 0, 1]
+
+
+class OneFleetTick:
+    """A gateway that hands over one moment of its devices, then stays connected, silent."""
+
+    name, status = "one tick", "sending"
+
+    def __init__(self, batch: FleetBatch) -> None:
+        self.batch = batch
+
+    def run(self, emit, stop) -> None:
+        emit(self.batch)
+        stop.wait(60)
+
+
+def test_a_fleet_batch_s_windows_are_inferred_at_once_not_after_max_wait(tiny_checkpoint):
+    checkpoint = load_checkpoint(tiny_checkpoint)
+    recording = load_hapt((2,))[0]
+    n = checkpoint.window
+    batch = FleetBatch(("a", "b"), np.tile(np.arange(n) / 50.0, (2, 1)), np.stack([recording.values[:n]] * 2),
+                       recording.channels, arrival=time.monotonic(), rate_hz=50.0)  # fmt: skip
+    scheduler = Scheduler(checkpoint.preprocessing, n, 32, checkpoint.rate_hz)
+    pipeline = Pipeline([OneFleetTick(batch)], scheduler, InferenceEngine(TorchBackend(checkpoint.model)),
+                        Decider(checkpoint.classes), max_wait_s=60.0)  # fmt: skip
+    started, predictions = time.monotonic(), []
+    for prediction in pipeline.run():
+        predictions.append(prediction)
+        if len(predictions) == 2:
+            break
+    pipeline.stop()
+    assert [p.device for p in predictions] == ["a", "b"]
+    assert time.monotonic() - started < 30  # not the 60 s that a window waits for company

@@ -1,10 +1,11 @@
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from model.preprocessing import PreprocessingSpec
+from model.preprocessing import UCI_HAR_INPUTS, PreprocessingSpec
 from streamer.scheduler import Scheduler
-from streamer.types import SampleBatch
+from streamer.types import FleetBatch, SampleBatch
 
 IDENTITY = PreprocessingSpec(kind="identity", inputs=("x", "y"))
 
@@ -121,3 +122,87 @@ def test_window_truth_follows_the_label_rule():
         truth = np.array([0, 0, 0, 0, 0, 0, 1, 1])
         windows = scheduler.push(batch(np.arange(8) / 50.0, rate=50.0, truth=truth))
         assert [w.truth for w in windows] == expected
+
+
+def fleet_ticks(seed: int, rate: float | None, kind: str):
+    """A messy fleet, tick by tick: devices join, leave and come back (gaps), and now and then a
+    row carries a NaN, an inf, a repeated or out-of-order timestamp, or a different rate."""
+    rng = np.random.default_rng(seed)
+    n_devices, per_tick, channels = 12, 5, 6 if kind == "uci_har" else 2
+    clock = np.zeros(n_devices)  # each device's next sample index
+    for k in range(120):
+        present = np.flatnonzero(rng.random(n_devices) < (0.3 if k < 5 else 0.9))
+        if 50 <= k < 70:  # three devices leave for two seconds: evicted, then back as new
+            present = present[present >= 3]
+        if len(present) == 0:
+            continue
+        t = (clock[present, None] + np.arange(per_tick)) / 50.0
+        clock[present] += per_tick
+        clock[rng.random(n_devices) < 0.05] += 7  # some devices skip ahead: a gap
+        if k % 40 == 39:
+            t[0] = t[0] * 2  # one device at twice the rate for a tick
+        values = rng.normal(size=(len(present), per_tick, channels))
+        truth = rng.integers(-1, 2, size=(len(present), per_tick))
+        row = rng.integers(len(present))
+        trouble = rng.random()
+        if trouble < 0.1:
+            values[row, 2, 1] = np.nan
+        elif trouble < 0.2:
+            values[row, 3, 0] = np.inf
+        elif trouble < 0.3:
+            t[row, 3] = t[row, 2]  # a repeated timestamp
+        elif trouble < 0.35:
+            t[row] = t[row, ::-1].copy()  # out of order
+        names = (*(f"d{d}" for d in present), *(("late",) if k > 60 else ()))
+        if k > 60:  # a device that joins late, at every tick
+            t = np.concatenate([t, (k * per_tick + np.arange(per_tick))[None] / 50.0])
+            values = np.concatenate([values, rng.normal(size=(1, per_tick, channels))])
+            truth = np.concatenate([truth, np.zeros((1, per_tick), np.int64)])
+        yield FleetBatch(names, t, values, INPUTS[kind], arrival=k * 0.1, rate_hz=rate, truth=truth)
+
+
+INPUTS = {"uci_har": UCI_HAR_INPUTS, "identity": ("x", "y"), "opportunity": ("x", "y")}
+
+
+def same_stream(a, b) -> None:
+    assert a.counters == b.counters
+    assert (a.last_t, a.last_seen, a.segment, a.announced_rate) == (b.last_t, b.last_seen, b.segment,
+                                                                    b.announced_rate)
+    assert list(a.recent_dt) == list(b.recent_dt) and list(a.signal_magnitude) == list(b.signal_magnitude)
+    for x, y in zip(a.preprocessor.state, b.preprocessor.state, strict=True):
+        np.testing.assert_array_equal(x, y)
+    np.testing.assert_array_equal(a.ring.latest(len(a.ring)) if len(a.ring) else 0,
+                                  b.ring.latest(len(b.ring)) if len(b.ring) else 0)
+
+
+@pytest.mark.parametrize("kind", ["uci_har", "identity", "opportunity"])
+@pytest.mark.parametrize("rate", [50.0, None])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_fleet_batch_gives_what_each_device_s_own_batch_gives(seed, rate, kind):
+    spec = PreprocessingSpec(kind=kind, inputs=INPUTS[kind])
+    one_by_one, together = (Scheduler(spec, window=16, hop=4, rate_hz=50.0, max_devices=10,
+                                      idle_timeout_s=1.0) for _ in range(2))  # fmt: skip
+    fast = 0
+    for fleet in fleet_ticks(seed, rate, kind):
+        expected = [w for d in range(len(fleet)) for w in one_by_one.push(fleet.row(d))]
+        steady = sum(s.steady() for s in together.devices.values())
+        got = together.push_fleet(fleet)
+        fast += steady
+        assert len(got) == len(expected)
+        for w, e in zip(got, expected, strict=True):
+            assert (w.device, w.t, w.arrival, w.truth, w.index, w.segment) == (
+                e.device, e.t, e.arrival, e.truth, e.index, e.segment)
+            np.testing.assert_array_equal(w.features, e.features)
+        assert one_by_one.evict_idle(fleet.arrival) == together.evict_idle(fleet.arrival)
+        assert list(one_by_one.devices) == list(together.devices)
+        for device, stream in one_by_one.devices.items():
+            same_stream(stream, together.devices[device])
+    assert (one_by_one.rejected_devices, one_by_one.evicted_devices) == (
+        together.rejected_devices, together.evicted_devices)
+    dropped = sum(s.counters.dropped_total for s in together.devices.values())
+    assert together.rejected_devices > 0 and together.evicted_devices > 0
+    assert dropped > 0 or kind == "opportunity"
+    if rate:
+        assert fast > 300  # most rows did go through the stacked path
+    else:
+        assert fast == 0  # no announced rate: every device measures its own, one by one
