@@ -14,9 +14,9 @@ from streamer.types import FleetBatch
 @pytest.mark.parametrize("backend", ["torch", "onnx"])
 def test_a_small_fleet_runs_through_the_pipeline_without_drops(tiny_checkpoint, backend):
     checkpoint = load_checkpoint(tiny_checkpoint)
-    run = end_to_end(checkpoint, 5, 3.0, backend=make_backend(backend, checkpoint))
-    # 150 samples a device, 128-sample windows, hop 32: one window each
-    assert run["windows"] == run["windows_expected"] == 5
+    run = end_to_end(checkpoint, 5, 4.0, backend=make_backend(backend, checkpoint))
+    # starts on ticks 0 1 2 4 5 of 40: 200 195 190 180 175 samples; windows of 128 every 32
+    assert run["windows"] == run["windows_expected"] == 3 + 3 + 2 + 2 + 2
     assert run["dropped"] == 0 and run["p99_ms"] < 3000
 
 
@@ -26,6 +26,18 @@ def test_the_fleet_hands_over_every_device_s_samples_of_a_tick_as_one_batch():
     assert len(batches) == 2 and all(isinstance(b, FleetBatch) for b in batches)
     assert batches[0].devices == ("dev00000", "dev00001", "dev00002")
     assert batches[0].values.shape == (3, 5, 6) and batches[1].timestamps[0, 0] == 5 / 50.0
+
+
+def test_staggered_devices_start_over_one_hop_and_close_windows_on_different_ticks():
+    batches = []
+    fleet = Fleet(4, seconds=4.0, spread_samples=32)  # 32 samples: 7 ticks of 5
+    fleet.run(batches.append, stop=threading.Event())
+    assert fleet.starts.tolist() == [0, 1, 3, 5]
+    assert [len(b.devices) for b in batches[:6]] == [1, 2, 2, 3, 3, 4]
+    assert all(b.timestamps[i, 0] == (k - fleet.starts[i]) * 5 / 50 for k, b in enumerate(batches[5:], 5)
+               for i in range(4))  # fmt: skip  - every device's own clock starts at 0
+    # 40 ticks of 5 samples less the late starts: 200 195 185 175 samples; windows of 128 every 32
+    assert fleet.expected_windows(128, 32) == 3 + 3 + 2 + 2
 
 
 def test_bench_takes_a_backend_and_defaults_to_onnx_when_installed():
