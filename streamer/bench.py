@@ -238,7 +238,7 @@ def run_bench(checkpoint: Checkpoint, quick: bool, backend: str | None = None) -
     seconds = 3.0 if quick else 8.0
     out = inference_figures(checkpoint, seconds, (1, 16, 64, 256))
     e2e_seconds = 10.0 if quick else 60.0
-    sizes = (25, 50, 100, 200) if quick else (50, 100, 200, 400, 700, 1000, 1500)
+    sizes = (25, 50, 100, 200) if quick else (50, 100, 200, 300, 400, 500, 700, 1000, 1500)
     out["e2e_backend"] = backend = backend or default_backend()
     engine_backend = make_backend(backend, checkpoint, threads=torch.get_num_threads())
     best, runs = largest_fleet(checkpoint, e2e_seconds, sizes, engine_backend)
