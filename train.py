@@ -116,10 +116,9 @@ def run(args: argparse.Namespace, context: distributed.Context, argv: list[str] 
             f"{config.train.batch_size // context.world_size * context.world_size}"
         )
     def on_epoch(r: EpochRecord) -> None:
-        console.print(
-            f"epoch {r.epoch:4d}/{config.train.epochs}  loss {r.loss:.4f}  val acc {r.val_accuracy:.4f}"
-            f"  val F1 {r.val_f1:.4f}  lr {r.lr:.2e}  {r.seconds:.1f}s"
-        )
+        val = f"  val acc {r.val_accuracy:.4f}  val F1 {r.val_f1:.4f}" if len(splits.val) else ""
+        epoch = f"epoch {r.epoch:4d}/{config.train.epochs}"
+        console.print(f"{epoch}  loss {r.loss:.4f}{val}  lr {r.lr:.2e}  {r.seconds:.1f}s")
 
     result = fit(config, splits.train, splits.val, classes, features, on_epoch, device=context.device)
     if context.distributed:  # every rank must hold the same weights: compare them byte for byte
