@@ -21,7 +21,6 @@ class SampleBatch:
     arrival: float  # time.monotonic() when the batch reached harstream
     rate_hz: float | None = None  # the rate the device announces, if it does
     truth: np.ndarray | None = None  # (n,) class index per sample when replaying, -1 = none
-    final: bool = False  # the device's stream ends after this batch (replay)
 
 
 @dataclass(frozen=True)
