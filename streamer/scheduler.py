@@ -98,6 +98,11 @@ class DeviceStream:
             return 1.0 / float(np.median(self.recent_dt))
         return None
 
+    @property
+    def gap_limit(self) -> float:
+        """The longest step between samples that is not a gap, in seconds."""
+        return self.s.gap_periods * (1.0 / (self.rate_hz or self.s.rate_hz))
+
     def steady(self) -> bool:
         """Started, at an announced rate the model takes as it is: the next samples need none of
         the per-device path's special cases if they are finite, in order and without a gap."""
@@ -136,10 +141,10 @@ class DeviceStream:
             return []
 
         # Split where the clock jumps forward by more than a few sample periods.
-        period = 1.0 / (self.rate_hz or self.s.rate_hz)
+        limit = self.gap_limit
         dt = np.diff(np.concatenate([[self.last_t], t]))
-        self.recent_dt.extend(dt[np.isfinite(dt) & (dt <= self.s.gap_periods * period)][-64:])
-        gaps = set(np.flatnonzero(dt > self.s.gap_periods * period).tolist())
+        self.recent_dt.extend(dt[np.isfinite(dt) & (dt <= limit)][-64:])
+        gaps = set(np.flatnonzero(dt > limit).tolist())
         if not np.isfinite(self.last_t):
             gaps.discard(0)  # a device's first sample is a start, not a gap
         bounds = [0, *sorted(g for g in gaps if g > 0), len(t)]
@@ -272,8 +277,7 @@ class Scheduler:
         v = np.asarray(batch.values, dtype=np.float64)[rows][:, :, columns]
         last_t = np.array([steady[r].last_t for r in rows])
         dt = np.diff(np.concatenate([last_t[:, None], t], axis=1), axis=1)
-        # the per-device path's gap limit, in the same expression (same rounding)
-        limit = np.array([self.gap_periods * (1.0 / (steady[r].rate_hz or self.rate_hz)) for r in rows])
+        limit = np.array([steady[r].gap_limit for r in rows])
         bad = np.isinf(v) if self.accepts_missing else ~np.isfinite(v)
         in_order = ((dt > 0) & (dt <= limit[:, None])).all(axis=1)
         plain = ~bad.any(axis=(1, 2)) & np.isfinite(t).all(axis=1) & in_order
