@@ -91,6 +91,11 @@ def test_a_header_names_columns_and_a_missing_channel_is_counted() -> None:
     assert batch.values.tolist() == [[1, 2, 3, 4, 5, 6]]
 
 
+def wait_until(condition, deadline: float) -> None:
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def test_a_port_that_disappears_is_reopened_when_it_comes_back(tmp_path) -> None:
     first, link = Pty(), tmp_path / "ttyWEAR"
     link.symlink_to(first.path)
@@ -99,30 +104,29 @@ def test_a_port_that_disappears_is_reopened_when_it_comes_back(tmp_path) -> None
     stop = threading.Event()
     thread = threading.Thread(target=source.run, args=(received.append, stop), daemon=True)
     thread.start()
+
+    def samples() -> int:
+        return sum(len(b.timestamps) for b in received)
+
     try:
         deadline = time.monotonic() + 5
-        while source.status != "open" and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: source.status == "open", deadline)
         first.write(b"0,0,1,0,0,0\n" * 10)
-        while sum(len(b.timestamps) for b in received) < 10 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: samples() >= 10, deadline)
         first.close()  # the device is unplugged
-        while not source.status.startswith(("lost", "waiting")) and time.monotonic() < deadline + 5:
-            time.sleep(0.05)
+        wait_until(lambda: source.status.startswith(("lost", "waiting")), deadline + 5)
         assert source.status.startswith(("lost", "waiting")), source.status
         second = Pty()  # ...and plugged in again, under the same name
         link.unlink()
         link.symlink_to(second.path)
         deadline = time.monotonic() + 10
-        while source.status != "open" and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: source.status == "open", deadline)
         second.write(b"0,0,1,0,0,0\n" * 10)
-        while sum(len(b.timestamps) for b in received) < 20 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: samples() >= 20, deadline)
     finally:
         stop.set()
         thread.join(5)
-    assert sum(len(b.timestamps) for b in received) == 20
+    assert samples() == 20
     assert received[-1].timestamps[0] > received[0].timestamps[-1]  # the clock went on, never back
     second.close()
 
