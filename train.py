@@ -12,7 +12,6 @@ never scores test). The test subjects are scored once, at the end, with the kept
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import shlex
 import sys
@@ -27,6 +26,7 @@ from model.checkpoint import save_checkpoint
 from model.config import load_config, override, with_train
 from model.datasets import build_splits, class_names, null_class
 from model.report import confusion_table, per_class_table, save_confusion_png
+from model.strict_json import dumps
 from model.training import EpochRecord, evaluate, fit
 
 
@@ -200,7 +200,7 @@ def run(args: argparse.Namespace, context: distributed.Context, argv: list[str] 
             "parameter_sha256": digests,
         }
     save_checkpoint(out, result.model, meta)
-    out.with_suffix(".report.json").write_text(json.dumps(test, indent=2) + "\n")
+    out.with_suffix(".report.json").write_text(dumps(test, indent=2) + "\n")
     png = save_confusion_png(test, classes, out.with_suffix(".confusion.png"))
     console.print(f"saved {out} and {out.with_suffix('.json')}" + (f", {png}" if png else ""))
     return 0

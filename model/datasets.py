@@ -19,6 +19,7 @@ from model import opportunity
 from model.config import DataConfig, ExperimentConfig
 from model.preprocessing import UCI_HAR_FEATURES, PreprocessingSpec, build_preprocessor
 from model.recordings import HAPT_ACTIVITIES, Recording, load_hapt, read_csv_folder
+from model.strict_json import dumps
 
 
 @dataclass
@@ -127,21 +128,38 @@ class Splits:
     train: WindowSet
     val: WindowSet
     test: WindowSet
-    fingerprint: str  # sha256 over the windows and labels, to tell which data a model saw
+    fingerprint: str  # which data a model saw: see _fingerprint
 
     def by_name(self, name: str) -> WindowSet:
         return {"train": self.train, "val": self.val, "test": self.test}[name]
 
 
-def _fingerprint(*sets: WindowSet) -> str:
-    digest = hashlib.sha256()
+def inputs_digest(config: ExperimentConfig, arrays: Iterable[np.ndarray]) -> str:
+    """A digest of what windows are computed from: the raw arrays as read (exact on every machine)
+    and the data and preprocessing settings (the data's location aside)."""
+    settings = {k: v for k, v in config.to_dict()["data"].items() if k != "path"}
+    digest = hashlib.sha256(dumps([settings, config.preprocessing.to_dict()], sort_keys=True).encode())
+    for array in arrays:
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def _fingerprint(inputs: str, *sets: WindowSet) -> str:
+    """Which data a model saw: the inputs' digest and, per split, which windows with which labels.
+
+    Never the computed windows' bits: filters and reductions round differently on other CPUs
+    (AVX-512 against AVX2), and a fingerprint must not tell identical data apart.
+    """
+    digest = hashlib.sha256(inputs.encode())
     for s in sets:
-        digest.update(np.ascontiguousarray(s.x).tobytes())
-        digest.update(s.y.tobytes())
+        digest.update(np.ascontiguousarray(s.y, dtype=np.int64).tobytes())
+        digest.update(np.ascontiguousarray(s.ends, dtype=np.int64).tobytes())
+        digest.update("\x1f".join(map(str, s.subjects)).encode() + b"\x1e")
+        digest.update("\x1f".join(map(str, s.recordings)).encode() + b"\x1e")
     return digest.hexdigest()[:16]
 
 
-def split_by_subject(windows: WindowSet, data: DataConfig) -> Splits:
+def split_by_subject(windows: WindowSet, data: DataConfig, inputs: str = "") -> Splits:
     test = set(data.test_subjects)
     val = set(data.val_subjects)
     overlap = test & val
@@ -150,10 +168,10 @@ def split_by_subject(windows: WindowSet, data: DataConfig) -> Splits:
     is_test = np.isin(windows.subjects, list(test))
     is_val = np.isin(windows.subjects, list(val))
     parts = [windows.subset(~is_test & ~is_val), windows.subset(is_val), windows.subset(is_test)]
-    return Splits(*parts, fingerprint=_fingerprint(*parts))
+    return Splits(*parts, fingerprint=_fingerprint(inputs, *parts))
 
 
-def split_by_run(windows: WindowSet, data: DataConfig) -> Splits:
+def split_by_run(windows: WindowSet, data: DataConfig, inputs: str = "") -> Splits:
     """Split by recording name; with no ``train_runs``, every run not in val or test trains."""
     if data.test_subjects or data.val_subjects:
         raise ValueError("split by subjects or by runs, not both")
@@ -164,7 +182,7 @@ def split_by_run(windows: WindowSet, data: DataConfig) -> Splits:
         if named[a] & named[b]:
             raise ValueError(f"run(s) {', '.join(sorted(named[a] & named[b]))} are in both {a} and {b}")
     parts = [windows.subset(np.isin(windows.recordings, list(runs))) for runs in named.values()]
-    return Splits(*parts, fingerprint=_fingerprint(*parts))
+    return Splits(*parts, fingerprint=_fingerprint(inputs, *parts))
 
 
 def cross_validation_fold(subjects: Iterable[str], data: DataConfig, fold: int, folds: int) -> DataConfig:
@@ -185,13 +203,15 @@ def build_splits(config: ExperimentConfig, fold: tuple[int, int] | None = None) 
     if fold and (data.dataset == "uci_har" or data.train_runs or data.val_runs or data.test_runs):
         raise ValueError("cross-validation folds split by subject: not with runs or the UCI HAR folder")
     if data.dataset == "uci_har":
-        return read_uci_har_folder(Path(data.path), data)
-    windows = recording_windows(load_recordings(config), data, config.preprocessing)
+        return read_uci_har_folder(Path(data.path), data, config)
+    recordings = load_recordings(config)
+    inputs = inputs_digest(config, (a for r in recordings for a in (r.timestamps, r.values, r.labels)))
+    windows = recording_windows(recordings, data, config.preprocessing)
     if data.train_runs or data.val_runs or data.test_runs:
-        return split_by_run(windows, data)
+        return split_by_run(windows, data, inputs)
     if fold:
         data = cross_validation_fold(np.unique(windows.subjects), data, *fold)
-    return split_by_subject(windows, data)
+    return split_by_subject(windows, data, inputs)
 
 
 UCI_HAR_SIGNALS = tuple(
@@ -200,7 +220,7 @@ UCI_HAR_SIGNALS = tuple(
 )
 
 
-def read_uci_har_folder(root: Path, data: DataConfig) -> Splits:
+def read_uci_har_folder(root: Path, data: DataConfig, config: ExperimentConfig | None = None) -> Splits:
     """The original 'UCI HAR Dataset' folder: pre-cut, pre-filtered 128-step windows.
 
     Its test split is its own; validation subjects come out of its training split.
@@ -221,6 +241,7 @@ def read_uci_har_folder(root: Path, data: DataConfig) -> Splits:
         return WindowSet(x, y, subjects.astype(str), np.full(n, f"uci-har-{split}"), np.arange(n))
 
     train, test = read_split("train"), read_split("test")
+    inputs = inputs_digest(config or ExperimentConfig(data=data), (train.x, test.x))  # parsed text: exact
     is_val = np.isin(train.subjects, list(data.val_subjects))
     parts = [train.subset(~is_val), train.subset(is_val), test]
-    return Splits(*parts, fingerprint=_fingerprint(*parts))
+    return Splits(*parts, fingerprint=_fingerprint(inputs, *parts))

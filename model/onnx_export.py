@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from model.checkpoint import Checkpoint
+from model.strict_json import dumps
 
 INPUT = "features"
 OUTPUT = "probabilities"
@@ -78,7 +79,7 @@ def export_onnx(checkpoint: Checkpoint, path: str | Path) -> Path:
                           dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}})  # fmt: skip
     proto = onnx.load(str(path))
     for key, value in checkpoint.meta.items():
-        proto.metadata_props.add(key=key, value=json.dumps(value))
+        proto.metadata_props.add(key=key, value=dumps(value))
     proto.doc_string = (
         f"harstream {checkpoint.meta.get('name', path.stem)}: {INPUT} float32 [batch, "
         f"{checkpoint.window}, {checkpoint.model.config.n_inputs}] (preprocessed, not normalised) -> "

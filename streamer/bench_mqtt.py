@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from model.strict_json import dumps
 from streamer.broker import Mosquitto
 from streamer.mqtt import MqttOptions, MqttSource, TopicPattern, new_client, parse_broker, wait_until
 from streamer.types import SampleBatch
@@ -209,7 +210,7 @@ def main() -> None:
     args = parser.parse_args()
     for fmt in args.format or FORMATS:
         result = measure_mqtt_ingestion(fmt, args.devices, args.seconds, args.samples_per_message)
-        print(json.dumps(result), flush=True)
+        print(dumps(result), flush=True)
 
 
 if __name__ == "__main__":

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
+
+from model.strict_json import dumps
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "model" / "weights" / "uci_har_3x3.pt"
 
@@ -38,7 +39,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     summary = {k: metrics[k] for k in keys} | {"split": args.split}
     same_data = splits.fingerprint == checkpoint.meta.get("data_fingerprint")
     if args.json:
-        print(json.dumps(summary | {"data_fingerprint_matches": same_data}))
+        print(dumps(summary | {"data_fingerprint_matches": same_data}))
         return 0
     console = Console()
     console.print(per_class_table(metrics, checkpoint.classes, title=f"{args.split}, per class"))
@@ -79,6 +80,7 @@ def live_engine(args: argparse.Namespace, checkpoint, max_batch: int):
 def live_parts(args: argparse.Namespace, checkpoint, sources: list) -> tuple:
     """The scheduler, engine, decider and pipeline for a checkpoint and some sources."""
     from streamer.engine import Decider
+    from streamer.limits import MAX_DEVICES
     from streamer.pipeline import Pipeline
     from streamer.scheduler import Scheduler
 
@@ -89,8 +91,9 @@ def live_parts(args: argparse.Namespace, checkpoint, sources: list) -> tuple:
     hop = args.hop or max(1, window // 4)
     label_rule = checkpoint.meta.get("config", {}).get("data", {}).get("label_rule", "all")
     scheduler = Scheduler(checkpoint.preprocessing, window, hop, checkpoint.rate_hz, label_rule=label_rule,
-                          max_devices=getattr(args, "max_devices", 10_000),
-                          idle_timeout_s=getattr(args, "idle_timeout", 0.0))  # fmt: skip
+                          max_devices=getattr(args, "max_devices", MAX_DEVICES),
+                          idle_timeout_s=getattr(args, "idle_timeout", 0.0),
+                          units=tuple(checkpoint.meta.get("input_units", ())))  # fmt: skip
     decider = Decider(checkpoint.classes, smooth=args.smooth, min_confidence=args.min_confidence)
     return Pipeline(sources, scheduler, engine, decider, max_wait_s=args.max_wait_ms / 1000.0), hop
 
@@ -108,21 +111,21 @@ def run_live(args: argparse.Namespace, pipeline, classes: tuple[str, ...], title
         if args.headless:
             for prediction in pipeline.run():
                 if args.jsonl:
-                    print(json.dumps(prediction.to_json()), flush=True)
+                    print(dumps(prediction.to_json()), flush=True)
         else:
             dashboard = Dashboard(pipeline, classes, title)
             with Live(dashboard, console=console, refresh_per_second=4, screen=False, transient=False):
                 for prediction in pipeline.run():
                     dashboard.observe(prediction)
                     if args.jsonl:
-                        print(json.dumps(prediction.to_json()), flush=True)
+                        print(dumps(prediction.to_json()), flush=True)
     except KeyboardInterrupt:
         interrupted = True
     finally:
         pipeline.stop()
     summary = pipeline.summary() | {"interrupted": interrupted}
     if args.jsonl:
-        print(json.dumps({"summary": summary}), flush=True)
+        print(dumps({"summary": summary}), flush=True)
     else:
         console.print(summary_table(summary))
     return 130 if interrupted and not args.headless else 0
@@ -165,7 +168,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     checkpoint = open_checkpoint(args.checkpoint)
     result = run_bench(checkpoint, quick=args.quick, backend=args.backend)
     if args.json:
-        print(json.dumps(result))
+        print(dumps(result))
         return 0
     table = Table("figure", "value", title=f"harstream bench ({'quick' if args.quick else 'full'})")
     for key, value in result.items():

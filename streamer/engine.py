@@ -6,15 +6,19 @@ state is the optional per-device smoothing of probabilities, kept in :class:`Dec
 
 from __future__ import annotations
 
+import logging
 import time
-from collections import deque
+from collections import Counter, deque
 
 import numpy as np
 
 from streamer.backends import Backend
 from streamer.types import Prediction, Window
 
+log = logging.getLogger(__name__)
+
 UNCERTAIN = "uncertain"
+NON_FINITE = "non-finite model output"  # the drop reason of a window whose probabilities are not numbers
 
 
 class InferenceEngine:
@@ -46,6 +50,7 @@ class Decider:
         self.smooth = smooth
         self.min_confidence = min_confidence
         self.history: dict[tuple[str, int], deque[np.ndarray]] = {}
+        self.dropped: Counter = Counter()  # reason -> windows given no prediction
 
     def forget(self, device: str) -> None:
         for key in [k for k in self.history if k[0] == device]:
@@ -55,6 +60,11 @@ class Decider:
         now = time.monotonic()
         predictions = []
         for window, p in zip(windows, probs, strict=True):
+            if not np.isfinite(p).all():  # never a NaN label, confidence or JSON number downstream
+                if not self.dropped[NON_FINITE]:
+                    log.error("%s: the model gave non-finite probabilities; window dropped", window.device)
+                self.dropped[NON_FINITE] += 1
+                continue
             if self.smooth > 1:  # smoothing never reaches across a gap (a new segment)
                 past = self.history.setdefault((window.device, window.segment), deque(maxlen=self.smooth))
                 if window.segment > 0:

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from model.preprocessing import PreprocessingSpec, build_preprocessor, process_stacked
+from streamer import limits
 from streamer.resample import StreamResampler
 from streamer.ringbuffer import RingBuffer
 from streamer.types import FleetBatch, SampleBatch, Window
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 
 # Kinds of preprocessing that fill in missing values themselves; for the others a NaN is bad input.
 ACCEPTS_MISSING = {"opportunity"}
+DEVICE_LIMIT = "device limit"  # the drop reason of samples from devices refused at the device limit
 
 
 @dataclass
@@ -38,11 +40,20 @@ class DeviceCounters:
     samples: int = 0  # accepted samples
     windows: int = 0
     gaps: int = 0  # stream restarts after a silence
+    clock_jumps: int = 0  # stream restarts after the device's clock jumped (back, or far ahead)
     dropped: Counter = field(default_factory=Counter)  # reason -> samples (or messages) dropped
 
     @property
     def dropped_total(self) -> int:
         return sum(self.dropped.values())
+
+    def add(self, other: DeviceCounters) -> None:
+        """Fold another device's tallies into these (a device that is forgotten keeps counting)."""
+        self.samples += other.samples
+        self.windows += other.windows
+        self.gaps += other.gaps
+        self.clock_jumps += other.clock_jumps
+        self.dropped.update(other.dropped)
 
 
 def last_magnitude(v: np.ndarray) -> np.ndarray:
@@ -52,12 +63,17 @@ def last_magnitude(v: np.ndarray) -> np.ndarray:
     return np.sqrt(np.sum(last * last, axis=-1))
 
 
+def not_after(t: np.ndarray, last_t: float) -> np.ndarray:
+    """Which timestamps are not later than every one before them (``last_t`` included)."""
+    return t <= np.maximum.accumulate(np.concatenate([[last_t], t]))[:-1]
+
+
 class DeviceStream:
-    """One device: timestamp checks, resampling, preprocessing, ring buffer, window cutting."""
+    """One device: input checks, clock, resampling, preprocessing, ring buffer, window cutting."""
 
     def __init__(self, device: str, scheduler: Scheduler) -> None:
         self.device = device
-        self.s = scheduler
+        self.scheduler = scheduler
         self.preprocessor = build_preprocessor(scheduler.spec)
         n_features = len(self.preprocessor.features)
         self.ring = RingBuffer(scheduler.window, n_features)
@@ -82,6 +98,8 @@ class DeviceStream:
 
     def restart(self) -> None:
         """Forget the stream: after a gap the next sample starts afresh, as a new recording does."""
+        if self._pending:  # held while the rate was measured, never filtered
+            self.drop("restart before the rate was known", sum(len(t) for t, _, _ in self._pending))
         self.preprocessor.reset()
         self.ring.clear()
         self.truth.clear()
@@ -100,47 +118,71 @@ class DeviceStream:
 
     @property
     def gap_limit(self) -> float:
-        """The longest step between samples that is not a gap, in seconds."""
-        return self.s.gap_periods * (1.0 / (self.rate_hz or self.s.rate_hz))
+        """The longest step between samples that is not a gap, in seconds: a few periods of the
+        device's rate, held inside the accepted range so a slow clock cannot stretch it."""
+        return self.scheduler.gap_periods / self.scheduler.clamp_rate(self.rate_hz or self.scheduler.rate_hz)
 
     def steady(self) -> bool:
         """Started, at an announced rate the model takes as it is: the next samples need none of
-        the per-device path's special cases if they are finite, in order and without a gap."""
+        the per-device path's special cases if they are finite, in range, in order and without a gap."""
         rate = self.announced_rate
         return (self.ring.total > 0 and not self._pending and rate is not None
-                and abs(rate / self.s.rate_hz - 1.0) <= self.s.rate_tolerance)  # fmt: skip
+                and abs(rate / self.scheduler.rate_hz - 1.0) <= self.scheduler.rate_tolerance)  # fmt: skip
 
     # -- the path of a batch -----------------------------------------------------------------
     def push(self, batch: SampleBatch) -> list[Window]:
-        self.last_seen = batch.arrival
+        previous_arrival, self.last_seen = self.last_seen, batch.arrival
         n = len(batch.timestamps)
-        columns = self.s.columns(batch.channels)
+        columns = self.scheduler.columns(batch.channels)
         if isinstance(columns, str):
             self.drop(columns, n)
             return []
         if batch.rate_hz:
+            if not self.scheduler.rate_in_range(batch.rate_hz):
+                self.drop("rate out of range", n)
+                return []
             self.announced_rate = float(batch.rate_hz)
         t = np.asarray(batch.timestamps, dtype=np.float64)
         v = np.asarray(batch.values, dtype=np.float64)[:, columns]
         truth = batch.truth if batch.truth is not None else np.full(n, -1, np.int64)
 
-        ok = np.isfinite(t) & ~np.isinf(v).any(axis=1)
-        if not self.s.accepts_missing:
-            ok &= ~np.isnan(v).any(axis=1)
+        ok = self.scheduler.usable(t, v)
         if not ok.all():
-            self.drop("non-finite value", int((~ok).sum()))
+            absurd = self.scheduler.out_of_range(v) & np.isfinite(t)
+            if absurd.any():
+                self.drop("value out of range", int(absurd.sum()))
+            if (~ok & ~absurd).any():
+                self.drop("non-finite value", int((~ok & ~absurd).sum()))
             t, v, truth = t[ok], v[ok], truth[ok]
 
-        # Out-of-order and repeated timestamps: keep only samples later than all before them.
-        before = np.maximum.accumulate(np.concatenate([[self.last_t], t]))[:-1]
-        fresh = t > before
-        if not fresh.all():
-            self.drop("timestamp not after the previous one", int((~fresh).sum()))
-            t, v, truth = t[fresh], v[fresh], truth[fresh]
+        # A timestamp far behind every one before it: the device's clock restarted (a reboot) or a
+        # message from the future came first. Restart there rather than drop all that follows.
+        windows: list[Window] = []
+        while len(t):
+            reach = np.maximum.accumulate(np.concatenate([[self.last_t], t]))[:-1]
+            back = np.flatnonzero(t < reach - limits.CLOCK_JUMP_S)
+            cut = int(back[0]) if len(back) else len(t)
+            windows += self._in_order(t[:cut], v[:cut], truth[:cut], batch.arrival - previous_arrival,
+                                      batch.arrival)  # fmt: skip
+            if cut == len(t):
+                break
+            self.counters.clock_jumps += 1
+            self.restart()
+            self.last_t = -np.inf
+            t, v, truth = t[cut:], v[cut:], truth[cut:]
+        return windows
+
+    def _in_order(self, t: np.ndarray, v: np.ndarray, truth: np.ndarray, elapsed: float,
+                  arrival: float) -> list[Window]:  # fmt: skip
+        """Samples with no clock jump back: repeats dropped, split at gaps, then accepted."""
+        stale = not_after(t, self.last_t)
+        if stale.any():
+            self.drop("timestamp not after the previous one", int(stale.sum()))
+            t, v, truth = t[~stale], v[~stale], truth[~stale]
         if len(t) == 0:
             return []
 
-        # Split where the clock jumps forward by more than a few sample periods.
+        # Split where the clock steps forward by more than a few sample periods.
         limit = self.gap_limit
         dt = np.diff(np.concatenate([[self.last_t], t]))
         self.recent_dt.extend(dt[np.isfinite(dt) & (dt <= limit)][-64:])
@@ -151,14 +193,18 @@ class DeviceStream:
         windows: list[Window] = []
         for start, stop in itertools.pairwise(bounds):
             if start in gaps:
-                self.counters.gaps += 1
+                # the device's clock ran far ahead of the time that passed here: not a silence
+                ahead = dt[start] - (elapsed if start == 0 else 0.0) > limits.CLOCK_JUMP_S
+                if ahead:
+                    self.counters.clock_jumps += 1
+                else:
+                    self.counters.gaps += 1
                 self.restart()
-            windows += self._accept(t[start:stop], v[start:stop], truth[start:stop], batch.arrival)
+            windows += self._accept(t[start:stop], v[start:stop], truth[start:stop], arrival)
         self.last_t = float(t[-1])
         return windows
 
     def _accept(self, t: np.ndarray, v: np.ndarray, truth: np.ndarray, arrival: float) -> list[Window]:
-        self.counters.samples += len(t)
         rate = self.rate_hz
         if rate is None:  # hold the first few samples until the device's rate is known
             self._pending.append((t, v, truth))
@@ -167,17 +213,25 @@ class DeviceStream:
             held = [*self._pending, (t, v, truth)]
             self._pending.clear()
             t, v, truth = (np.concatenate(parts) for parts in zip(*held, strict=True))
-        if rate is not None and abs(rate / self.s.rate_hz - 1.0) > self.s.rate_tolerance:
+        if not self.scheduler.rate_in_range(rate):  # measured from timestamps that lie
+            self.drop("rate out of range", len(t))
+            return []
+        self.counters.samples += len(t)
+        if abs(rate / self.scheduler.rate_hz - 1.0) > self.scheduler.rate_tolerance:
             t, v, truth = self.resampler.process(t, v, truth)
             if len(t) == 0:
                 return []
         features = self.preprocessor.process(v)
+        if not np.isfinite(features).all():  # bounded input should never do it; never keep it
+            self.drop("non-finite filter state", len(t))
+            self.restart()
+            return []
         self.signal_magnitude.append(float(last_magnitude(v)))
         return self._cut(t, features, truth, arrival)
 
     def _cut(self, t: np.ndarray, features: np.ndarray, truth: np.ndarray, arrival: float) -> list[Window]:
         """Append features, emitting a window at every ``hop``-th sample from ``window - 1`` on."""
-        w, hop = self.s.window, self.s.hop
+        w, hop = self.scheduler.window, self.scheduler.hop
         windows = []
         i = 0
         while i < len(t):
@@ -193,8 +247,8 @@ class DeviceStream:
         return windows
 
     def _window(self, t: float, arrival: float) -> Window:
-        labels = self.truth.latest(self.s.window).ravel()
-        if self.s.label_rule == "last":
+        labels = self.truth.latest(self.scheduler.window).ravel()
+        if self.scheduler.label_rule == "last":
             truth = int(labels[-1])
         else:
             truth = int(labels[0]) if (labels == labels[0]).all() else -1
@@ -202,7 +256,7 @@ class DeviceStream:
         return Window(
             device=self.device,
             t=t,
-            features=self.ring.latest(self.s.window),
+            features=self.ring.latest(self.scheduler.window),
             arrival=arrival,
             truth=truth if truth >= 0 else None,
             index=self.ring.total - 1,
@@ -211,7 +265,13 @@ class DeviceStream:
 
 
 class Scheduler:
-    """All devices' streams; turns sample batches into ready windows."""
+    """All devices' streams; turns sample batches into ready windows.
+
+    Every bound comes from :mod:`streamer.limits`. Devices are kept in order of their last batch,
+    so the one silent the longest is always first: at ``max_devices`` a new device takes its slot
+    when it has been silent for ``admit_after_s``, else the newcomer's samples are dropped under
+    :data:`DEVICE_LIMIT`. A forgotten device's tallies stay in :attr:`retired`.
+    """
 
     def __init__(
         self,
@@ -220,10 +280,12 @@ class Scheduler:
         hop: int,
         rate_hz: float,
         label_rule: str = "all",
-        gap_periods: float = 5.0,
+        gap_periods: float = limits.GAP_PERIODS,
         rate_tolerance: float = 0.02,
-        max_devices: int = 10_000,
+        max_devices: int = limits.MAX_DEVICES,
         idle_timeout_s: float = 0.0,
+        admit_after_s: float = limits.ADMIT_AFTER_SILENCE_S,
+        units: tuple[str, ...] = (),
     ) -> None:
         assert hop > 0, f"hop must be positive, got {hop}"
         self.spec = spec
@@ -233,15 +295,38 @@ class Scheduler:
         self.label_rule = label_rule
         self.gap_periods = gap_periods  # silence longer than this many periods restarts a stream
         self.rate_tolerance = rate_tolerance  # relative rate mismatch that calls for resampling
+        self.rate_range = (rate_hz * limits.RATE_RATIO[0], rate_hz * limits.RATE_RATIO[1])
+        self.value_limits = limits.value_limits(units, len(spec.inputs))  # by the model's input order
         self.max_devices = max_devices
         self.idle_timeout_s = idle_timeout_s
+        self.admit_after_s = admit_after_s
         self.accepts_missing = spec.kind in ACCEPTS_MISSING
-        self.devices: dict[str, DeviceStream] = {}
+        self.devices: OrderedDict[str, DeviceStream] = OrderedDict()  # the longest silent first
+        self.retired = DeviceCounters()  # forgotten devices' tallies, and refused devices' drops
         # channel names as sent -> column indices in the model's order, or why they do not fit
         self._column_maps: dict[tuple[str, ...], np.ndarray | str] = {}
         self._stack = build_preprocessor(spec)  # runs many devices' states at once (push_fleet)
-        self.rejected_devices = 0
+        self.rejected_devices = 0  # batches refused at the device limit
         self.evicted_devices = 0
+        self._evicted: list[str] = []  # made room for a newcomer, not yet reported by evict_idle
+
+    # -- checks shared by the per-device and the fleet path ----------------------------------
+    def rate_in_range(self, rate: float) -> bool:
+        return self.rate_range[0] <= rate <= self.rate_range[1]
+
+    def clamp_rate(self, rate: float) -> float:
+        return min(max(rate, self.rate_range[0]), self.rate_range[1])
+
+    def out_of_range(self, v: np.ndarray) -> np.ndarray:
+        """Samples (rows of the last two axes) with a finite value beyond its channel's limit."""
+        with np.errstate(invalid="ignore"):  # inf - inf; NaN and inf are "non-finite" instead
+            return ((np.abs(v) > self.value_limits) & np.isfinite(v)).any(axis=-1)
+
+    def usable(self, t: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """Samples with a finite time and every value finite (NaN allowed where the preprocessing
+        fills gaps) and within range; t: (..., n), v: (..., n, C)."""
+        bad = np.isinf(v) if self.accepts_missing else ~np.isfinite(v)
+        return np.isfinite(t) & ~bad.any(axis=-1) & ~self.out_of_range(v)
 
     def columns(self, channels: tuple[str, ...]) -> np.ndarray | str:
         """Where the model's inputs are among ``channels``, or why they are not all there."""
@@ -254,18 +339,19 @@ class Scheduler:
             )
         return self._column_maps[channels]
 
+    # -- batches ---------------------------------------------------------------------------------
     def push_fleet(self, batch: FleetBatch) -> list[Window]:
         """Many devices' next samples: the same windows (in row order), counters and states as
         pushing each row as its own :class:`SampleBatch`.
 
-        Rows that simply continue a steady stream (finite values, timestamps in order, no gap) are
-        checked and preprocessed together, in one filter call for all of them; any other row (a
-        new device, a gap, a bad or repeated sample, a device still measuring its rate or being
-        resampled) takes the per-device path.
+        Rows that simply continue a steady stream (finite values in range, timestamps in order, no
+        gap) are checked and preprocessed together, in one filter call for all of them; any other
+        row (a new device, a gap, a bad or repeated sample, a device still measuring its rate or
+        being resampled) takes the per-device path.
         """
         columns = self.columns(batch.channels)
-        if isinstance(columns, str):  # the per-device path counts it for each device
-            return [w for d in range(len(batch)) for w in self.push(batch.row(d))]
+        if isinstance(columns, str) or (batch.rate_hz and not self.rate_in_range(batch.rate_hz)):
+            return [w for d in range(len(batch)) for w in self.push(batch.row(d))]  # counted per device
         found = {d: self.devices.get(device) for d, device in enumerate(batch.devices)}
         if batch.rate_hz:
             for stream in found.values():
@@ -278,48 +364,90 @@ class Scheduler:
         last_t = np.array([steady[r].last_t for r in rows])
         dt = np.diff(np.concatenate([last_t[:, None], t], axis=1), axis=1)
         limit = np.array([steady[r].gap_limit for r in rows])
-        bad = np.isinf(v) if self.accepts_missing else ~np.isfinite(v)
         in_order = ((dt > 0) & (dt <= limit[:, None])).all(axis=1)
-        plain = ~bad.any(axis=(1, 2)) & np.isfinite(t).all(axis=1) & in_order
+        plain = self.usable(t, v).all(axis=1) & in_order
         rows, t, v, dt = rows[plain], t[plain], v[plain], dt[plain]
 
         windows: list[list[Window]] = [[] for _ in range(len(batch))]
         together = set(rows.tolist())
-        for d in range(len(batch)):
-            if d not in together:
+        for d, device in enumerate(batch.devices):  # row order, as pushing the rows one by one
+            if d in together:
+                steady[d].last_seen = batch.arrival
+                self.devices.move_to_end(device)
+            else:
                 windows[d] = self.push(batch.row(d))
         if len(rows):
             streams = [steady[r] for r in rows]
             features = process_stacked(self._stack, [s.preprocessor for s in streams], v)
+            finite = np.isfinite(features).all(axis=(1, 2))
             magnitudes = last_magnitude(v)
             no_truth = np.full(t.shape[1], -1, np.int64)
             for i, (r, stream) in enumerate(zip(rows, streams, strict=True)):
-                stream.last_seen = batch.arrival
                 stream.recent_dt.extend(dt[i][-64:])
+                stream.last_t = float(t[i, -1])
                 stream.counters.samples += t.shape[1]
+                if not finite[i]:
+                    stream.drop("non-finite filter state", t.shape[1])
+                    stream.restart()
+                    continue
                 stream.signal_magnitude.append(float(magnitudes[i]))
                 truth = batch.truth[r] if batch.truth is not None else no_truth
                 windows[r] = stream._cut(t[i], features[i], truth, batch.arrival)
-                stream.last_t = float(t[i, -1])
         return [w for row in windows for w in row]
 
     def push(self, batch: SampleBatch) -> list[Window]:
         stream = self.devices.get(batch.device)
         if stream is None:
-            if len(self.devices) >= self.max_devices:
+            stream = self._admit(batch.device, batch.arrival)
+            if stream is None:
                 self.rejected_devices += 1
+                self.retired.dropped[DEVICE_LIMIT] += len(batch.timestamps)
                 if self.rejected_devices == 1:
-                    log.warning("device limit (%d) reached: ignoring new device ids", self.max_devices)
+                    log.warning("device limit (%d) reached: new device ids wait for a silent one's slot",
+                                self.max_devices)  # fmt: skip
                 return []
-            stream = self.devices[batch.device] = DeviceStream(batch.device, self)
-        return stream.push(batch)
+        else:
+            self.devices.move_to_end(batch.device)
+        try:
+            return stream.push(batch)
+        except Exception as error:  # a case no check foresaw (or memory): this device's loss alone
+            log.debug("%s: push failed", batch.device, exc_info=True)
+            stream.drop(f"internal error ({type(error).__name__})", len(batch.timestamps))
+            stream.restart()
+            return []
+
+    # -- devices -------------------------------------------------------------------------------
+    def _admit(self, device: str, now: float) -> DeviceStream | None:
+        if len(self.devices) >= self.max_devices:
+            oldest, stream = next(iter(self.devices.items()))
+            if now - stream.last_seen < self.admit_after_s:
+                return None
+            self._forget(oldest)
+            self._evicted.append(oldest)
+        stream = self.devices[device] = DeviceStream(device, self)
+        return stream
+
+    def _forget(self, device: str) -> None:
+        self.retired.add(self.devices.pop(device).counters)
+        self.evicted_devices += 1
 
     def evict_idle(self, now: float) -> list[str]:
-        """Forget devices silent for longer than ``idle_timeout_s`` (0 = never)."""
-        if not self.idle_timeout_s:
-            return []
-        idle = [d for d, s in self.devices.items() if now - s.last_seen > self.idle_timeout_s]
-        for device in idle:
-            del self.devices[device]
-        self.evicted_devices += len(idle)
-        return idle
+        """Forget devices silent for longer than ``idle_timeout_s`` (0 = never); returns them, and
+        the devices forgotten since the last call to make room for new ones."""
+        gone, self._evicted = self._evicted, []
+        if self.idle_timeout_s:
+            while self.devices:
+                device, stream = next(iter(self.devices.items()))
+                if now - stream.last_seen <= self.idle_timeout_s:
+                    break
+                self._forget(device)
+                gone.append(device)
+        return gone
+
+    def totals(self) -> DeviceCounters:
+        """Every device's tallies, the forgotten and the refused included."""
+        total = DeviceCounters()
+        total.add(self.retired)
+        for stream in self.devices.values():
+            total.add(stream.counters)
+        return total

@@ -40,11 +40,10 @@ import time
 
 import numpy as np
 
+from streamer.limits import MAX_ABS_TIME_S, MAX_PAYLOAD_BYTES, MAX_SAMPLES_PER_MESSAGE, WIRE_RATE_HZ
 from streamer.types import SampleBatch
 
 STANDARD_GRAVITY = 9.80665  # m/s² per g
-MAX_PAYLOAD = 1 << 20  # bytes; a bigger message is refused before it is parsed
-MAX_SAMPLES = 10_000  # per message
 ACC = ("acc_x", "acc_y", "acc_z")
 GYRO = ("gyro_x", "gyro_y", "gyro_z")
 DEVICE_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # safe in a topic, a file name and a terminal
@@ -77,14 +76,19 @@ def decode(
 ) -> SampleBatch:
     """One message of ``device`` as a batch holding ``channels`` (in that order)."""
     arrival = time.monotonic() if arrival is None else arrival
-    if len(payload) > MAX_PAYLOAD:
+    if len(payload) > MAX_PAYLOAD_BYTES:
         raise WireError("payload over 1 MB")
-    if payload.startswith(MAGIC):
-        t, values, names, rate = _binary(payload)
-    elif payload.lstrip()[:1] == b"{":
-        t, values, names, rate = _json(payload)
-    else:
-        raise WireError("unknown format")
+    try:
+        if payload.startswith(MAGIC):
+            t, values, names, rate = _binary(payload)
+        elif payload.lstrip()[:1] == b"{":
+            t, values, names, rate = _json(payload)
+        else:
+            raise WireError("unknown format")
+    except WireError:
+        raise
+    except Exception as error:  # a case the checks below missed: still the device's bad input
+        raise WireError(f"undecodable ({type(error).__name__})") from None
     missing = [c for c in channels if c not in names]
     if missing:
         raise WireError(f"missing channel {missing[0]}")
@@ -126,9 +130,12 @@ def _binary(payload: bytes) -> Decoded:
         raise WireError("unknown binary version")
     if c not in BINARY_CHANNELS:
         raise WireError("wrong channel count")
+    if n > MAX_SAMPLES_PER_MESSAGE:
+        raise WireError("too many samples")
     if len(payload) != HEADER.size + 4 * n * c:
         raise WireError("frame length does not match header")
     rate = _rate(rate)
+    _time(t0, "t0")
     values = np.frombuffer(payload, dtype="<f4", offset=HEADER.size).reshape(n, c).astype(np.float64)
     return t0 + np.arange(n) / rate, values, BINARY_CHANNELS[c], rate
 
@@ -171,7 +178,7 @@ def _json_sample(message: dict) -> Decoded:
         raise WireError("acc and gyro must be lists")
     if len(acc) != 3 or len(gyro) not in (0, 3):
         raise WireError("wrong channel count")
-    t = _number(message.get("t"), "t")
+    t = _time(message.get("t"), "t")
     rate = _rate(message["hz"]) if "hz" in message else None
     values = _matrix([acc + gyro], 3 + len(gyro))
     return np.array([t]), values, ACC + GYRO[: len(gyro)], rate
@@ -185,7 +192,7 @@ def _json_batch(message: dict) -> Decoded:
         raise WireError("a channel is named twice")
     if not isinstance(samples, list):
         raise WireError("samples must be a list")
-    if len(samples) > MAX_SAMPLES:
+    if len(samples) > MAX_SAMPLES_PER_MESSAGE:
         raise WireError("too many samples")
     values = _matrix(samples, len(names))
     n = len(values)
@@ -194,14 +201,14 @@ def _json_batch(message: dict) -> Decoded:
         stamps = message["t"]
         if not isinstance(stamps, list) or len(stamps) != n:
             raise WireError("t must list one time per sample")
-        t = np.array([_number(x, "t") for x in stamps], dtype=np.float64)
+        t = np.array([_time(x, "t") for x in stamps], dtype=np.float64)
         if rate is not None and n > 2:
             # a device whose clock disagrees with the rate it announces (e.g. sends twice as fast)
             measured = (n - 1) / (t[-1] - t[0]) if t[-1] > t[0] else math.inf
             if abs(measured / rate - 1.0) > 0.1:
                 raise WireError("timestamps disagree with hz")
     elif rate is not None:
-        t = _number(message.get("t0"), "t0") + np.arange(n) / rate
+        t = _time(message.get("t0"), "t0") + np.arange(n) / rate
     else:
         raise WireError("a batch needs hz or t")
     return t, values, tuple(names), rate
@@ -210,12 +217,23 @@ def _json_batch(message: dict) -> Decoded:
 def _number(x: object, name: str) -> float:
     if isinstance(x, bool) or not isinstance(x, int | float):
         raise WireError(f"{name} must be a number")
-    return float(x)
+    try:
+        return float(x)
+    except OverflowError:  # an integer of hundreds of digits
+        raise WireError(f"{name} out of range") from None
+
+
+def _time(x: object, name: str) -> float:
+    """A timestamp: NaN passes (the scheduler counts it per sample), an absurd one does not."""
+    t = _number(x, name)
+    if abs(t) > MAX_ABS_TIME_S:
+        raise WireError(f"{name} out of range")
+    return t
 
 
 def _rate(x: object) -> float:
     rate = _number(x, "hz")
-    if not (0.1 <= rate <= 10_000.0):  # also refuses NaN
+    if not (WIRE_RATE_HZ[0] <= rate <= WIRE_RATE_HZ[1]):  # also refuses NaN
         raise WireError("hz out of range")
     return rate
 
@@ -228,4 +246,7 @@ def _matrix(rows: list, width: int) -> np.ndarray:
         raise WireError("wrong channel count")
     if not set(map(type, itertools.chain.from_iterable(rows))) <= {int, float}:
         raise WireError("a value is not a number")  # numpy would read "1.5" and True as numbers
-    return np.array(rows, dtype=np.float64).reshape(len(rows), width)
+    try:
+        return np.array(rows, dtype=np.float64).reshape(len(rows), width)
+    except OverflowError:  # an integer of hundreds of digits; 1e999 is already inf
+        raise WireError("a value out of range") from None

@@ -12,7 +12,7 @@ from streamer.wire import (
     ACC,
     GYRO,
     HEADER,
-    MAX_PAYLOAD,
+    MAX_PAYLOAD_BYTES,
     STANDARD_GRAVITY,
     WireError,
     decode,
@@ -103,7 +103,7 @@ def test_bad_payloads_raise_wire_error_with_a_short_reason(payload: bytes, expec
 
 
 def test_oversize_payload_is_refused_before_parsing() -> None:
-    assert reason(b"{" + b" " * MAX_PAYLOAD + b"}") == "payload over 1 MB"
+    assert reason(b"{" + b" " * MAX_PAYLOAD_BYTES + b"}") == "payload over 1 MB"
 
 
 def test_timestamps_twice_the_announced_rate_are_refused() -> None:

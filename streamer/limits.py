@@ -1,0 +1,53 @@
+"""Every bound of the live path, in one place: what is accepted, and what happens past it.
+
+Like mosquitto's ``message_size_limit`` and friends, each limit is a named number with a reason
+under which whatever falls outside it is counted (per device) and dropped. The README's "Limits"
+table lists the same numbers. The point of most of them is that the work done for a message is
+bounded by the bytes it carries, never by what it claims (a rate, a sample count, a timestamp).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+# -- one message (streamer.wire, streamer.serial_source) ------------------------------------------
+MAX_PAYLOAD_BYTES = 1 << 20  # a bigger message is refused before it is parsed: "payload over 1 MB"
+MAX_SAMPLES_PER_MESSAGE = 10_000  # in every format (JSON batch, binary frame): "too many samples"
+WIRE_RATE_HZ = (1.0, 1000.0)  # a rate a message may announce: "hz out of range"
+MAX_ABS_TIME_S = 1e10  # |t| of a timestamp (year 2286 as Unix time): "t out of range"
+
+# -- one device's stream (streamer.scheduler) ------------------------------------------------------
+# A device's rate, announced or measured from its timestamps, as a multiple of the model's rate:
+# 12.5-400 Hz for a 50 Hz model. Outside: "rate out of range". The lower bound is what keeps
+# resampling from multiplying samples: with at most GAP_PERIODS of the slowest rate between two
+# samples, one input sample becomes at most GAP_PERIODS / RATE_RATIO[0] = 20 resampled ones.
+RATE_RATIO = (0.25, 8.0)
+GAP_PERIODS = 5.0  # a silence longer than this many sample periods restarts the stream ("gap")
+# A timestamp this far behind the device's latest (a reboot that restarted its clock, a spoofed
+# message from the future before it) restarts the stream instead of being dropped as out of order;
+# so does a step forward this much longer than the time that passed here ("clock jump").
+CLOCK_JUMP_S = 5.0
+# |value| of a raw channel by its unit (acc in g, gyro in rad/s: 64 g and 100 rad/s are beyond
+# any wearable's range); other units get OTHER_UNIT_LIMIT. Outside: "value out of range". Bounded
+# input keeps the filters' state finite; a state that turns non-finite anyway restarts the stream.
+VALUE_LIMITS = {"g": 64.0, "m/s2": 64.0 * 9.80665, "rad/s": 100.0, "deg/s": 100.0 * 180.0 / math.pi}
+OTHER_UNIT_LIMIT = 1e6
+
+# -- the fleet (streamer.scheduler, streamer.pipeline) ----------------------------------------------
+MAX_DEVICES = 1000  # streams kept at once (`--max-devices`)
+# At the device limit, a new device takes the slot of the device silent the longest, if that one
+# has been silent for at least this long; otherwise the new device's samples are "device limit".
+ADMIT_AFTER_SILENCE_S = 5.0
+IDLE_TIMEOUT_S = 300.0  # a device silent this long is forgotten (`--idle-timeout`)
+
+
+def value_limits(units: tuple[str, ...] | list[str], n: int) -> np.ndarray:
+    """The largest |value| of each of ``n`` channels, by unit (unknown units: OTHER_UNIT_LIMIT).
+
+    >>> value_limits(("g", "rad/s"), 2).tolist(), value_limits((), 1).tolist()
+    ([64.0, 100.0], [1000000.0])
+    """
+    units = tuple(units) if len(units) == n else ("",) * n
+    return np.array([VALUE_LIMITS.get(u, OTHER_UNIT_LIMIT) for u in units], dtype=np.float64)
