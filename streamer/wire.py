@@ -17,8 +17,10 @@ Three payloads share one topic; the first byte tells them apart.
        20     4·n·c samples, float32, row-major (sample by sample)
 
 Accelerations are in g (JSON may say ``"unit": "m/s2"``; they are divided by 9.80665), angular
-rates in rad/s. Decoding never raises anything but :class:`WireError`, whose ``reason`` is short
-and stable: it is the key under which the pipeline counts the device's bad input.
+rates in rad/s. A reading the device lost is ``null`` in JSON (``NaN`` is accepted too, though it is
+not JSON) and NaN in a binary frame. The bounds (sizes, rates, times) are :mod:`streamer.limits`.
+Decoding never raises anything but :class:`WireError`, whose ``reason`` is short and stable: it
+is the key under which the pipeline counts the device's bad input.
 
 >>> batch = decode(b'{"t": 1.0, "acc": [0, 0, 1], "gyro": [0, 0, 0]}', "watch", ("acc_z", "gyro_x"))
 >>> batch.channels, batch.values.tolist()
@@ -40,6 +42,7 @@ import time
 
 import numpy as np
 
+from model.strict_json import dumps
 from streamer.limits import MAX_ABS_TIME_S, MAX_PAYLOAD_BYTES, MAX_SAMPLES_PER_MESSAGE, WIRE_RATE_HZ
 from streamer.types import SampleBatch
 
@@ -111,11 +114,11 @@ def encode_binary(t0: float, rate_hz: float, values: np.ndarray) -> bytes:
 
 def encode_json_batch(t0: float, rate_hz: float, channels: tuple[str, ...], values: np.ndarray) -> bytes:
     samples = [[float(x) for x in row] for row in values]
-    return json.dumps({"t0": t0, "hz": rate_hz, "channels": list(channels), "samples": samples}).encode()
+    return dumps({"t0": t0, "hz": rate_hz, "channels": list(channels), "samples": samples}).encode()
 
 
 def encode_json_sample(t: float, acc: np.ndarray, gyro: np.ndarray) -> bytes:
-    return json.dumps({"t": t, "acc": [float(x) for x in acc], "gyro": [float(x) for x in gyro]}).encode()
+    return dumps({"t": t, "acc": [float(x) for x in acc], "gyro": [float(x) for x in gyro]}).encode()
 
 
 # -- decoders ------------------------------------------------------------------------------------
@@ -244,9 +247,9 @@ def _matrix(rows: list, width: int) -> np.ndarray:
     # ``type(x)`` is int, float, bool, str, None, list or dict, and bool is never int here.
     if rows and (set(map(type, rows)) != {list} or set(map(len, rows)) != {width}):
         raise WireError("wrong channel count")
-    if not set(map(type, itertools.chain.from_iterable(rows))) <= {int, float}:
+    if not set(map(type, itertools.chain.from_iterable(rows))) <= {int, float, type(None)}:
         raise WireError("a value is not a number")  # numpy would read "1.5" and True as numbers
     try:
-        return np.array(rows, dtype=np.float64).reshape(len(rows), width)
+        return np.array(rows, dtype=np.float64).reshape(len(rows), width)  # null -> NaN
     except OverflowError:  # an integer of hundreds of digits; 1e999 is already inf
         raise WireError("a value out of range") from None

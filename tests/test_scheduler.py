@@ -126,7 +126,8 @@ def test_window_truth_follows_the_label_rule():
 
 def fleet_ticks(seed: int, rate: float | None, kind: str):
     """A messy fleet, tick by tick: devices join, leave and come back (gaps), and now and then a
-    row carries a NaN, an inf, a repeated or out-of-order timestamp, or a different rate."""
+    row carries a NaN, an inf, an absurd value, a repeated or out-of-order timestamp, a clock jump,
+    or a different rate."""
     rng = np.random.default_rng(seed)
     n_devices, per_tick, channels = 12, 5, 6 if kind == "uci_har" else 2
     clock = np.zeros(n_devices)  # each device's next sample index
@@ -153,6 +154,10 @@ def fleet_ticks(seed: int, rate: float | None, kind: str):
             t[row, 3] = t[row, 2]  # a repeated timestamp
         elif trouble < 0.35:
             t[row] = t[row, ::-1].copy()  # out of order
+        elif trouble < 0.4:
+            values[row, 1, 0] = 1e308  # finite, but beyond any sensor's range
+        elif trouble < 0.42:
+            t[row] -= 100.0  # the device's clock jumps back for a tick (and then forward again)
         names = (*(f"d{d}" for d in present), *(("late",) if k > 60 else ()))
         if k > 60:  # a device that joins late, at every tick
             t = np.concatenate([t, (k * per_tick + np.arange(per_tick))[None] / 50.0])
