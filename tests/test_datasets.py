@@ -132,3 +132,23 @@ def test_windows_end_where_the_recording_says(hapt):
     windows = recording_windows(hapt[:1], data, PreprocessingSpec())
     assert (windows.ends % 64 == 63).all()
     assert (hapt[0].labels[windows.ends] == windows.y).all()
+
+
+def test_the_data_fingerprint_names_the_inputs_and_the_windows_not_their_computed_bits(hapt):
+    """Filters round differently on other CPUs (AVX-512 against AVX2): a fingerprint over the
+    computed windows' bits told a fresh clone on such a machine that its data was not the data."""
+    from model.datasets import _fingerprint, inputs_digest, split_by_subject
+
+    config = ExperimentConfig(data=DataConfig(test_subjects=("2",), val_subjects=("3",)))
+    recordings = [r for r in hapt if r.subject in {"1", "2", "3"}]
+    windows = recording_windows(recordings, config.data, config.preprocessing)
+    inputs = inputs_digest(config, (r.values for r in recordings))
+    reference = split_by_subject(windows, config.data, inputs).fingerprint
+    windows.x = np.nextafter(windows.x, np.float32(np.inf))  # every computed value one ulp off
+    assert split_by_subject(windows, config.data, inputs).fingerprint == reference
+    windows.y = windows.y.copy()
+    windows.y[0] = (windows.y[0] + 1) % 6  # one label
+    assert split_by_subject(windows, config.data, inputs).fingerprint != reference
+    changed = [recordings[0].values + 1e-9, *(r.values for r in recordings[1:])]  # the raw data
+    assert inputs_digest(config, changed) != inputs
+    assert _fingerprint(inputs_digest(config, changed)) != _fingerprint(inputs)
