@@ -4,7 +4,9 @@
     0.012,-0.981,0.104,0.001,0.020,-0.003       <- numbers split by commas, tabs or spaces
 
 A first column named ``t``, ``time`` or ``timestamp`` is the sample time in seconds; otherwise the
-samples are timed at ``--hz``, or at the rate measured from their arrival. The reader frames
+samples are timed at ``--hz``, or at the rate measured from their arrival (the lines that arrive
+while it is measured are held and timed once it is known). Text that is not a header (a boot
+banner, debug prints) is counted and skipped: see :class:`LineParser`. The reader frames
 bytes, not lines (as pyserial's ``serial.threaded`` does): it reads ``in_waiting or 1`` bytes,
 splits complete lines out of a buffer and caps their length, so binary noise, partial lines and a
 device that never sends a newline cannot grow memory or stop the stream. A port that disappears
@@ -23,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import serial
 
+from streamer.limits import WIRE_RATE_HZ
 from streamer.types import SampleBatch
 from streamer.wire import ACC, GYRO, STANDARD_GRAVITY, WireError
 
@@ -32,6 +35,9 @@ TIME_COLUMNS = ("t", "time", "timestamp")
 SEPARATORS = re.compile(rb"[,\t ]+")
 NAME = re.compile(rb"[A-Za-z_][A-Za-z0-9_]*")
 RETRY_S = (1.0, 5.0)  # first and longest wait between attempts to reopen a port
+RELEARN = 3  # lines in a row that fit the columns a learnt header replaced, and not it, to drop it
+MAX_HELD = 10_000  # untimed lines held while their rate is measured; more are "rate not measured"
+MEASURE_GAP_S = 1.0  # a silence that restarts measuring the rate of untimed lines
 
 
 class LineFramer:
@@ -65,36 +71,75 @@ class LineFramer:
 
 
 class LineParser:
-    """Lines to samples: header detection, the time column, the clock of untimed samples."""
+    """Lines to samples: which lines are headers, the time column, the clock of untimed samples.
+
+    A device prints more than samples: a banner when it boots ("MPU6050 connection successful"),
+    debug text, maybe a header. A line is a header only when its names are distinct and either all
+    known (the acc/gyro channels, the time columns, the channels the model wants) or include every
+    wanted channel; any other non-numeric line is "not numeric", counted and skipped, so one line of
+    text cannot rename the columns and drop every later sample as "wrong column count".
+
+    A header learnt from the device outlives a port reopen (a board that does not reset when the
+    port opens does not print it again), but gives way to the columns it replaced (``--columns``, or
+    acc+gyro) when RELEARN lines in a row fit those and not it: the board was reflashed, or the
+    header belonged to another sketch.
+    """
 
     def __init__(self, columns: tuple[str, ...] | None = None, hz: float | None = None,
-                 acc_unit: str = "g") -> None:  # fmt: skip
-        self.columns = columns
+                 acc_unit: str = "g", wanted: tuple[str, ...] = ()) -> None:  # fmt: skip
+        if hz is not None and not WIRE_RATE_HZ[0] <= hz <= WIRE_RATE_HZ[1]:  # NaN fails this too
+            raise ValueError(f"--hz must be from {WIRE_RATE_HZ[0]:g} to {WIRE_RATE_HZ[1]:g}, not {hz:g}")
+        self.given = columns or None  # --columns
+        self.header: tuple[str, ...] | None = None  # learnt from the device
+        self.misfits = 0  # lines in a row that fit the given columns but not the learnt header
+        self.wanted = tuple(wanted)
+        self.known = frozenset((*ACC, *GYRO, *self.wanted))
         self.hz = hz
         self.acc_scale = 1.0 / STANDARD_GRAVITY if acc_unit == "m/s2" else 1.0
+        self.dropped: Callable[[str, int], None] = lambda reason, count: None  # the source's counter
+        self.held: list[list[float]] = []
         self.restart(time.monotonic())
 
     def restart(self, now: float) -> None:
         """A (re)opened port: untimed samples are counted from ``now`` on the monotonic clock, so a
         reopened port continues after a gap instead of going back in time."""
+        if self.held:
+            self.dropped("rate not measured", len(self.held))
         self.t0 = now
         self.count = 0
         self.first_arrival: float | None = None
+        self.last_arrival = now
         self.measured_hz: float | None = None
+        self.held = []
+        self.held_names: tuple[str, ...] = ()
+        self.misfits = 0
+
+    @property
+    def fallback(self) -> tuple[str, ...]:
+        return self.given or ACC + GYRO
 
     @property
     def names(self) -> tuple[str, ...]:
-        if self.columns is not None:
-            return self.columns
-        return ACC + GYRO
+        return self.header or self.fallback
 
     @property
     def timed(self) -> bool:
-        return self.names[0].lower() in TIME_COLUMNS
+        return is_timed(self.names)
 
     @property
     def channels(self) -> tuple[str, ...]:
         return self.names[1:] if self.timed else self.names
+
+    def is_header(self, tokens: list[bytes]) -> tuple[str, ...] | None:
+        """The column names ``tokens`` give, if they are a header; None if they are just text."""
+        if len(tokens) < 2 or not all(NAME.fullmatch(t) for t in tokens):
+            return None
+        names = tuple(t.decode() for t in tokens)
+        if len(set(names)) != len(names):
+            return None
+        if all(n in self.known or n.lower() in TIME_COLUMNS for n in names):
+            return names
+        return names if self.wanted and set(self.wanted) <= set(names) else None
 
     def parse(self, line: bytes) -> list[float] | None:
         """A sample's numbers (time first if timed), or None for a header or an empty line."""
@@ -106,49 +151,93 @@ class LineParser:
         try:
             row = [float(t) for t in tokens]
         except ValueError:
-            if len(tokens) >= 2 and all(NAME.fullmatch(t) for t in tokens):
-                self.columns = tuple(t.decode() for t in tokens)
-                return None
-            raise WireError("not numeric") from None
-        if len(row) != len(self.names):
-            raise WireError("wrong column count")
-        return row
+            header = self.is_header(tokens)
+            if header is None:
+                raise WireError("not numeric") from None
+            self.header, self.misfits = header, 0
+            return None
+        if len(row) == len(self.names):
+            self.misfits = 0
+            return row
+        if self.header is not None and len(row) == len(self.fallback):
+            self.misfits += 1
+            if self.misfits >= RELEARN:
+                log.warning("serial: lines no longer fit the header %s; back to %s",
+                            ",".join(self.header), ",".join(self.fallback))  # fmt: skip
+                self.header, self.misfits = None, 0
+                return row
+        raise WireError("wrong column count")
 
-    def batch(self, device: str, rows: list[list[float]], arrival: float,
-              wanted: tuple[str, ...]) -> SampleBatch | None:  # fmt: skip
-        """Rows read together as one batch of ``wanted`` channels; raises for a missing channel."""
-        values = np.asarray(rows, dtype=np.float64)
-        names = self.channels
-        missing = [c for c in wanted if c not in names]
+    def batch(self, device: str, rows: list[list[float]], arrival: float, wanted: tuple[str, ...],
+              names: tuple[str, ...] | None = None) -> SampleBatch | None:  # fmt: skip
+        """Rows read together, under the column ``names`` they were read with (default: the
+        current ones), as one batch of ``wanted`` channels; raises for a missing channel."""
+        names = names or self.names
+        timed = is_timed(names)
+        channels = names[1:] if timed else names
+        missing = [c for c in wanted if c not in channels]
         if missing:
             raise WireError(f"missing channel {missing[0]}")
-        if self.timed:
+        values = np.asarray(rows, dtype=np.float64)
+        if timed:
             t, values = values[:, 0], values[:, 1:]
             rate = self.hz
         else:
             rate = self.hz or self._measure(arrival, len(rows))
             if rate is None:
-                return None  # the first second of an unknown rate only measures it
-            t = self.t0 + (self.count + np.arange(len(rows))) / rate
-            self.count += len(rows)
-        values = values[:, [names.index(c) for c in wanted]]
+                self._hold(rows, names)  # timed once the rate is known: the first second is not lost
+                return None
+            if self.held:
+                values = np.concatenate([np.asarray(self.held, dtype=np.float64), values])
+                # evenly spaced, the last sample at its arrival
+                self.t0, self.count, self.held = arrival - (len(values) - 1) / rate, 0, []
+            t = self.t0 + (self.count + np.arange(len(values))) / rate
+            self.count += len(values)
+        values = values[:, [channels.index(c) for c in wanted]]
         acc = [i for i, c in enumerate(wanted) if c.startswith("acc")]
         values[:, acc] *= self.acc_scale
         return SampleBatch(device, t, values, wanted, arrival, rate_hz=rate)
 
+    def _hold(self, rows: list[list[float]], names: tuple[str, ...]) -> None:
+        if self.held and names != self.held_names:  # the columns changed while measuring
+            self.dropped("rate not measured", len(self.held))
+            self.held = []
+        room = MAX_HELD - len(self.held)
+        if len(rows) > room:
+            self.dropped("rate not measured", len(rows) - room)
+        self.held += rows[:room]
+        self.held_names = names
+
     def _measure(self, arrival: float, n: int) -> float | None:
+        """The rate of untimed lines from their arrivals: whole hertz, measured over at least a
+        second of steady flow (a silence restarts the measurement; what came before it is dropped,
+        as no rate spaces it from what follows)."""
         if self.measured_hz is not None:
             return self.measured_hz
-        if self.first_arrival is None:
+        silent = arrival - self.last_arrival > MEASURE_GAP_S
+        self.last_arrival = arrival
+        if self.first_arrival is None or silent:
+            if self.held:
+                self.dropped("rate not measured", len(self.held))
+                self.held = []
             self.first_arrival, self.measure_count = arrival, 0
             return None
         self.measure_count += n
         span = arrival - self.first_arrival
         if span >= 1.0 and self.measure_count >= 10:
-            self.measured_hz = float(round(self.measure_count / span))  # whole hertz: arrival jitters
-            self.t0 = arrival
+            self.measured_hz = float(max(round(self.measure_count / span), 1))  # whole hertz: arrival jitters
             log.info("serial: measured %.0f Hz (set --hz to skip measuring)", self.measured_hz)
+            return self.measured_hz
         return None
+
+
+def is_timed(names: tuple[str, ...]) -> bool:
+    return names[0].lower() in TIME_COLUMNS
+
+
+def line_limit(columns: int) -> int:
+    """Bytes a line of ``columns`` numbers may need: a float's repr is at most 24 characters."""
+    return max(256, 26 * columns)
 
 
 def device_name(port: str) -> str:
@@ -162,13 +251,15 @@ class SerialSource:
 
     def __init__(self, port: str, channels: tuple[str, ...], baud: int = 115_200, device: str | None = None,
                  columns: tuple[str, ...] | None = None, hz: float | None = None, acc_unit: str = "g",
-                 max_line: int = 256, batch_size: int = 64) -> None:  # fmt: skip
+                 max_line: int | None = None, batch_size: int = 64) -> None:  # fmt: skip
         self.port = port
         self.baud = baud
         self.device = device or device_name(port)
         self.channels = channels
-        self.parser = LineParser(columns, hz, acc_unit)
-        self.framer = LineFramer(max_line)
+        self.parser = LineParser(columns, hz, acc_unit, wanted=channels)
+        self.parser.dropped = self._count
+        # room for a time column, the wanted channels and a few more than the device may send
+        self.framer = LineFramer(max_line or line_limit(len(columns or ()) + len(channels) + 8))
         self.batch_size = batch_size
         self.name = f"serial {port}"
         self.status = "opening"
@@ -221,7 +312,9 @@ class SerialSource:
         return None
 
     def handle(self, data: bytes, arrival: float) -> list[SampleBatch]:
-        rows: list[list[float]] = []
+        # rows grouped by the columns they were read with: a header between them (a rebooted
+        # device) changes how many numbers a row holds and what they are
+        groups: list[tuple[tuple[str, ...], list[list[float]]]] = []
         for line in self.framer.feed(data):
             if line is None:
                 self._count("line too long")
@@ -231,17 +324,22 @@ class SerialSource:
             except WireError as error:
                 self._count(error.reason)
                 continue
-            if row is not None:
-                rows.append(row)
-        batches = []
-        for i in range(0, len(rows), self.batch_size):
-            try:
-                batch = self.parser.batch(self.device, rows[i : i + self.batch_size], arrival, self.channels)
-            except WireError as error:
-                self._count(error.reason, len(rows[i : i + self.batch_size]))
+            if row is None:
                 continue
-            if batch is not None:
-                batches.append(batch)
+            if not groups or groups[-1][0] != self.parser.names:
+                groups.append((self.parser.names, []))
+            groups[-1][1].append(row)
+        batches = []
+        for names, rows in groups:
+            for i in range(0, len(rows), self.batch_size):
+                chunk = rows[i : i + self.batch_size]
+                try:
+                    batch = self.parser.batch(self.device, chunk, arrival, self.channels, names)
+                except WireError as error:
+                    self._count(error.reason, len(chunk))
+                    continue
+                if batch is not None:
+                    batches.append(batch)
         return batches
 
     def _count(self, reason: str, count: int = 1) -> None:

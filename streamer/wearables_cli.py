@@ -131,12 +131,22 @@ def add_mqtt_options(p: argparse.ArgumentParser, required: bool = True) -> None:
 # -- serial --------------------------------------------------------------------------------------
 def serial_source(args: argparse.Namespace, channels: tuple[str, ...]):
     """A serial source; with ``--headless`` a port that does not open is an error."""
-    from streamer.serial_source import SerialSource
+    from streamer.limits import WIRE_RATE_HZ
+    from streamer.serial_source import NAME, SerialSource
     from streamer.wire import valid_device_id
 
     if args.device and not valid_device_id(args.device):
         raise CliError(f"bad --device {args.device!r}: use 1-64 letters, digits, '_', '.', '-'")
+    if args.hz is not None and not WIRE_RATE_HZ[0] <= args.hz <= WIRE_RATE_HZ[1]:  # NaN included
+        raise CliError(f"--hz must be from {WIRE_RATE_HZ[0]:g} to {WIRE_RATE_HZ[1]:g} Hz, not {args.hz:g}")
+    if not 1 <= args.baud <= 10_000_000:
+        raise CliError(f"--baud must be a positive rate in bits/s, not {args.baud}")
     columns = tuple(c.strip() for c in args.columns.split(",")) if args.columns else None
+    if columns is not None:
+        bad = next((c for c in columns if not NAME.fullmatch(c.encode())), None)
+        if bad is not None or len(set(columns)) != len(columns):
+            why = f"{bad!r} is not a name" if bad is not None else "a name appears twice"
+            raise CliError(f"bad --columns {args.columns!r}: {why} (names of letters, digits and '_')")
     source = SerialSource(args.port, channels, baud=args.baud, device=args.device, columns=columns,
                           hz=args.hz, acc_unit=args.acc_unit)  # fmt: skip
     try:

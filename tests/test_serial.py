@@ -1,7 +1,5 @@
 """Serial wearables through real pseudo-terminal pairs: the slave is the port, the test is the device."""
 
-
-
 from __future__ import annotations
 
 import os
@@ -11,10 +9,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from live_fixtures import Lines, harstream, predictions, replay_reference, same_predictions
 
 from model.recordings import HAPT_ACTIVITIES, HAPT_CHANNELS, read_csv_recording
-from streamer.serial_source import SerialSource
+from streamer import cli
+from streamer.serial_source import LineParser, SerialSource
+from streamer.wire import WireError
 
 CHANNELS = HAPT_CHANNELS
 
@@ -149,3 +150,152 @@ def test_untimed_lines_are_timed_at_the_measured_rate() -> None:
     assert out and all(b.rate_hz == 50.0 for b in out)
     t = np.concatenate([b.timestamps for b in out])
     assert np.allclose(np.diff(t), 0.02)
+
+
+def counting(source: SerialSource) -> dict[str, int]:
+    counted: dict[str, int] = {}
+
+    def reject(device: str, reason: str, count: int = 1) -> None:
+        counted[reason] = counted.get(reason, 0) + count
+
+    source.reject = reject
+    return counted
+
+
+def test_a_line_of_text_mid_stream_is_skipped_and_the_samples_go_on() -> None:
+    for columns in (None, ("t", *CHANNELS)):  # with and without --columns
+        source = SerialSource("loop://", CHANNELS, device="band", hz=50.0, columns=columns)
+        counted = counting(source)
+        row = b"0.1,0.2,0.3,0.4,0.5,0.6\n" if columns is None else b"0.0,0.1,0.2,0.3,0.4,0.5,0.6\n"
+        batches = source.handle(row * 3 + b"MPU6050 connection successful\r\n" + row * 3 + b"hello world\n"
+                                + b"calibrating gyro_x gyro_y\n" + row * 3, arrival=1.0)  # fmt: skip
+        assert counted == {"not numeric": 3}
+        assert sum(len(b.timestamps) for b in batches) == 9
+        assert source.parser.names == (columns or ("acc_x", "acc_y", "acc_z", "gyro_x", "gyro_y", "gyro_z"))
+
+
+def test_only_names_of_known_or_wanted_channels_make_a_header() -> None:
+    parser = LineParser(wanted=CHANNELS)
+    for text in (b"hello world", b"MPU6050 connection successful", b"acc_x acc_x acc_y", b"ready: yes"):
+        with pytest.raises(WireError, match="not numeric"):
+            parser.parse(text)
+    assert parser.header is None
+    assert parser.parse(b"timestamp,acc_x,acc_y,acc_z,gyro_x,gyro_y,gyro_z") is None  # all known
+    assert parser.timed and parser.channels == CHANNELS
+    header = b"t,temp,acc_x,acc_y,acc_z,gyro_x,gyro_y,gyro_z,mag_x"  # every wanted channel, and others
+    assert parser.parse(header) is None and parser.names[1] == "temp"
+    assert parser.parse(b"1,20.5,0,0,1,0,0,0,0.3") == [1, 20.5, 0, 0, 1, 0, 0, 0, 0.3]
+
+
+def test_a_header_that_no_longer_fits_gives_way_to_the_columns_it_replaced() -> None:
+    source = SerialSource("loop://", CHANNELS, device="band", hz=50.0)
+    counted = counting(source)
+    header = b"t,acc_x,acc_y,acc_z,gyro_x,gyro_y,gyro_z\n"
+    (timed,) = source.handle(header + b"0.5,0,0,1,0,0,0\n" * 4, arrival=1.0)
+    assert timed.timestamps.tolist() == [0.5] * 4
+    # reflashed: six numbers a line, no header; three lines in a row that fit acc+gyro drop the header
+    batches = source.handle(b"0,0,1,0,0,0\n" * 10, arrival=2.0)
+    assert counted == {"wrong column count": 2}
+    assert sum(len(b.timestamps) for b in batches) == 8 and source.parser.header is None
+    assert not source.parser.timed
+
+
+def test_rows_around_a_header_in_one_read_keep_their_own_columns() -> None:
+    source = SerialSource("loop://", CHANNELS, device="band", hz=50.0)
+    counted = counting(source)
+    # a device that reboots within one read: samples, its banner, its header, then timed samples
+    data = (b"0.1,0.2,0.3,0.4,0.5,0.6\n" * 2 + b"MPU6050 connection successful\n"
+            + b"t,acc_x,acc_y,acc_z,gyro_x,gyro_y,gyro_z\n" + b"7.0,1,2,3,4,5,6\n" * 3)  # fmt: skip
+    untimed, timed = source.handle(data, arrival=1.0)
+    assert counted == {"not numeric": 1}
+    assert np.allclose(untimed.values, [[0.1, 0.2, 0.3, 0.4, 0.5, 0.6]] * 2)
+    assert timed.values.tolist() == [[1, 2, 3, 4, 5, 6]] * 3 and timed.timestamps.tolist() == [7.0] * 3
+
+
+def test_a_rebooting_device_on_a_real_port_keeps_streaming(tmp_path) -> None:
+    """Banner and debug text on the wire, an unplug, a reflashed device without the old header."""
+    first, link = Pty(), tmp_path / "ttyWEAR"
+    link.symlink_to(first.path)
+    source = SerialSource(str(link), CHANNELS, device="wear", hz=50.0)
+    counted = counting(source)
+    received: list = []
+    stop = threading.Event()
+    thread = threading.Thread(target=source.run, args=(received.append, stop), daemon=True)
+    thread.start()
+
+    def samples() -> int:
+        return sum(len(b.timestamps) for b in received)
+
+    try:
+        deadline = time.monotonic() + 5
+        wait_until(lambda: source.status == "open", deadline)
+        first.write(b"MPU6050 connection successful\r\nt,acc_x,acc_y,acc_z,gyro_x,gyro_y,gyro_z\r\n")
+        first.write(b"".join(b"%.2f,0,0,1,0,0,0\r\n" % (k / 50) for k in range(10)))
+        first.write(b"hello world\r\n")
+        first.write(b"".join(b"%.2f,0,0,1,0,0,0\r\n" % (k / 50) for k in range(10, 20)))
+        wait_until(lambda: samples() >= 20, deadline)
+        assert samples() == 20 and counted == {"not numeric": 2}
+        first.close()  # unplugged...
+        wait_until(lambda: source.status.startswith(("lost", "waiting")), deadline + 5)
+        second = Pty()  # ...and back, reflashed: a banner, then six untimed numbers a line
+        link.unlink()
+        link.symlink_to(second.path)
+        deadline = time.monotonic() + 10
+        wait_until(lambda: source.status == "open", deadline)
+        second.write(b"Booting... IMU ok\r\n" + b"0,0,1,0,0,0\r\n" * 30)
+        wait_until(lambda: samples() >= 48, deadline)
+    finally:
+        stop.set()
+        thread.join(5)
+    assert samples() == 48  # 20, then 30 less the 2 that showed the old header no longer fits
+    assert counted == {"not numeric": 3, "wrong column count": 2}
+    second.close()
+
+
+def test_untimed_lines_are_held_while_the_rate_is_measured_not_dropped() -> None:
+    source = SerialSource("loop://", CHANNELS, device="band")
+    counted = counting(source)
+    out = []
+    for k in range(30):  # 50 Hz, in bursts of 5 lines every 0.1 s
+        out += source.handle(b"".join(b"%d,0,1,0,0,0\n" % (5 * k + i) for i in range(5)), arrival=k * 0.1)
+    values = np.concatenate([b.values[:, 0] for b in out])
+    assert values.tolist() == list(range(150)) and not counted  # every line, in order
+    t = np.concatenate([b.timestamps for b in out])
+    assert np.allclose(np.diff(t), 0.02)
+
+
+def test_a_silence_while_measuring_restarts_the_measurement() -> None:
+    source = SerialSource("loop://", CHANNELS, device="band")
+    counted = counting(source)
+    out = source.handle(b"0,0,1,0,0,0\n", arrival=0.0)  # one stray line, then half a minute of nothing
+    for k in range(30):
+        out += source.handle(b"0,0,1,0,0,0\n" * 5, arrival=30.0 + k * 0.1)
+    assert source.parser.measured_hz == 50.0
+    assert out and all(b.rate_hz == 50.0 and np.isfinite(b.timestamps).all() for b in out)
+    assert counted == {"rate not measured": 1}  # the stray line: no rate spaces it from the rest
+
+
+def test_lines_of_many_channels_fit_the_line_limit() -> None:
+    channels = tuple(f"ch{i}" for i in range(113))  # OPPORTUNITY's sensors
+    source = SerialSource("loop://", channels, device="body", hz=30.0, columns=channels)
+    counted = counting(source)
+    line = ",".join(repr(-0.123456789012345 * i) for i in range(113)).encode()
+    (batch,) = source.handle(line + b"\n", arrival=0.0)
+    assert batch.values.shape == (1, 113) and not counted
+    source.handle(b"1," * 5000 + b"1\n", arrival=0.1)  # still capped
+    assert counted == {"line too long": 1}
+
+
+@pytest.mark.parametrize(("option", "words"), [
+    (["--hz", "0"], "--hz must be from 1 to 1000 Hz, not 0"),
+    (["--hz", "nan"], "--hz must be"),
+    (["--hz", "-50"], "--hz must be"),
+    (["--baud", "0"], "--baud must be"),
+    (["--columns", "acc_x,,acc_y"], "bad --columns"),
+    (["--columns", "acc_x,acc_x"], "a name appears twice"),
+])  # fmt: skip
+def test_absurd_serial_options_are_one_line(tiny_checkpoint, capsys, option, words) -> None:
+    code = cli.main(["serial", "--port", "/dev/ttyNOPE9", "--checkpoint", str(tiny_checkpoint),
+                     "--headless", *option])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1 and words in err, err
