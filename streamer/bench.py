@@ -189,11 +189,13 @@ def end_to_end(checkpoint: Checkpoint, n: int, seconds: float, hop: int = 32,
     import resource
 
     from streamer.engine import Decider, InferenceEngine
+    from streamer.limits import MAX_DEVICES
     from streamer.pipeline import Pipeline
     from streamer.scheduler import Scheduler
 
     fleet = Fleet(n, seconds, spread_samples=hop)
-    scheduler = Scheduler(checkpoint.preprocessing, checkpoint.window, hop, checkpoint.rate_hz)
+    scheduler = Scheduler(checkpoint.preprocessing, checkpoint.window, hop, checkpoint.rate_hz,
+                          max_devices=max(n, MAX_DEVICES))  # the fleet under test, whatever its size
     engine = InferenceEngine(backend or make_backend("torch", checkpoint), max_batch=256)
     pipeline = Pipeline([fleet], scheduler, engine, Decider(checkpoint.classes), max_wait_s=0.05,
                         queue_size=100_000)

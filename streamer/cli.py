@@ -183,6 +183,27 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_soak(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from streamer.soak import run_soak
+
+    checkpoint = open_checkpoint(args.checkpoint)
+    engine = live_engine(args, checkpoint, max_batch=256)
+    logging.getLogger("streamer").setLevel(logging.ERROR)  # thousands of hostile ids: the counters say it
+    with Progress(console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task(f"soak: {args.hours:g} h of traffic", total=1.0)
+        result = run_soak(checkpoint, engine, hours=args.hours, good=args.good, hostile=args.hostile,
+                          flood=args.flood, flood_every_s=args.flood_every,
+                          progress=lambda done: progress.update(task, completed=done))  # fmt: skip
+    if args.json:
+        print(dumps(result))
+        return 0
+    Console().print_json(dumps(result))
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from model.onnx_export import export_onnx, operator_counts
 
@@ -252,6 +273,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speed", type=float, default=1.0, help="x real time; 0 = as fast as possible")
     add_live_options(p)
     p.set_defaults(run=cmd_replay)
+
+    p = sub.add_parser("soak", help="hours of good and hostile devices' traffic through the live path, "
+                       "on a simulated clock")
+    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
+    p.add_argument("--hours", type=float, default=1.0, help="simulated hours of traffic (default 1)")
+    p.add_argument("--good", type=int, default=10, help="well-behaved devices (real held-out recordings)")
+    p.add_argument("--hostile", type=int, default=10, help="devices that send a random attack every second")
+    p.add_argument("--flood", type=int, default=300, help="new device ids in each flood (default 300)")
+    p.add_argument("--flood-every", type=float, default=600.0, help="seconds between floods (default 600)")
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads for inference")
+    add_backend_option(p)
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p.set_defaults(run=cmd_soak)
 
     p = sub.add_parser("export", help="write a checkpoint as a self-describing ONNX model")
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
