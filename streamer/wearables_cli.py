@@ -231,7 +231,7 @@ def cmd_record(args: argparse.Namespace) -> int:
         raise CliError("record from one of --broker URL or --port DEV")
     args.headless = True  # no dashboard; a source that cannot start is an error
     sigterm_as_interrupt()
-    recorder = CsvRecorder(args.out, HAPT_CHANNELS)
+    recorder = CsvRecorder(args.out, HAPT_CHANNELS, note=say)  # recovers what a killed run left
     source = start_mqtt(args, HAPT_CHANNELS) if args.broker else serial_source(args, HAPT_CHANNELS)
     source.reject = lambda device, reason, count=1: None  # the source keeps its own tally
     stop = threading.Event()
@@ -252,6 +252,8 @@ def cmd_record(args: argparse.Namespace) -> int:
         thread.join(2.0)
         for path in recorder.close():
             say(f"wrote {path}")
+        if recorder.dropped:
+            say("not recorded: " + ", ".join(f"{n} samples ({why})" for why, n in recorder.dropped.items()))
     return 0 if interrupted or not thread.is_alive() else 1
 
 
