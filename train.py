@@ -23,7 +23,7 @@ from rich.console import Console
 
 from model import distributed
 from model.checkpoint import save_checkpoint
-from model.config import load_config, override, with_train
+from model.config import ConfigError, load_config, override, with_train
 from model.datasets import build_splits, class_names, null_class
 from model.report import confusion_table, per_class_table, save_confusion_png
 from model.strict_json import dumps
@@ -74,9 +74,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace, context: distributed.Context, argv: list[str] | None) -> int:
     console = Console(quiet=not context.is_main)  # under torchrun only rank 0 reports
-    config = override(load_config(args.config), args.set)
-    if args.data_dir or args.data_zip:
-        config = override(config, [f'data.path="{args.data_zip or args.data_dir}"'])
+    try:
+        config = override(load_config(args.config), args.set)
+        if args.data_dir or args.data_zip:
+            config = override(config, [f'data.path="{args.data_zip or args.data_dir}"'])
+    except ConfigError as error:  # a typo in a file or a --set: one line, with a suggestion
+        if context.is_main:
+            print(f"train.py: {error}", file=sys.stderr)
+        return 1
     if args.epochs is not None:
         config = with_train(config, epochs=args.epochs)
     if args.seed is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import tomllib
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -9,6 +10,16 @@ from typing import Any
 
 from model.network import NetworkConfig
 from model.preprocessing import PreprocessingSpec
+
+
+class ConfigError(ValueError):
+    """A config file or override the user can fix; the message is one line naming the place."""
+
+
+def _unknown(kind: str, name: str, where: str, known: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ConfigError(f"{where}: unknown {kind} {name!r}{hint}; expected one of {', '.join(known)}")
 
 
 @dataclass(frozen=True)
@@ -84,30 +95,48 @@ def _plain(d: dict[str, Any]) -> dict[str, Any]:
 
 
 def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: [{where.rpartition(' ')[2]}] must be a table of fields")
     known = {f.name: f for f in fields(cls)}
-    unknown = set(values) - set(known)
-    if unknown:
-        raise ValueError(f"[{where}] unknown field(s): {', '.join(sorted(unknown))}")
+    section = where.rpartition(" ")[2]
     converted = {}
     for key, value in values.items():
-        default = getattr(cls(), key) if key in known else None
+        if key not in known:
+            raise _unknown("field", f"{section}.{key}", where.rpartition(" ")[0] or where,
+                           [f"{section}.{k}" for k in known])  # fmt: skip
+        default = getattr(cls(), key)
         if isinstance(default, tuple):
+            if not isinstance(value, list | tuple):
+                raise ConfigError(f"{where}.{key}: expected a list, got {value!r}")
             value = tuple(str(v) if key.endswith("subjects") else v for v in value)
+        elif isinstance(default, bool) != isinstance(value, bool) or (
+            isinstance(default, int | float) and not isinstance(value, int | float)
+        ) or (isinstance(default, str) and not isinstance(value, str)):
+            kind = type(default).__name__
+            raise ConfigError(f"{where}.{key}: expected {kind}, got {value!r}")
         converted[key] = value
     return cls(**converted)
 
 
-def from_dict(raw: dict[str, Any]) -> ExperimentConfig:
-    unknown = set(raw) - set(_SECTIONS) - {"name"}
-    if unknown:
-        raise ValueError(f"unknown section(s): {', '.join(sorted(unknown))}")
-    parts = {k: _build(cls, raw.get(k, {}), k) for k, cls in _SECTIONS.items()}
+def from_dict(raw: dict[str, Any], where: str = "config") -> ExperimentConfig:
+    for name in raw:
+        if name not in _SECTIONS and name != "name":
+            raise _unknown("section", name, where, ["name", *_SECTIONS])
+    parts = {k: _build(cls, raw.get(k, {}), f"{where} {k}") for k, cls in _SECTIONS.items()}
     return ExperimentConfig(name=raw.get("name", "experiment"), **parts)
 
 
 def load_config(path: str | Path) -> ExperimentConfig:
-    with open(path, "rb") as stream:
-        return from_dict(tomllib.load(stream))
+    path = Path(path)
+    try:
+        with open(path, "rb") as stream:
+            raw = tomllib.load(stream)
+    except FileNotFoundError:
+        shipped = ", ".join(sorted(p.name for p in Path("configs").glob("*.toml"))) or "none here"
+        raise ConfigError(f"no config file at {path} (configs/: {shipped})") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: not valid TOML: {error}") from None
+    return from_dict(raw, str(path))
 
 
 def override(config: ExperimentConfig, assignments: list[str]) -> ExperimentConfig:
@@ -116,14 +145,16 @@ def override(config: ExperimentConfig, assignments: list[str]) -> ExperimentConf
     for assignment in assignments:
         key, sep, text = assignment.partition("=")
         section, dot, name = key.strip().partition(".")
-        if not sep or not dot or section not in _SECTIONS:
-            raise ValueError(f"override must look like section.field=value, got {assignment!r}")
+        if not sep or not dot:
+            raise ConfigError(f"--set must look like section.field=value, got {assignment!r}")
+        if section not in _SECTIONS:
+            raise _unknown("section", section, f"--set {assignment}", list(_SECTIONS))
         try:
             value = tomllib.loads(f"v = {text}")["v"]
         except tomllib.TOMLDecodeError:
             value = text
         raw[section][name] = value
-    return from_dict(raw)
+    return from_dict(raw, "--set")
 
 
 def with_train(config: ExperimentConfig, **changes: Any) -> ExperimentConfig:
