@@ -179,6 +179,9 @@ class LineParser:
         if missing:
             raise WireError(f"missing channel {missing[0]}")
         values = np.asarray(rows, dtype=np.float64)
+        if self.held and names != self.held_names:  # a header came while the rate was measured
+            self.dropped("rate not measured", len(self.held))
+            self.held = []
         if timed:
             t, values = values[:, 0], values[:, 1:]
             rate = self.hz
@@ -199,9 +202,6 @@ class LineParser:
         return SampleBatch(device, t, values, wanted, arrival, rate_hz=rate)
 
     def _hold(self, rows: list[list[float]], names: tuple[str, ...]) -> None:
-        if self.held and names != self.held_names:  # the columns changed while measuring
-            self.dropped("rate not measured", len(self.held))
-            self.held = []
         room = MAX_HELD - len(self.held)
         if len(rows) > room:
             self.dropped("rate not measured", len(rows) - room)

@@ -299,3 +299,11 @@ def test_absurd_serial_options_are_one_line(tiny_checkpoint, capsys, option, wor
                      "--headless", *option])  # fmt: skip
     err = capsys.readouterr().err.strip()
     assert code == 1 and len(err.splitlines()) == 1 and words in err, err
+
+
+def test_lines_held_while_measuring_are_counted_when_a_header_changes_the_columns() -> None:
+    source = SerialSource("loop://", CHANNELS, device="band")
+    counted = counting(source)
+    assert source.handle(b"0,0,1,0,0,0\n" * 5, arrival=0.0) == []  # held: no rate yet
+    (timed,) = source.handle(b"t,acc_x,acc_y,acc_z,gyro_x,gyro_y,gyro_z\n0.0,0,0,1,0,0,0\n", arrival=0.1)
+    assert counted == {"rate not measured": 5} and timed.timestamps.tolist() == [0.0]
