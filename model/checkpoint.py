@@ -141,7 +141,7 @@ class CheckpointMeta(Mapping[str, Any]):
             raise CheckpointError(f"checkpoint {path}: over {MAX_META_BYTES >> 20} MB, not metadata")
         try:
             data = json.loads(path.read_bytes())
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        except (ValueError, RecursionError) as error:  # bad UTF-8 or JSON, an int of 5000 digits
             why = str(error).splitlines()[0]
             raise CheckpointError(f"checkpoint {path}: not JSON metadata ({why})") from None
         return cls.from_dict(data, path)

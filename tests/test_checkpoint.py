@@ -96,6 +96,8 @@ def test_metadata_that_is_not_a_json_object_is_one_line(tiny, capsys) -> None:
     refused(capsys, tiny, "tiny.json: metadata must be a JSON object")
     tiny.with_suffix(".json").write_bytes(b"\xff\xfe\x00garbage")
     refused(capsys, tiny, "tiny.json: not JSON metadata")
+    tiny.with_suffix(".json").write_text('{"window": 1' + "0" * 5000 + "}")  # past Python's int limit
+    refused(capsys, tiny, "tiny.json: not JSON metadata")
 
 
 def test_the_metadata_passed_as_the_checkpoint_names_the_weights_file(tiny, capsys) -> None:
