@@ -2,15 +2,18 @@
 
 One device or two: a panel each (activity, confidence bars, timeline with the truth under it,
 signal sparkline). More: one compact table row per device. A footer shows the whole pipeline.
+Everything fits the terminal's width: timelines grow with it, and each class has a letter as well
+as a colour, so the timeline reads without colour too.
 """
 
 from __future__ import annotations
 
+import datetime
 import time
 from collections import deque
 from typing import TYPE_CHECKING
 
-from rich.console import Group, RenderableType
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
@@ -27,20 +30,53 @@ PALETTE = ("green3", "dodger_blue1", "medium_purple1", "gold1", "orange1", "deep
 NULL_STYLE = "grey50"
 SPARK = "▁▂▃▄▅▆▇█"
 MAX_PANELS = 2  # more devices than this collapse into a table
+HISTORY = 240  # predictions kept per device: a timeline as wide as a wide terminal
+# The first seconds of a stream, while the filters settle (the 0.3 Hz gravity split most of all):
+# at the 19 session starts of the nine test subjects, standing still, windows ending before 7 s
+# said WALKING_DOWNSTAIRS or _UPSTAIRS in 7-13 sessions; from 7.7 s, 14 said STANDING.
+WARMUP_S = 7.5
+EPOCH = 1e9  # a device time beyond this is Unix time (2001 on), shown as a time of day
+
+
+def glyphs(classes: tuple[str, ...]) -> dict[str, str]:
+    """One distinct letter per class, from its words' initials, last word first, then its other
+    letters, so the timeline can be read without colour.
+
+    >>> glyphs(("WALKING", "WALKING_UPSTAIRS", "SITTING", "STANDING", "Null"))
+    {'WALKING': 'W', 'WALKING_UPSTAIRS': 'U', 'SITTING': 'S', 'STANDING': 'T', 'Null': 'N'}
+    """
+    taken: dict[str, str] = {}
+    for name in classes:
+        words = name.replace("-", "_").replace(" ", "_").split("_")[::-1]
+        candidates = [w[:1] for w in words] + list(name) + list("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+        letter = next(c.upper() for c in candidates if c.isalnum() and c.upper() not in taken.values())
+        taken[name] = letter
+    return taken
+
+
+def clock(t: float) -> str:
+    """A device time: Unix time as a time of day, a recording's seconds as they are."""
+    if t > EPOCH:
+        return datetime.datetime.fromtimestamp(t).strftime("%H:%M:%S")
+    return f"{t:.1f} s"
 
 
 class Dashboard:
     """Reads the pipeline's state on every refresh; :meth:`observe` records predictions."""
 
-    def __init__(self, pipeline: Pipeline, classes: tuple[str, ...], title: str, timeline: int = 48) -> None:
+    def __init__(self, pipeline: Pipeline, classes: tuple[str, ...], title: str) -> None:
         self.pipeline = pipeline
         self.classes = classes
         self.title = title
-        self.timeline_length = timeline
+        self.glyph = glyphs(classes)
         self.history: dict[str, deque[Prediction]] = {}
+        self.width = 80  # the console's, at the last refresh
 
     def observe(self, prediction: Prediction) -> None:
-        self.history.setdefault(prediction.device, deque(maxlen=self.timeline_length)).append(prediction)
+        self.history.setdefault(prediction.device, deque(maxlen=HISTORY)).append(prediction)
+
+    def warming(self, prediction: Prediction) -> bool:
+        return prediction.index + 1 < WARMUP_S * self.pipeline.scheduler.rate_hz
 
     def style(self, label: str | None) -> str:
         if label is None or label == UNCERTAIN:
@@ -60,11 +96,26 @@ class Dashboard:
         return scheduled + (sum(bad_input.values()) if bad_input else 0)
 
     # -- pieces ------------------------------------------------------------------------------
-    def strip(self, labels: list[str | None], glyph: str = "█") -> Text:
+    def strip(self, labels: list[str | None]) -> Text:
         text = Text()
         for label in labels:
-            text.append(glyph if label is not None else "·", style=self.style(label))
+            glyph = self.glyph.get(label, "?") if label is not None else "·"
+            text.append(glyph, style=f"bold black on {self.style(label)}" if label is not None else "grey42")
         return text
+
+    def legend(self) -> Text:
+        text = Text()
+        for name in self.classes:  # no-break spaces: a letter and its name never part at a wrap
+            text.append(f"\u00a0{self.glyph[name]}\u00a0", style=f"bold black on {self.style(name)}")
+            text.append(f"\u00a0{name}  ", style=self.style(name))
+        return text
+
+    def scale(self, history: list[Prediction], cells: int) -> Text:
+        """How far back the timeline reaches, in the device's own time."""
+        shown = history[-cells:]
+        span = shown[-1].t - shown[0].t if len(shown) > 1 else 0.0
+        left, right = f"← {span:.0f} s", "now"
+        return Text(left + " " * max(1, len(shown) - len(left) - len(right)) + right, style="grey50")
 
     def bars(self, prediction: Prediction, width: int) -> Table:
         table = Table.grid(padding=(0, 1))
@@ -93,8 +144,13 @@ class Dashboard:
         if not history:
             return Panel(Text("waiting for the first window…", style="grey50"), title=device)
         latest = history[-1]
-        head = Text(f" {latest.label} ", style=f"bold black on {self.style(latest.label)}")
-        head.append(f"  {latest.confidence * 100:.0f}%", style="bold")
+        cells = max(10, self.width - 12)  # the panel's border and the row names
+        if self.warming(latest):
+            head = Text(" warming up ", style="bold black on grey62")
+            head.append(f"  the filters settle for {WARMUP_S:g} s after a (re)start", style="grey62")
+        else:
+            head = Text(f" {latest.label} ", style=f"bold black on {self.style(latest.label)}")
+            head.append(f"  {latest.confidence * 100:.0f}%", style="bold")
         if latest.truth is not None:
             ok = latest.label == latest.truth
             head.append(f"   truth {latest.truth} ", style=self.style(latest.truth))
@@ -102,27 +158,42 @@ class Dashboard:
         timeline = Table.grid(padding=(0, 1))
         timeline.add_column(style="grey62", width=5)
         timeline.add_column(no_wrap=True)
-        timeline.add_row("model", self.strip([p.label for p in history]))
+        timeline.add_row("model", self.strip([p.label for p in history][-cells:]))
         if any(p.truth is not None for p in history):
-            timeline.add_row("truth", self.strip([p.truth for p in history]))
-        timeline.add_row("|acc|", self.sparkline(device, self.timeline_length))
+            timeline.add_row("truth", self.strip([p.truth for p in history][-cells:]))
+        timeline.add_row("", self.scale(history, cells))
+        timeline.add_row("|acc|", self.sparkline(device, cells))
         dropped = self.dropped(device)
-        subtitle = f"t {latest.t:.1f}s · {latest.latency_ms:.0f} ms"
+        subtitle = f"{clock(latest.t)} · {latest.latency_ms:.0f} ms"
         if dropped:
             subtitle += f" · dropped {dropped}"
-        return Panel(Group(head, Text(""), self.bars(latest, 24), Text(""), timeline), title=device,
+        bars = max(10, min(50, self.width - 40))
+        return Panel(Group(head, Text(""), self.bars(latest, bars), Text(""), timeline), title=device,
                      subtitle=subtitle, border_style=self.style(latest.label))  # fmt: skip
 
     def device_table(self) -> Table:
-        table = Table("device", "activity", "conf", "truth", "recent", "drop", expand=True, box=None)
+        name_width = max(6, *(len(d) for d in self.history))
+        class_width = max(len(UNCERTAIN), len("warming up"), *(len(c) for c in self.classes))
+        recent = max(10, self.width - name_width - 2 * class_width - 20)
+        table = Table(box=None, expand=True)
+        table.add_column("device", width=name_width, no_wrap=True)
+        table.add_column("activity", width=class_width, no_wrap=True)
+        table.add_column("conf", width=4, justify="right")
+        table.add_column("truth", width=class_width, no_wrap=True)
+        table.add_column("recent", width=recent, no_wrap=True)
+        table.add_column("drop", width=6, justify="right")
         for device in sorted(self.history):
             history = list(self.history[device])
             latest = history[-1]
             dropped = self.dropped(device)
             truth = Text(latest.truth or "", style=self.style(latest.truth))
-            table.add_row(device, Text(latest.label, style=f"bold {self.style(latest.label)}"),
-                          f"{latest.confidence * 100:.0f}%", truth,
-                          self.strip([p.label for p in history][-20:]), str(dropped or ""))  # fmt: skip
+            if self.warming(latest):
+                activity, confidence = Text("warming up", style="grey62"), ""
+            else:
+                activity = Text(latest.label, style=f"bold {self.style(latest.label)}")
+                confidence = f"{latest.confidence * 100:.0f}%"
+            table.add_row(device, activity, confidence, truth,
+                          self.strip([p.label for p in history][-recent:]), str(dropped or ""))  # fmt: skip
         return table
 
     def footer(self) -> Text:
@@ -148,14 +219,17 @@ class Dashboard:
             text.append(f"\n{sources}", style="grey62")
         return text
 
-    def __rich__(self) -> RenderableType:
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        self.width = options.max_width
         devices = sorted(self.history) or [s.name for s in self.pipeline.sources][:MAX_PANELS]
         if len(devices) <= MAX_PANELS:
             body: RenderableType = Group(*(self.device_panel(d) for d in devices))
         else:
             body = self.device_table()
-        header = Text(self.title, style="bold")
-        return Group(header, body, self.footer())
+        yield Text(self.title, style="bold", no_wrap=True, overflow="ellipsis")
+        yield body
+        yield self.legend()
+        yield self.footer()
 
 
 def summary_table(summary: dict) -> Table:
@@ -164,9 +238,15 @@ def summary_table(summary: dict) -> Table:
     table.add_column(style="grey62")
     table.add_column(style="bold")
     for key, value in summary.items():
-        if isinstance(value, float):
+        if value is None:
+            value = "—"  # e.g. no accuracy: nothing had a known truth
+        elif key.endswith("_ms"):
+            value = f"{value:.1f} ms"
+        elif key == "accuracy":
             value = f"{value:.4f}"
+        elif isinstance(value, float):
+            value = f"{value:.1f}"
         elif isinstance(value, dict):
             value = ", ".join(f"{k}: {v}" for k, v in value.items()) or "none"
-        table.add_row(key.replace("_", " "), str(value))
+        table.add_row(key.replace("_", " ").removesuffix(" ms"), str(value))
     return table

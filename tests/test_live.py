@@ -226,3 +226,43 @@ def test_a_fleet_batch_s_windows_are_inferred_at_once_not_after_max_wait(tiny_ch
     pipeline.stop()
     assert [p.device for p in predictions] == ["a", "b"]
     assert time.monotonic() - started < 30  # not the 60 s that a window waits for company
+
+
+def test_dashboard_fills_the_terminal_reads_without_colour_and_says_when_it_is_warming_up(tiny_checkpoint):
+    from streamer.dashboard import summary_table
+
+    checkpoint = load_checkpoint(tiny_checkpoint)
+    pipeline = pipeline_for(checkpoint, [Device("hapt-s02", [short_recording(30.0)])], hop=8)
+    dashboard = Dashboard(pipeline, checkpoint.classes, "harstream test " + "x" * 200)  # a long title
+    predictions = list(pipeline.run())
+    widths = {}
+    for prediction in predictions[:3]:  # the first windows: the filters are still settling
+        dashboard.observe(prediction)
+    console = Console(record=True, width=80)
+    console.print(dashboard)
+    assert "warming up" in console.export_text()
+    for prediction in predictions[3:]:
+        dashboard.observe(prediction)
+    for width in (80, 120):
+        console = Console(record=True, width=width)
+        console.print(dashboard)
+        lines = console.export_text().splitlines()
+        assert max(len(line) for line in lines) <= width and "warming up" not in "\n".join(lines)
+        widths[width] = len(next(line for line in lines if "model" in line).split("model", 1)[1].strip("│ "))
+        assert any("← " in line and "now" in line for line in lines)  # the timeline's time scale
+    assert len(predictions) > widths[120] > widths[80] >= 48  # the timeline grows with the terminal
+    legend = "\n".join(lines).replace("\u00a0", " ")
+    assert all(f"{dashboard.glyph[c]}  {c}" in legend for c in checkpoint.classes)
+    assert len(set(dashboard.glyph.values())) == len(checkpoint.classes)  # one letter per class
+
+    table = Console(record=True, width=80)
+    table.print(summary_table({"accuracy": None, "latency_p99_ms": 12.3456, "windows": 3}))
+    text = table.export_text()
+    assert "None" not in text and "12.3 ms" in text and "12.3456" not in text
+
+
+def test_a_unix_time_is_shown_as_a_time_of_day():
+    from streamer.dashboard import clock
+
+    assert clock(1795915540.7).count(":") == 2 and "1795915540" not in clock(1795915540.7)
+    assert clock(82.54) == "82.5 s"
