@@ -8,6 +8,22 @@ from typing import Any
 from rich.table import Table
 
 
+def glyphs(classes: tuple[str, ...]) -> dict[str, str]:
+    """One distinct letter per class, from its words' initials, last word first, then its other
+    letters, so the timeline can be read without colour.
+
+    >>> glyphs(("WALKING", "WALKING_UPSTAIRS", "SITTING", "STANDING", "Null"))
+    {'WALKING': 'W', 'WALKING_UPSTAIRS': 'U', 'SITTING': 'S', 'STANDING': 'T', 'Null': 'N'}
+    """
+    taken: dict[str, str] = {}
+    for name in classes:
+        words = name.replace("-", "_").replace(" ", "_").split("_")[::-1]
+        candidates = [w[:1] for w in words] + list(name) + list("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+        letter = next(c.upper() for c in candidates if c.isalnum() and c.upper() not in taken.values())
+        taken[name] = letter
+    return taken
+
+
 def per_class_table(metrics: dict[str, Any], classes: tuple[str, ...], title: str = "") -> Table:
     table = Table("class", "precision", "recall", "F1", "windows", title=title or None)
     for name in classes:
@@ -24,14 +40,15 @@ def per_class_table(metrics: dict[str, Any], classes: tuple[str, ...], title: st
 
 
 def confusion_table(metrics: dict[str, Any], classes: tuple[str, ...]) -> Table:
-    """Rows are the truth, columns the prediction; the diagonal is bold."""
-    short = [name[:8] for name in classes]
-    table = Table("truth \\ predicted", *short, title="confusion matrix")
+    """Rows are the truth, columns the prediction (headed by each class's letter, which the rows
+    spell out: cut names such as WALKING_ and WALKING_ told nothing); the diagonal is bold."""
+    letter = glyphs(classes)
+    table = Table("truth \\ predicted", *(letter[c] for c in classes), title="confusion matrix")
     for i, row in enumerate(metrics["confusion"]):
         cells = [
             f"[bold green]{v}[/]" if i == j else (f"[red]{v}[/]" if v else "·") for j, v in enumerate(row)
         ]
-        table.add_row(classes[i], *cells)
+        table.add_row(f"{letter[classes[i]]} {classes[i]}", *cells)
     return table
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
+from importlib import metadata
 from pathlib import Path
 
 from model.strict_json import dumps
@@ -32,6 +34,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     engine = live_engine(args, checkpoint, max_batch=512)
     splits = build_splits(config)
     windows = splits.by_name(args.split)
+    if len(windows) == 0:
+        raise CliError(f"the {args.split} split of {args.checkpoint} is empty (this config has no "
+                       f"{args.split} subjects or runs): try --split test")  # fmt: skip
     predicted = engine.probabilities_of(windows.x).argmax(axis=1)
     metrics = summarise(windows.y, predicted, checkpoint.classes, null_class(config))
     keys = ("accuracy", "f1_weighted", "f1_macro", "n_windows", "f1_weighted_no_null", "f1_macro_no_null")
@@ -98,6 +103,15 @@ def live_parts(args: argparse.Namespace, checkpoint, sources: list) -> tuple:
     return Pipeline(sources, scheduler, engine, decider, max_wait_s=args.max_wait_ms / 1000.0), hop
 
 
+PROGRESS_S = 10.0  # how often --headless without --jsonl says how it is going
+
+
+def progress_line(summary: dict) -> str:
+    accuracy = f", accuracy {summary['accuracy']:.3f}" if summary["accuracy"] is not None else ""
+    return (f"harstream: {summary['devices']} devices, {summary['samples']:,} samples, "
+            f"{summary['windows']:,} windows{accuracy}, {summary['dropped']:,} dropped")
+
+
 def run_live(args: argparse.Namespace, pipeline, classes: tuple[str, ...], title: str) -> int:
     """Drive the pipeline into the chosen sinks: dashboard, JSON lines, or neither."""
     from rich.console import Console
@@ -109,9 +123,13 @@ def run_live(args: argparse.Namespace, pipeline, classes: tuple[str, ...], title
     interrupted = False
     try:
         if args.headless:
+            next_report = time.monotonic() + PROGRESS_S
             for prediction in pipeline.run():
                 if args.jsonl:
                     print(dumps(prediction.to_json()), flush=True)
+                elif time.monotonic() >= next_report:  # a service's log: a line now and then
+                    next_report = time.monotonic() + PROGRESS_S
+                    print(progress_line(pipeline.summary()), file=sys.stderr, flush=True)
         else:
             dashboard = Dashboard(pipeline, classes, title)
             with Live(dashboard, console=console, refresh_per_second=4, screen=False, transient=False):
@@ -249,12 +267,31 @@ def add_live_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jsonl", action="store_true", help="one JSON object per prediction on stdout")
 
 
+EXAMPLES = """examples:
+  harstream replay                                  live dashboard, held-out test subject 2
+  harstream replay hapt:2,4,9 --speed 0 --headless --jsonl
+  harstream mqtt --broker mqtt://localhost --publish
+  harstream serial --port /dev/ttyUSB0 --hz 50
+  harstream evaluate --json
+  harstream COMMAND --help                          the options of one command
+"""
+
+
+def version() -> str:
+    try:
+        return metadata.version("harstream")
+    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="harstream", description="Real-time activity recognition for wearables."
-    )
+        prog="harstream", description="Real-time activity recognition for wearables.", epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
     parser.add_argument("--debug", action="store_true", help="full tracebacks and debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"harstream {version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("evaluate", help="score a checkpoint on a data split")
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
@@ -315,7 +352,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:  # `harstream` alone: what it can do, not an argparse complaint
+        parser.print_help()
+        return 0
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(message)s")
     try:
         return args.run(args)

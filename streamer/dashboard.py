@@ -18,6 +18,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from model.report import glyphs
 from streamer.engine import UNCERTAIN
 from streamer.types import Prediction
 
@@ -36,22 +37,6 @@ HISTORY = 240  # predictions kept per device: a timeline as wide as a wide termi
 # said WALKING_DOWNSTAIRS or _UPSTAIRS in 7-13 sessions; from 7.7 s, 14 said STANDING.
 WARMUP_S = 7.5
 EPOCH = 1e9  # a device time beyond this is Unix time (2001 on), shown as a time of day
-
-
-def glyphs(classes: tuple[str, ...]) -> dict[str, str]:
-    """One distinct letter per class, from its words' initials, last word first, then its other
-    letters, so the timeline can be read without colour.
-
-    >>> glyphs(("WALKING", "WALKING_UPSTAIRS", "SITTING", "STANDING", "Null"))
-    {'WALKING': 'W', 'WALKING_UPSTAIRS': 'U', 'SITTING': 'S', 'STANDING': 'T', 'Null': 'N'}
-    """
-    taken: dict[str, str] = {}
-    for name in classes:
-        words = name.replace("-", "_").replace(" ", "_").split("_")[::-1]
-        candidates = [w[:1] for w in words] + list(name) + list("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
-        letter = next(c.upper() for c in candidates if c.isalnum() and c.upper() not in taken.values())
-        taken[name] = letter
-    return taken
 
 
 def clock(t: float) -> str:

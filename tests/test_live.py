@@ -266,3 +266,26 @@ def test_a_unix_time_is_shown_as_a_time_of_day():
 
     assert clock(1795915540.7).count(":") == 2 and "1795915540" not in clock(1795915540.7)
     assert clock(82.54) == "82.5 s"
+
+
+def test_the_command_line_explains_itself(capsys, monkeypatch):
+
+    assert main([]) == 0  # `harstream` alone: help with examples, not an argparse error
+    out = capsys.readouterr().out
+    assert "examples:" in out and "harstream replay" in out and "evaluate" in out
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.startswith("harstream ")
+    assert main(["evaluate", "--split", "val"]) == 1  # the shipped model's refit has no validation split
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "val split" in err and "empty" in err
+
+
+def test_headless_without_jsonl_says_how_it_is_going(tiny_checkpoint, capsys, monkeypatch):
+    import streamer.cli as cli
+
+    monkeypatch.setattr(cli, "PROGRESS_S", 0.0)
+    argv = ["replay", "hapt:24", "--checkpoint", str(tiny_checkpoint), "--speed", "0", "--headless"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "windows" in err and "samples" in err and "dropped" in err
