@@ -17,6 +17,7 @@ import numpy as np
 
 from model import opportunity
 from model.config import DataConfig, ExperimentConfig
+from model.labels import window_labels
 from model.preprocessing import UCI_HAR_FEATURES, PreprocessingSpec, build_preprocessor
 from model.recordings import HAPT_ACTIVITIES, Recording, load_hapt, read_csv_folder
 from model.strict_json import dumps
@@ -56,21 +57,6 @@ class WindowSet:
                 for f in ("x", "y", "subjects", "recordings", "ends")
             )
         )
-
-
-def window_labels(labels: np.ndarray, starts: np.ndarray, length: int, rule: str) -> np.ndarray:
-    """The class of each window, -1 where it has none.
-
-    ``all``: the class that covers every sample (UCI HAR keeps only such windows);
-    ``last``: the last sample's class (the OPPORTUNITY challenge's rule).
-    """
-    if rule == "last":
-        return labels[starts + length - 1]
-    if rule != "all":
-        raise ValueError(f"unknown label rule {rule!r} (all | last)")
-    spans = np.lib.stride_tricks.sliding_window_view(labels, length)[starts]
-    first = spans[:, 0]
-    return np.where((spans == first[:, None]).all(axis=1), first, -1)
 
 
 def cut_windows(features: np.ndarray, recording: Recording, data: DataConfig) -> WindowSet:

@@ -29,7 +29,9 @@ from typing import Any, Protocol
 import numpy as np
 from scipy import signal
 
-UCI_HAR_INPUTS = ("acc_x", "acc_y", "acc_z", "gyro_x", "gyro_y", "gyro_z")
+from model.recordings import ACC, GYRO
+
+UCI_HAR_INPUTS = ACC + GYRO
 UCI_HAR_FEATURES = (
     "body_acc_x",
     "body_acc_y",

@@ -18,7 +18,10 @@ import numpy as np
 
 from model.safe_pickle import frame_columns, restricted_load
 
-HAPT_CHANNELS = ("acc_x", "acc_y", "acc_z", "gyro_x", "gyro_y", "gyro_z")
+# The channel names of an inertial wearable, everywhere (recordings, preprocessing, the wire).
+ACC = ("acc_x", "acc_y", "acc_z")  # g
+GYRO = ("gyro_x", "gyro_y", "gyro_z")  # rad/s
+HAPT_CHANNELS = ACC + GYRO
 HAPT_UNITS = ("g", "g", "g", "rad/s", "rad/s", "rad/s")
 HAPT_RATE_HZ = 50.0
 HAPT_ACTIVITIES = (

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from model.labels import window_labels
 from model.preprocessing import PreprocessingSpec, build_preprocessor, process_stacked
 from streamer import limits
 from streamer.resample import StreamResampler
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 
 # Kinds of preprocessing that fill in missing values themselves; for the others a NaN is bad input.
 ACCEPTS_MISSING = {"opportunity"}
+WHOLE = np.zeros(1, np.int64)  # the one window that starts at a window's own first label
 DEVICE_LIMIT = "device limit"  # the drop reason of samples from devices refused at the device limit
 
 
@@ -248,10 +250,7 @@ class DeviceStream:
 
     def _window(self, t: float, arrival: float) -> Window:
         labels = self.truth.latest(self.scheduler.window).ravel()
-        if self.scheduler.label_rule == "last":
-            truth = int(labels[-1])
-        else:
-            truth = int(labels[0]) if (labels == labels[0]).all() else -1
+        truth = int(window_labels(labels, WHOLE, len(labels), self.scheduler.label_rule)[0])
         self.counters.windows += 1
         return Window(
             device=self.device,

@@ -42,13 +42,12 @@ import time
 
 import numpy as np
 
+from model.recordings import ACC, GYRO
 from model.strict_json import dumps
 from streamer.limits import MAX_ABS_TIME_S, MAX_PAYLOAD_BYTES, MAX_SAMPLES_PER_MESSAGE, WIRE_RATE_HZ
 from streamer.types import SampleBatch
 
 STANDARD_GRAVITY = 9.80665  # m/s² per g
-ACC = ("acc_x", "acc_y", "acc_z")
-GYRO = ("gyro_x", "gyro_y", "gyro_z")
 DEVICE_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # safe in a topic, a file name and a terminal
 
 MAGIC = b"HAR1"
