@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+
 def window_labels(labels: np.ndarray, starts: np.ndarray, length: int, rule: str) -> np.ndarray:
     """The class of each window, -1 where it has none.
 
