@@ -28,7 +28,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from model.report import confusion_table, per_class_table
 
     checkpoint = load_checkpoint(args.checkpoint)
-    config = from_dict(checkpoint.meta["config"])
+    if "config" not in checkpoint.meta:  # the live path needs none; evaluation rebuilds the data from it
+        raise CliError(f"{args.checkpoint} records no training config, so its data cannot be rebuilt")
+    config = from_dict(checkpoint.meta["config"], f"{args.checkpoint} config")
     if args.data_dir or args.data_zip:
         config = override(config, [f'data.path="{args.data_zip or args.data_dir}"'])
     engine = live_engine(args, checkpoint, max_batch=512)
