@@ -31,8 +31,6 @@ from streamer.types import FleetBatch, SampleBatch, Window
 
 log = logging.getLogger(__name__)
 
-# Kinds of preprocessing that fill in missing values themselves; for the others a NaN is bad input.
-ACCEPTS_MISSING = {"opportunity"}
 WHOLE = np.zeros(1, np.int64)  # the one window that starts at a window's own first label
 DEVICE_LIMIT = "device limit"  # the drop reason of samples from devices refused at the device limit
 
@@ -299,12 +297,12 @@ class Scheduler:
         self.max_devices = max_devices
         self.idle_timeout_s = idle_timeout_s
         self.admit_after_s = admit_after_s
-        self.accepts_missing = spec.kind in ACCEPTS_MISSING
         self.devices: OrderedDict[str, DeviceStream] = OrderedDict()  # the longest silent first
         self.retired = DeviceCounters()  # forgotten devices' tallies, and refused devices' drops
         # channel names as sent -> column indices in the model's order, or why they do not fit
         self._column_maps: dict[tuple[str, ...], np.ndarray | str] = {}
         self._stack = build_preprocessor(spec)  # runs many devices' states at once (push_fleet)
+        self.accepts_missing = self._stack.fills_gaps  # a NaN is a gap it fills, or bad input
         self.rejected_devices = 0  # batches refused at the device limit
         self.evicted_devices = 0
         self._evicted: list[str] = []  # made room for a newcomer, not yet reported by evict_idle
