@@ -229,6 +229,20 @@ class DeviceStream:
         self.signal_magnitude.append(float(last_magnitude(v)))
         return self._cut(t, features, truth, arrival)
 
+    def take_filtered(self, t: np.ndarray, dt: np.ndarray, features: np.ndarray, finite: bool,
+                      magnitude: float, truth: np.ndarray, arrival: float) -> list[Window]:  # fmt: skip
+        """The fleet path's share for this device: samples that continue its steady stream, already
+        checked and filtered together with other devices' (``finite``: the features are)."""
+        self.recent_dt.extend(dt[-64:])
+        self.last_t = float(t[-1])
+        self.counters.samples += len(t)
+        if not finite:
+            self.drop("non-finite filter state", len(t))
+            self.restart()
+            return []
+        self.signal_magnitude.append(magnitude)
+        return self._cut(t, features, truth, arrival)
+
     def _cut(self, t: np.ndarray, features: np.ndarray, truth: np.ndarray, arrival: float) -> list[Window]:
         """Append features, emitting a window at every ``hop``-th sample from ``window - 1`` on."""
         w, hop = self.scheduler.window, self.scheduler.hop
@@ -380,16 +394,9 @@ class Scheduler:
             magnitudes = last_magnitude(v)
             no_truth = np.full(t.shape[1], -1, np.int64)
             for i, (r, stream) in enumerate(zip(rows, streams, strict=True)):
-                stream.recent_dt.extend(dt[i][-64:])
-                stream.last_t = float(t[i, -1])
-                stream.counters.samples += t.shape[1]
-                if not finite[i]:
-                    stream.drop("non-finite filter state", t.shape[1])
-                    stream.restart()
-                    continue
-                stream.signal_magnitude.append(float(magnitudes[i]))
                 truth = batch.truth[r] if batch.truth is not None else no_truth
-                windows[r] = stream._cut(t[i], features[i], truth, batch.arrival)
+                windows[r] = stream.take_filtered(t[i], dt[i], features[i], bool(finite[i]),
+                                                  float(magnitudes[i]), truth, batch.arrival)  # fmt: skip
         return [w for row in windows for w in row]
 
     def push(self, batch: SampleBatch) -> list[Window]:
