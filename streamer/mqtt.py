@@ -68,6 +68,8 @@ REFUSED_FOR_GOOD = {
     0x8C: "the broker does not accept this authentication method",  # Bad authentication method
 }
 SESSION_TAKEN_OVER = 0x8E  # DISCONNECT: another client connected with our client id
+SHORT_LIVED_S = 5.0  # a connection the broker closes sooner, with no reason given, may be a takeover
+TAKEOVER_AFTER = 3  # ... and this many in a row, each made at the first attempt, are taken as one
 INVALID_DEVICE = "(invalid device id)"  # the counter key for messages whose topic names no valid device
 OTHER_DEVICES = "(other devices)"  # the counter key once max_devices distinct keys are counted
 
@@ -239,6 +241,8 @@ class MqttSource:
         self.settled = threading.Event()  # connected once, or failed for good
         self.fatal: str | None = None  # why the source gave up (refused for good, taken over)
         self.takeovers = 0  # sessions another client with our id took over
+        self._connected_at = 0.0
+        self._short_lived = 0  # connections in a row that the broker closed right after they were made
         self.retries = 0
         self.devices: set[str] = set()  # devices heard from (valid ids), bounded by max_devices
         self.rejected: Counter = Counter()  # (device, reason) -> count, also when no pipeline listens
@@ -327,6 +331,7 @@ class MqttSource:
         for callback in self.on_connected:
             callback(client)
         self.retries = 0
+        self._connected_at = time.monotonic()
         self.status = "connected"
         self.connected.set()
         self.settled.set()
@@ -335,6 +340,7 @@ class MqttSource:
         # paho calls this inside its ``except OSError`` around the attempt and passes no error:
         # the exception being handled is the attempt's own (a refused port, a failed TLS handshake)
         why, for_good = connect_error(sys.exc_info()[1])
+        self._short_lived = 0  # the broker is away, not closing us: not a takeover
         if for_good:
             self._give_up(client, f"could not connect: {why}")
             return
@@ -345,16 +351,25 @@ class MqttSource:
         self.connected.clear()
         if not self._started or self.fatal:
             return
-        if reason_code == SESSION_TAKEN_OVER:
-            # Reconnecting would take the session back, and the other client would do the same,
-            # every second, each losing messages: leave it to the other one, and say so.
+        # Reconnecting after a takeover would take the session back, and the other client would do
+        # the same, every second, each losing messages: leave the id to the newer one, and say so.
+        # An MQTT 5 broker says "Session taken over"; mosquitto before 2.0.12 only closes the
+        # socket, so a takeover also shows as connections that the broker closes again and again
+        # right after they were made (while a broker that is down refuses them instead).
+        lived = time.monotonic() - self._connected_at
+        from_server = getattr(flags, "is_disconnect_packet_from_server", False)
+        self._short_lived = self._short_lived + 1 if lived < SHORT_LIVED_S and not from_server else 0
+        if reason_code == SESSION_TAKEN_OVER or self._short_lived >= TAKEOVER_AFTER:
             self.takeovers += 1
-            why = (f"session taken over: another client connected with client id {self.options.client_id!r}; "
-                   "give each process its own --client-id")  # fmt: skip
+            clue = "" if reason_code == SESSION_TAKEN_OVER else (
+                f" (the broker closed {self._short_lived} connections in a row right after they were made)")
+            why = (f"session taken over{clue}: another client connected with client id "
+                   f"{self.options.client_id!r}; give each process its own --client-id")  # fmt: skip
             self._give_up(client, why)
             return
         self.status = f"disconnected: {reason_code}"
-        log.warning("mqtt: disconnected from %s (%s); reconnecting", self.options.broker.url, reason_code)
+        if self._short_lived <= 1:  # one line per outage, not one per quick reconnect
+            log.warning("mqtt: disconnected from %s (%s); reconnecting", self.options.broker.url, reason_code)
 
     def _on_message(self, client: mqtt.Client, userdata, message: mqtt.MQTTMessage) -> None:
         try:

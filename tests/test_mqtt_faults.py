@@ -8,19 +8,21 @@ import json
 import os
 import re
 import signal
+import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
 import paho.mqtt.client as mqtt
-from live_fixtures import Mosquitto, TimedLines, harstream, wait_until
+import pytest
+from live_fixtures import Lines, Mosquitto, TimedLines, harstream, predictions, replay_reference, wait_until
 
-from model.recordings import HAPT_CHANNELS
+from model.recordings import HAPT_ACTIVITIES, HAPT_CHANNELS, read_csv_recording
 from streamer.cli import DEFAULT_CHECKPOINT
 from streamer.mqtt import parse_broker
 from streamer.pipeline import SHED_MESSAGES
 from streamer.scheduler import DEVICE_LIMIT
-from streamer.wire import encode_json_batch
+from streamer.wire import decode, encode_json_batch
 
 
 def logged_broker(folder: Path, *extra: str) -> Mosquitto:
@@ -55,11 +57,11 @@ def test_a_flood_of_new_ids_never_blocks_the_broker_connection_and_sheds_with_co
     tmp_path, short_recording
 ) -> None:
     """The incident, scaled: 2,000 new ids send three 1 s batches each (1,500 messages/s) while
-    the shipped model is busy with the windows of the 1,000 it admits. The recognizer's network
-    thread keeps reading (mosquitto drops nothing for it), the surplus is shed from the queue and
-    counted, a device streaming throughout keeps its predictions coming, and a device that joins
-    after the flood is admitted within seconds (a flood device's slot frees once it has been
-    silent a few seconds)."""
+    the shipped model is busy with the windows of the 300 it admits (--max-devices 300). The
+    recognizer's network thread keeps reading (mosquitto drops nothing for it), the surplus is
+    shed from the queue and counted, a device streaming throughout keeps its predictions coming,
+    and a device that joins after the flood is admitted within seconds (a flood device's slot
+    frees once it has been silent a few seconds)."""
     broker = logged_broker(tmp_path / "broker")
     ids, per_id, samples, rate = 2000, 3, 50, 1500.0  # 150 samples: a window per admitted id
     recognizer = harstream("mqtt", "--broker", broker.url, "--checkpoint", str(DEFAULT_CHECKPOINT),
@@ -128,3 +130,235 @@ def test_a_flood_of_new_ids_never_blocks_the_broker_connection_and_sheds_with_co
     assert summary["dropped_by_reason"][DEVICE_LIMIT] > 0  # the refused ids' samples are counted too
     assert late_admitted, f"a device joining after the flood waited {late_wait:.1f} s"
     assert late_wait < 12.0  # publisher start-up, a flood device's slot free after 5 s of silence, a window
+
+
+# -- client ids and sessions ---------------------------------------------------------------------
+def test_mqtt_and_record_side_by_side_with_default_client_ids_lose_nothing(
+    broker, tiny_checkpoint, short_recording, tmp_path
+) -> None:
+    """Both used to default to harstream-HOSTNAME and took the session from each other every
+    second; default ids are now unique per process, so each gets every sample."""
+    want = replay_reference(tiny_checkpoint, short_recording)
+    out = tmp_path / "recorded"
+    recognizer = harstream("mqtt", "--broker", broker.url, "--checkpoint", str(tiny_checkpoint),
+                           "--hop", "64", "--headless", "--jsonl")  # fmt: skip
+    recorder = harstream("record", "--broker", broker.url, "--out", str(out))
+    r_out, r_err, rec_err = Lines(recognizer.stdout), Lines(recognizer.stderr), Lines(recorder.stderr)
+    try:
+        assert r_err.wait(lambda ls: any("connected" in x for x in ls), 30), r_err.lines
+        assert rec_err.wait(lambda ls: any("recording" in x for x in ls), 30), rec_err.lines
+        # 8 s of publishing: long enough for takeovers every second to show
+        publisher = harstream("publish", f"csv:{short_recording}", "--broker", broker.url,
+                              "--device", "wrist", "--speed", "5")  # fmt: skip
+        assert publisher.wait(60) == 0, publisher.stderr.read()
+        got = predictions(r_out.wait(lambda ls: len(ls) >= len(want), 10))
+        time.sleep(1.5)  # the recorder flushes every second
+    finally:
+        for process in (recognizer, recorder):
+            process.send_signal(signal.SIGTERM)
+            process.wait(15)
+    assert recorder.returncode == 0, rec_err.lines
+    assert not [x for x in r_err.lines + rec_err.lines if "disconnected" in x]
+    assert len(got) == len(want)
+    original = read_csv_recording(short_recording, HAPT_CHANNELS, HAPT_ACTIVITIES, 50.0)
+    recorded = read_csv_recording(out / "wrist.csv", HAPT_CHANNELS, HAPT_ACTIVITIES, 50.0)
+    assert np.array_equal(recorded.values, original.values)
+
+
+def test_a_second_process_with_the_same_client_id_takes_over_and_the_first_says_so(
+    broker, tiny_checkpoint
+) -> None:
+    """Two recognizers with one explicit --client-id: the first one reports the takeover in one
+    line and exits 1 instead of taking the session back every second; the second one stays."""
+    command = ("mqtt", "--broker", broker.url, "--checkpoint", str(tiny_checkpoint), "--headless",
+               "--client-id", "same")  # fmt: skip
+    first = harstream(*command)
+    first_err = Lines(first.stderr)
+    second = None
+    try:
+        assert first_err.wait(lambda ls: any("connected" in x for x in ls), 30), first_err.lines
+        second = harstream(*command)
+        second_err = Lines(second.stderr)
+        assert second_err.wait(lambda ls: any("connected" in x for x in ls), 30), second_err.lines
+        first.wait(20)  # mosquitto 2.0.11 closes the old connection without a reason: ~3 s to tell
+        assert first.returncode == 1, first_err.lines
+        assert second.poll() is None, second_err.lines  # still running, connected
+        time.sleep(1.5)
+        assert not any("taken over" in x for x in second_err.lines), second_err.lines
+    finally:
+        for process in (first, second):
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                process.wait(15)
+    takeover = [x for x in first_err.lines if "taken over" in x]
+    assert len(takeover) == 1 and "'same'" in takeover[0] and "--client-id" in takeover[0], first_err.lines
+    assert not any("Traceback" in x for x in first_err.lines)
+
+
+# -- publish through a broker restart ------------------------------------------------------------
+class Watcher:
+    """A subscriber that survives broker restarts (it subscribes in on_connect) and keeps every
+    sample timestamp it receives on ``har/+/imu``."""
+
+    def __init__(self, url: str) -> None:
+        self.times: list[float] = []
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe("har/+/imu", qos=1)
+        self.client.on_message = self._on_message
+        self.client.reconnect_delay_set(1, 1)
+        address = parse_broker(url)
+        self.client.connect(address.host, address.port)
+        self.client.loop_start()
+
+    def _on_message(self, client, userdata, message) -> None:
+        batch = decode(message.payload, "w", HAPT_CHANNELS, 0.0)
+        self.times.extend(batch.timestamps.tolist())
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def test_publish_rides_out_a_broker_restart(broker, short_recording) -> None:
+    """The broker goes away mid-recording and comes back on the same port: `publish` waits,
+    reconnects, publishes the rest and exits 0 (it used to die with 'The client is not currently
+    connected' and exit 0 anyway)."""
+    watcher = Watcher(broker.url)
+    publisher = harstream("publish", f"csv:{short_recording}", "--broker", broker.url, "--device", "wrist",
+                          "--speed", "5", "--connect-timeout", "15")  # fmt: skip
+    err = Lines(publisher.stderr)
+    try:
+        assert wait_until(lambda: len(watcher.times) >= 200, 30), err.lines  # publishing, 4 s of samples
+        broker.stop()
+        time.sleep(1.5)
+        broker.start()
+        assert publisher.wait(60) == 0, err.lines
+    finally:
+        if publisher.poll() is None:
+            publisher.kill()
+        time.sleep(0.5)
+        watcher.close()
+    lines = err.wait(lambda ls: False, 2)
+    assert not any("Traceback" in x or "Error" in x for x in lines), lines
+    assert any("reconnected" in x for x in lines), lines
+    samples = int(re.search(r"published (\d+) samples", "\n".join(lines))[1])
+    original = read_csv_recording(short_recording, HAPT_CHANNELS, HAPT_ACTIVITIES, 50.0)
+    assert samples == len(original.timestamps)
+    # what was published after the restart reached a subscriber, up to the recording's last sample
+    assert max(watcher.times) - min(watcher.times) > original.timestamps[-1] - original.timestamps[0] - 0.1
+
+
+def test_publish_exits_1_when_the_broker_does_not_come_back(broker, short_recording) -> None:
+    watcher = Watcher(broker.url)
+    publisher = harstream("publish", f"csv:{short_recording}", "--broker", broker.url, "--device", "wrist",
+                          "--speed", "5", "--connect-timeout", "2")  # fmt: skip
+    err = Lines(publisher.stderr)
+    try:
+        assert wait_until(lambda: len(watcher.times) >= 100, 30), err.lines
+        broker.stop()
+        started = time.monotonic()
+        code = publisher.wait(30)
+        took = time.monotonic() - started
+    finally:
+        if publisher.poll() is None:
+            publisher.kill()
+        watcher.client.loop_stop()
+    lines = err.wait(lambda ls: False, 1)
+    assert code == 1, lines
+    assert took < 15, took  # the wait (2 s), then the goodbye
+    assert not any("Traceback" in x for x in lines), lines
+    assert any("did not come back within 2 s" in x for x in lines), lines
+
+
+# -- credentials and certificates ----------------------------------------------------------------
+def password_broker(folder: Path) -> Mosquitto:
+    folder.mkdir(parents=True, exist_ok=True)
+    passwords = folder / "passwords"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwords), "wearer", "right"], check=True,
+                   capture_output=True)  # fmt: skip
+    passwords.chmod(0o644)
+    user = ("user root",) if os.geteuid() == 0 else ()  # mosquitto may read the file where it lies
+    return Mosquitto(folder, extra=(*user, "allow_anonymous false", f"password_file {passwords}"))
+
+
+@pytest.mark.parametrize("mode", ["--headless", "dashboard"])
+def test_a_wrong_password_is_one_line_saying_not_authorised_and_exit_1(tmp_path, tiny_checkpoint,
+                                                                       mode: str) -> None:  # fmt: skip
+    """Headless it read 'Protocol error'; the dashboard retried forever. Retrying with the same
+    wrong password helps nobody: both stop at once with one line."""
+    broker = password_broker(tmp_path / "broker")
+    try:
+        extra = ["--headless"] if mode == "--headless" else []
+        process = harstream("mqtt", "--broker", broker.url, "--checkpoint", str(tiny_checkpoint),
+                            "--username", "wearer", "--password", "wrong", "--connect-timeout", "20",
+                            *extra)  # fmt: skip
+        try:
+            _, err = process.communicate(timeout=60)
+        finally:
+            if process.poll() is None:
+                process.kill()
+    finally:
+        broker.stop()
+    lines = err.strip().splitlines()
+    assert process.returncode == 1, lines
+    assert len(lines) == 1 and "not authorised" in lines[0] and "--password" in lines[0], lines
+
+
+def write_ca_and_server_cert(folder: Path, name: str) -> tuple[Path, Path, Path]:
+    """A self-signed CA and a server certificate it signed for 127.0.0.1: (ca, cert, key)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    days = datetime.timedelta(days=1)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{name} test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - days).not_valid_after(now + days)
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))  # fmt: skip
+    key = ec.generate_private_key(ec.SECP256R1())
+    server = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    address = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    cert = (x509.CertificateBuilder().subject_name(server).issuer_name(ca_name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - days)
+            .not_valid_after(now + days).add_extension(address, critical=False)
+            .sign(ca_key, hashes.SHA256()))  # fmt: skip
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = folder / f"{name}-ca.pem", folder / f"{name}-server.pem", folder / f"{name}-server.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))  # fmt: skip
+    return paths
+
+
+def test_a_wrong_ca_is_one_line_about_the_certificate_and_exit_1(tmp_path, tiny_checkpoint) -> None:
+    """A TLS broker whose certificate the given --tls-ca did not sign: said in one line that names
+    the certificate check (it used to retry silently until the connect timeout)."""
+    _, cert, key = write_ca_and_server_cert(tmp_path / "tls", "broker")
+    wrong_ca, _, _ = write_ca_and_server_cert(tmp_path / "tls", "other")
+    user = ("user root",) if os.geteuid() == 0 else ()
+    broker = Mosquitto(tmp_path, extra=(*user, f"certfile {cert}", f"keyfile {key}"))
+    try:
+        process = harstream("mqtt", "--broker", f"mqtts://127.0.0.1:{broker.port}", "--tls-ca",
+                            str(wrong_ca), "--checkpoint", str(tiny_checkpoint), "--headless",
+                            "--connect-timeout", "20")  # fmt: skip
+        started = time.monotonic()
+        try:
+            _, err = process.communicate(timeout=60)
+        finally:
+            if process.poll() is None:
+                process.kill()
+        took = time.monotonic() - started
+    finally:
+        broker.stop()
+    lines = err.strip().splitlines()
+    assert process.returncode == 1, lines
+    assert len(lines) == 1 and "certificate verify failed" in lines[0] and "--tls-ca" in lines[0], lines
+    assert took < 15, took  # at the first failed handshake, not after --connect-timeout
