@@ -9,20 +9,39 @@ import os
 import re
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
-from live_fixtures import Lines, Mosquitto, TimedLines, harstream, predictions, replay_reference, wait_until
+from live_fixtures import (
+    Lines,
+    Mosquitto,
+    Recognizer,
+    TimedLines,
+    harstream,
+    mqtt_client,
+    mqtt_options,
+    predictions,
+    replay_reference,
+    wait_until,
+)
 
 from model.recordings import HAPT_ACTIVITIES, HAPT_CHANNELS, read_csv_recording
+from replay.sources import Device
 from streamer.cli import DEFAULT_CHECKPOINT
-from streamer.mqtt import parse_broker
+from streamer.mqtt import MqttSource, PredictionPublisher, parse_broker
 from streamer.pipeline import SHED_MESSAGES
+from streamer.publisher import Publisher
 from streamer.scheduler import DEVICE_LIMIT
+from streamer.types import Prediction
 from streamer.wire import decode, encode_json_batch
+
+
+def recording(path: Path):
+    return read_csv_recording(path, HAPT_CHANNELS, HAPT_ACTIVITIES, 50.0)
 
 
 def logged_broker(folder: Path, *extra: str) -> Mosquitto:
@@ -362,3 +381,96 @@ def test_a_wrong_ca_is_one_line_about_the_certificate_and_exit_1(tmp_path, tiny_
     assert process.returncode == 1, lines
     assert len(lines) == 1 and "certificate verify failed" in lines[0] and "--tls-ca" in lines[0], lines
     assert took < 15, took  # at the first failed handshake, not after --connect-timeout
+
+
+# -- Home Assistant discovery and strict JSON ----------------------------------------------------
+def retained(url: str, *filters: str, wait: float = 0.7) -> dict[str, bytes]:
+    """What the broker holds retained under ``filters`` (a fresh subscriber gets it at once)."""
+    seen: dict[str, bytes] = {}
+    watcher = mqtt_client(url)
+    watcher.on_message = lambda c, u, m: seen.__setitem__(m.topic, m.payload) if m.payload else None
+    watcher.subscribe([(f, 1) for f in filters])
+    time.sleep(wait)
+    watcher.disconnect()
+    watcher.loop_stop()
+    return seen
+
+
+def stream(url: str, device: str, stop: threading.Event) -> None:
+    """A wearable sending 0.1 s batches at 50 Hz in real time until ``stop``."""
+    sender = mqtt_client(url)
+    t0, k = time.time(), 0
+    while not stop.wait(max(0.0, t0 + (k + 1) * 0.1 - time.time())):
+        values = np.tile([0.0, 0.0, 1.0, 0.0, 0.0, 0.0], (5, 1))
+        payload = encode_json_batch(t0 + k * 0.1, 50.0, HAPT_CHANNELS, values)
+        sender.publish(f"har/{device}/imu", payload, qos=1)
+        k += 1
+    sender.disconnect()
+    sender.loop_stop()
+
+
+def test_discovery_keeps_similar_ids_apart_and_clears_what_is_no_longer_served(
+    broker, tiny_checkpoint, short_recording
+) -> None:
+    """'a.b' and 'a_b' are two sensors (they shared one config topic); a device the recognizer
+    forgets has its retained config and activity cleared, and is not announced again after a
+    reconnect, while a device still served is."""
+    recognizer = Recognizer(broker.url, tiny_checkpoint, "--idle-timeout", "2", client_id="hass",
+                            discovery=True)  # fmt: skip
+    stop = threading.Event()
+    keeper = threading.Thread(target=stream, args=(broker.url, "keep", stop), daemon=True)
+    keeper.start()
+    try:
+        assert recognizer.wait("keep", 1)
+        for name in ("a.b", "a_b"):
+            device = Device(name, [recording(short_recording)])
+            publisher = Publisher(mqtt_options(broker.url, "sender"), device, name, speed=0)
+            publisher.connect(5)
+            publisher.run(threading.Event())
+            publisher.close()
+        for name in ("a.b", "a_b"):
+            assert recognizer.wait(name, 1), name
+        configs = retained(broker.url, "homeassistant/#")
+        assert {json.loads(c)["device"]["name"] for c in configs.values()} == {"a.b", "a_b", "keep"}
+        assert len({json.loads(c)["unique_id"] for c in configs.values()}) == 3
+        # a.b and a_b fall silent: forgotten after the 2 s idle timeout
+        assert wait_until(lambda: set(recognizer.pipeline.scheduler.devices) == {"keep"}, 10)
+        time.sleep(0.5)
+        left = retained(broker.url, "homeassistant/#", "har/+/activity")
+        assert set(left) == {recognizer.publisher.config_topic("keep"), "har/keep/activity"}, set(left)
+        broker.stop()  # a broker without persistence forgets every retained message
+        broker.start()
+        assert wait_until(lambda: recognizer.source.status == "connected", 20), recognizer.source.status
+        time.sleep(0.5)
+        again = retained(broker.url, "homeassistant/#")
+        assert set(again) == {recognizer.publisher.config_topic("keep")}  # only what is served
+    finally:
+        stop.set()
+        keeper.join(5)
+        recognizer.close()
+
+
+def test_a_prediction_that_is_not_strict_json_is_counted_and_never_published() -> None:
+    source = MqttSource(mqtt_options("mqtt://127.0.0.1:1", "strict"), HAPT_CHANNELS)  # never connected
+    publisher = PredictionPublisher(source, discovery=True)
+    sent: list[tuple[str, bytes]] = []
+
+    class Client:  # what the publisher hands to paho
+        def publish(self, topic, payload, qos=0, retain=False):
+            sent.append((topic, payload))
+
+    publisher.client = Client()
+    probs = {"WALKING": 0.5, "SITTING": 0.5}
+    publisher(Prediction("w", 1.0, "WALKING", float("nan"), probs, None, 1.0))
+    publisher(Prediction("w", 2.0, "WALKING", 0.5, {**probs, "SITTING": float("inf")}, None, 1.0))
+    assert sent == []  # no config announced for it either: nothing of it is on the broker
+    assert publisher.unpublishable == {"w": 2}
+    assert source.summary()["predictions_not_published"] == 2
+    publisher(Prediction("w", 3.0, "WALKING", 0.5, probs, None, 1.0))
+
+    def refuse(constant: str):
+        raise ValueError(f"not JSON: {constant}")
+
+    assert [topic for topic, _ in sent] == [publisher.config_topic("w"), "har/w/activity"]
+    for _, payload in sent:
+        json.loads(payload, parse_constant=refuse)  # strict: no NaN, Infinity
