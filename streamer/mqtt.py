@@ -257,7 +257,9 @@ class MqttSource:
         # slowly makes the broker drop its messages ("Outgoing messages are being dropped").
         self.defer_decoding = False
         self._lock = threading.Lock()
-        self.client = new_client(options, options.client_id, will=options.status_topic)
+        self._count_lock = threading.Lock()
+        will = options.status_topic if options.announce else None
+        self.client = new_client(options, options.client_id, will=will)
         self.client.on_connect = self._on_connect
         self.client.on_connect_fail = self._on_connect_fail
         self.client.on_disconnect = self._on_disconnect
@@ -280,7 +282,7 @@ class MqttSource:
             self.client.connect_async(broker.host, broker.port, keepalive=keepalive, clean_start=True)
         self.client.loop_start()
 
-    def run(self, emit: Callable[[SampleBatch], None], stop: threading.Event) -> None:
+    def run(self, emit: Callable[[SampleBatch | Deferred], None], stop: threading.Event) -> None:
         """Hand batches to ``emit`` until ``stop``, or until the source fails for good (then its
         reason is logged once, as one line, and :attr:`fatal` says it)."""
         self.start()
@@ -403,11 +405,16 @@ class MqttSource:
         self._emit(item)
 
     def _decode(self, device: str, payload: bytes, arrival: float) -> SampleBatch | None:
+        """The message's batch, or None when it is unusable (counted); never raises, since it
+        also runs as a :class:`Deferred` in the pipeline's thread."""
         try:
             return decode(payload, device, self.channels, arrival)
         except WireError as error:
             self._count(device, error.reason)
-            return None
+        except Exception as error:  # a decoder bug costs one message, never the pipeline
+            log.debug("mqtt: message of %s failed", device, exc_info=True)
+            self._count(device, f"internal error ({type(error).__name__})")
+        return None
 
     def summary(self) -> dict:
         """The source's own tallies, for the pipeline's summary."""
@@ -420,13 +427,15 @@ class MqttSource:
         return tallies
 
     def _count(self, device: str, reason: str) -> None:
-        if device not in self.devices:  # a flood of new ids must not grow the counters without bound
-            if len(self.devices) >= self.max_devices and device not in (INVALID_DEVICE, OTHER_DEVICES):
-                device = OTHER_DEVICES
-            elif device not in (INVALID_DEVICE, OTHER_DEVICES):
-                self.devices.add(device)
-        self.rejected[device, reason] += 1
-        self.reject(device, reason)
+        """Count unusable input (from paho's thread, or the pipeline's for a Deferred)."""
+        with self._count_lock:
+            if device not in self.devices:  # a flood of new ids must not grow the counters without bound
+                if len(self.devices) >= self.max_devices and device not in (INVALID_DEVICE, OTHER_DEVICES):
+                    device = OTHER_DEVICES
+                elif device not in (INVALID_DEVICE, OTHER_DEVICES):
+                    self.devices.add(device)
+            self.rejected[device, reason] += 1
+            self.reject(device, reason)
 
 
 def discovery_id(device: str) -> str:

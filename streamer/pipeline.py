@@ -162,7 +162,6 @@ class Ingress:
         self._by_key: dict[str, deque[_Entry]] = {}  # alive entries of each device, oldest first
         self._queued: dict[str, int] = {}  # samples queued per device
         self._shed: Counter = Counter()  # (counter key, reason) -> samples shed, until taken
-        self.shed_batches = 0
 
     def __len__(self) -> int:
         return self._size
@@ -250,7 +249,6 @@ class Ingress:
         else:
             return False  # only markers queued
         self._remove(entry)
-        self.shed_batches += 1
         item = entry.item
         if isinstance(item, FleetBatch):
             for device in item.devices:

@@ -81,7 +81,7 @@ class Publisher:
     def _on_connect(self, client: mqtt.Client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
             self.refused = refusal(reason_code) or f"refused the connection: {reason_code}"
-            client.disconnect()  # a refusal for credentials stays one: no retries
+            client.disconnect()  # a refusal ends the run (credentials stay wrong): no retries
             return
         if self._was_connected:
             self.reconnects += 1
