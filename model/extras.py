@@ -35,8 +35,7 @@ def missing_package(error: ImportError) -> str | None:
     if not isinstance(error, ModuleNotFoundError) or name not in PACKAGES:
         return None
     what, install = PACKAGES[name]
-    also = " (the live commands run without it: --backend onnx)" if name == "torch" else ""
-    return f"needs {what}, not installed: {install}{also}"
+    return f"needs {what}, not installed: {install}"
 
 
 def has_torch() -> bool:

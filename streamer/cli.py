@@ -376,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         message = missing_package(error) if isinstance(error, ImportError) else None
+        if message and error.name == "torch" and getattr(args, "backend", None) == "torch":
+            message += " (or --backend onnx, which runs without it)"
         print(f"harstream {args.command}: {message or error}", file=sys.stderr)
         return 1
 
