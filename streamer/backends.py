@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from model.checkpoint_meta import checkpoint_sha256
 from model.extras import TRAIN_INSTALL, has_torch
 from model.onnx_export import INPUT, KEY, OUTPUT, export_checkpoint, onnx_paths
+
+if TYPE_CHECKING:
+    from model.network import ResidualBiLSTM
 
 BACKENDS = ("torch", "onnx")
 
@@ -42,7 +45,7 @@ def default_backend() -> str:
 class TorchBackend:
     """The eager PyTorch model; its thread count is torch's (``torch.set_num_threads``)."""
 
-    def __init__(self, model) -> None:  # a model.network.ResidualBiLSTM
+    def __init__(self, model: ResidualBiLSTM) -> None:
         self.model = model.eval()
         self.n_classes = model.config.n_classes
 
@@ -69,8 +72,12 @@ class OnnxBackend:
             why = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
             raise OnnxError(f"{path}: not a usable ONNX model ({why})") from None
         self.n_classes = int(self.session.get_outputs()[0].shape[-1])
-        key = self.session.get_modelmeta().custom_metadata_map.get(KEY)
-        self.checkpoint_sha256: str | None = json.loads(key) if key else None  # None: not ours
+        # the sha256 of the checkpoint it was exported from, stored as JSON text; None: it does not say
+        key = self.session.get_modelmeta().custom_metadata_map.get(KEY, "null")
+        try:
+            self.checkpoint_sha256: str | None = json.loads(key)
+        except ValueError:
+            self.checkpoint_sha256 = None
 
     @classmethod
     def for_checkpoint(cls, checkpoint: str | Path, threads: int = 1) -> OnnxBackend:
