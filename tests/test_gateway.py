@@ -1,6 +1,6 @@
 """A gateway without PyTorch: a fresh virtual environment holding only the base install of this
 checkout (`python3 -m pip install -e .`, the README's gateway line) cannot import torch, yet its
-`harstream replay` and `harstream mqtt` recognise from the checkpoint's ONNX export what PyTorch
+`harstream replay`, `mqtt` and `serial` recognise from the checkpoint's ONNX export what PyTorch
 recognises here; what needs torch says so in one line.
 
 The environment is built from PyPI (pip's cache makes it about 15 s); without a network the test
@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from live_fixtures import Lines, predictions, replay_reference, same_predictions
 from test_mqtt import publish_recording
+from test_serial import Pty, lines_of
 
 from streamer.cli import main
 
@@ -108,6 +109,25 @@ def test_mqtt_on_the_gateway_runs_onnx_by_default_and_predicts_what_pytorch_pred
     same_predictions(got, want)
     summary = json.loads(out.wait(lambda lines: "summary" in lines[-1], 5)[-1])["summary"]
     assert summary["dropped"] == 0 and summary["windows"] == len(want)
+
+
+def test_serial_on_the_gateway_predicts_what_pytorch_predicts(gateway, exported, short_recording):
+    want = replay_reference(exported, short_recording)
+    port = Pty()
+    process = harstream(gateway, "serial", "--port", port.path, "--device", "wrist", "--checkpoint",
+                        str(exported), "--hop", "64", "--headless", "--jsonl")  # fmt: skip
+    err, out = Lines(process.stderr), Lines(process.stdout)
+    try:
+        assert err.wait(lambda lines: any("opened" in line for line in lines), 30), err.lines
+        lines = lines_of(short_recording)
+        for i in range(0, len(lines), 100):
+            port.write(b"\n".join(lines[i : i + 100]) + b"\n")
+        got = predictions(out.wait(lambda lines: len(lines) >= len(want), 30))
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(10)
+        port.close()
+    same_predictions(got, want)
 
 
 def test_on_the_gateway_what_needs_torch_says_so_in_one_line(gateway, exported, short_recording, tmp_path):
