@@ -19,7 +19,7 @@ from model import opportunity
 from model.config import DataConfig, ExperimentConfig
 from model.labels import window_labels
 from model.preprocessing import UCI_HAR_FEATURES, PreprocessingSpec, build_preprocessor
-from model.recordings import HAPT_ACTIVITIES, Recording, load_hapt, read_csv_folder
+from model.recordings import HAPT_ACTIVITIES, Recording, load_hapt, read_csv_folder, read_uci_har_split
 from model.strict_json import dumps
 
 
@@ -214,17 +214,10 @@ def read_uci_har_folder(root: Path, data: DataConfig, config: ExperimentConfig |
     root = Path(root)
 
     def read_split(split: str) -> WindowSet:
-        signals = root / split / "Inertial Signals"
-        if not signals.is_dir():
-            raise FileNotFoundError(f"{signals} not found: is {root} the 'UCI HAR Dataset' folder?")
-        x = np.stack(
-            [np.loadtxt(signals / f"{name}_{split}.txt", ndmin=2) for name in UCI_HAR_SIGNALS], axis=-1
-        ).astype(np.float32)
-        y = np.loadtxt(root / split / f"y_{split}.txt", dtype=np.int64, ndmin=1) - 1
-        subjects = np.loadtxt(root / split / f"subject_{split}.txt", dtype=np.int64, ndmin=1)
+        x, y, subjects = read_uci_har_split(root, split, UCI_HAR_SIGNALS)
         n = len(y)
-        assert x.shape[0] == n == len(subjects), f"{split}: {x.shape[0]} windows, {n} labels"
-        return WindowSet(x, y, subjects.astype(str), np.full(n, f"uci-har-{split}"), np.arange(n))
+        return WindowSet(x.astype(np.float32), y, subjects.astype(str), np.full(n, f"uci-har-{split}"),
+                         np.arange(n))  # fmt: skip
 
     train, test = read_split("train"), read_split("test")
     inputs = inputs_digest(config or ExperimentConfig(data=data), (train.x, test.x))  # parsed text: exact

@@ -77,6 +77,7 @@ class PreprocessingSpec:
 class Preprocessor(Protocol):
     inputs: tuple[str, ...]
     features: tuple[str, ...]
+    fills_gaps: bool  # a NaN input is a gap it fills in; for the others it is bad input
 
     def process(self, x: np.ndarray) -> np.ndarray:
         """Features for the next samples ``x`` (T, C_in), or (D, T, C_in) for D streams; updates the state."""
@@ -168,6 +169,8 @@ class UciHarPreprocessor:
     features = body_acc (total - gravity), body_gyro, total_acc.
     """
 
+    fills_gaps = False
+
     def __init__(self, spec: PreprocessingSpec) -> None:
         assert len(spec.inputs) == 6, f"uci_har needs acc xyz + gyro xyz, got {spec.inputs}"
         self.inputs = spec.inputs
@@ -198,6 +201,8 @@ class UciHarPreprocessor:
 class IdentityPreprocessor:
     """Features are the raw channels (for data that arrives already filtered)."""
 
+    fills_gaps = False
+
     def __init__(self, spec: PreprocessingSpec) -> None:
         self.inputs = self.features = spec.inputs
 
@@ -223,6 +228,8 @@ class CarryForwardPreprocessor:
     linearly per channel and sets the rest to 0: interpolation needs the value after the gap, which a
     live stream has not seen yet. The last observed values are the state carried between calls.
     """
+
+    fills_gaps = True
 
     def __init__(self, spec: PreprocessingSpec) -> None:
         self.inputs = self.features = spec.inputs

@@ -199,3 +199,20 @@ def write_csv_recording(path: Path, recording: Recording) -> None:
         for t, row, label in zip(recording.timestamps, recording.values, recording.labels, strict=True):
             name = recording.classes[label] if label >= 0 else ""
             writer.writerow([repr(float(t)), *map(repr, map(float, row)), name, recording.subject])
+
+
+def read_uci_har_split(
+    root: Path, split: str, signals: tuple[str, ...]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One split ("train" or "test") of the original 'UCI HAR Dataset' folder: its 128-step windows
+    of the named signals (N, 128, C) float64, class index per window (N,), subject per window (N,)."""
+    root = Path(root)
+    folder = root / split / "Inertial Signals"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} not found: is {root} the 'UCI HAR Dataset' folder?")
+    x = np.stack([np.loadtxt(folder / f"{name}_{split}.txt", ndmin=2) for name in signals], axis=-1)
+    y = np.loadtxt(root / split / f"y_{split}.txt", dtype=np.int64, ndmin=1) - 1
+    subjects = np.loadtxt(root / split / f"subject_{split}.txt", dtype=np.int64, ndmin=1)
+    if not x.shape[0] == len(y) == len(subjects):
+        raise ValueError(f"{root / split}: {x.shape[0]} windows, {len(y)} labels, {len(subjects)} subjects")
+    return x, y, subjects

@@ -79,14 +79,12 @@ def parse_source(spec: str, inputs: Inputs) -> list[Device]:
 class ReplaySource:
     """Plays a device's recordings at real time × ``speed`` in bursts of ``burst_s`` seconds."""
 
-    def __init__(self, device: Device, speed: float = 1.0, burst_s: float = 0.1, channels=None) -> None:
+    def __init__(self, device: Device, speed: float = 1.0, burst_s: float = 0.1) -> None:
         self.device = device
         self.name = device.name
         self.speed = speed
         self.burst_s = burst_s
-        self.channels = channels
         self.status = "waiting"
-        self.duration_s = sum(r.duration_s for r in device.recordings)
 
     def timeline(self) -> list[tuple[Recording, np.ndarray]]:
         """Each recording with its timestamps on one clock, sessions separated by a gap."""

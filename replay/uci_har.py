@@ -12,19 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from model.recordings import HAPT_ACTIVITIES, HAPT_CHANNELS, HAPT_RATE_HZ, Recording
+from model.recordings import HAPT_ACTIVITIES, HAPT_CHANNELS, HAPT_RATE_HZ, Recording, read_uci_har_split
 
 SIGNALS = ("total_acc_x", "total_acc_y", "total_acc_z", "body_gyro_x", "body_gyro_y", "body_gyro_z")
-
-
-def _read_split(root: Path, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    folder = root / split / "Inertial Signals"
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder} not found: is {root} the 'UCI HAR Dataset' folder?")
-    x = np.stack([np.loadtxt(folder / f"{name}_{split}.txt", ndmin=2) for name in SIGNALS], axis=-1)
-    y = np.loadtxt(root / split / f"y_{split}.txt", dtype=np.int64, ndmin=1) - 1
-    subjects = np.loadtxt(root / split / f"subject_{split}.txt", dtype=np.int64, ndmin=1)
-    return x, y, subjects
 
 
 def stitch(windows: np.ndarray, labels: np.ndarray, half: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -43,7 +33,7 @@ def read_uci_har_streams(root: Path, subjects: tuple[int, ...] | None = None) ->
     """One recording per subject (its contiguous runs joined by a silence the scheduler sees)."""
     recordings = []
     for split in ("train", "test"):
-        x, y, who = _read_split(Path(root), split)
+        x, y, who = read_uci_har_split(Path(root), split, SIGNALS)
         for subject in sorted(set(who.tolist())):
             if subjects and subject not in subjects:
                 continue

@@ -4,9 +4,15 @@ The client follows paho-mqtt's own advice for consumers that survive: callback A
 subscribe inside ``on_connect`` (so a reconnect renews the subscription), check
 ``reason_code.is_failure``, back off with ``reconnect_delay_set``, and keep ``on_message`` to
 decode-and-emit inside its own try/except (an exception there would escape into paho's network
-loop). The session is persistent (fixed client id, ``clean_start=False``, a session expiry) with
-QoS 1, so samples published while the recognizer was away are delivered when it comes back, as far
-as the broker kept them.
+loop). The network thread never blocks on the pipeline (the source is ``live``: a full queue sheds
+instead), since a client that stops reading makes the broker drop messages for it.
+
+A session is persistent (``clean_start=False``, a session expiry, QoS 1: samples published while
+the recognizer was away are delivered when it comes back, as far as the broker kept them) only with
+an explicit ``--client-id``; a default id is unique to the process, because two clients with one id
+take the session from each other over and over. What retrying cannot mend ends the source with one
+line: a refusal for credentials (not authorised), a certificate that fails verification, and a
+session taken over by another client with the same id.
 
 Several recognizer processes can share the devices in two ways:
 
@@ -25,20 +31,26 @@ Several recognizer processes can share the devices in two ways:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import re
 import socket
+import ssl
+import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from streamer.pipeline import Deferred
 from streamer.shard import Shard
 from streamer.types import Prediction, SampleBatch
 from streamer.wire import WireError, decode, valid_device_id
@@ -46,6 +58,18 @@ from streamer.wire import WireError, decode, valid_device_id
 log = logging.getLogger(__name__)
 
 SESSION_EXPIRY_S = 3600  # how long the broker keeps our subscription and queued samples while we are away
+# CONNACK reason codes that another try with the same settings cannot change: the source gives up
+REFUSED_FOR_GOOD = {
+    0x84: "the broker does not speak MQTT 5",  # Unsupported Protocol Version
+    0x85: "the broker does not accept this client id (--client-id)",  # Client Identifier not valid
+    0x86: "not authorised: check --username and --password",  # Bad User Name or Password
+    0x87: "not authorised: check --username and --password (and the broker's ACL)",  # Not authorized
+    0x8A: "banned by the broker",  # Banned
+    0x8C: "the broker does not accept this authentication method",  # Bad authentication method
+}
+SESSION_TAKEN_OVER = 0x8E  # DISCONNECT: another client connected with our client id
+SHORT_LIVED_S = 5.0  # a connection the broker closes sooner, with no reason given, may be a takeover
+TAKEOVER_AFTER = 3  # ... and this many in a row, each made at the first attempt, are taken as one
 INVALID_DEVICE = "(invalid device id)"  # the counter key for messages whose topic names no valid device
 OTHER_DEVICES = "(other devices)"  # the counter key once max_devices distinct keys are counted
 
@@ -128,6 +152,9 @@ class MqttOptions:
     keepalive: int = 30
     shard: Shard | None = None  # keep only this shard's devices (see streamer.shard)
     shared_group: str | None = None  # subscribe as a member of this MQTT 5 shared-subscription group
+    persistent: bool = False  # keep the session on the broker while away (an explicit --client-id)
+    announce: bool = True  # publish the recognizer's availability at status_topic (and a last will)
+    name: str = ""  # the recognizer's stable name in status_topic (default: the client id)
 
     def __post_init__(self) -> None:
         group = self.shared_group
@@ -143,8 +170,9 @@ class MqttOptions:
 
     @property
     def status_topic(self) -> str:
-        """The recognizer's own availability: ``online``, or ``offline`` (also its last will)."""
-        return f"harstream/{self.client_id}/status"
+        """The recognizer's own availability: ``online``, or ``offline`` (also its last will). Named
+        by :attr:`name`, which outlives a per-process client id, so restarts reuse one topic."""
+        return f"harstream/{self.name or self.client_id}/status"
 
 
 def new_client(options: MqttOptions, client_id: str, will: str | None = None) -> mqtt.Client:
@@ -171,6 +199,24 @@ def session_properties() -> Properties:
     return properties
 
 
+def refusal(reason_code) -> str | None:
+    """Why the broker's CONNACK refusal is for good (one line), or None if a retry may succeed."""
+    meaning = REFUSED_FOR_GOOD.get(getattr(reason_code, "value", reason_code))
+    return f"refused the connection: {reason_code}; {meaning}" if meaning else None
+
+
+def connect_error(error: BaseException | None) -> tuple[str, bool]:
+    """One line for a failed connection attempt, and whether retrying is pointless."""
+    if isinstance(error, ssl.SSLCertVerificationError):  # a wrong --tls-ca, or a host name mismatch
+        why = error.verify_message or error.reason
+        return f"TLS: {why} (certificate verify failed): check --tls-ca", True
+    if isinstance(error, ssl.SSLError):  # e.g. TLS to a plain port: may be a broker half started
+        return f"TLS: {error.reason or error}", False
+    if isinstance(error, OSError):
+        return error.strerror or str(error), False
+    return (str(error) if error else "no answer"), False
+
+
 def unreachable(broker: Broker, timeout: float = 2.0) -> str | None:
     """Why a TCP connection to the broker fails, or None if it opens: for one-line errors."""
     try:
@@ -183,6 +229,8 @@ def unreachable(broker: Broker, timeout: float = 2.0) -> str | None:
 class MqttSource:
     """Every device that publishes to the topic pattern, as one source."""
 
+    live = True  # paho's network thread hands over: never blocked (the pipeline sheds instead)
+
     def __init__(self, options: MqttOptions, channels: tuple[str, ...], max_devices: int = 10_000) -> None:
         self.options = options
         self.channels = channels  # what the model reads; the wire maps message channels to these
@@ -190,14 +238,24 @@ class MqttSource:
         self.name = f"mqtt {options.broker.host}:{options.broker.port}"
         self.status = "connecting"
         self.connected = threading.Event()
+        self.settled = threading.Event()  # connected once, or failed for good
+        self.fatal: str | None = None  # why the source gave up (refused for good, taken over)
+        self.takeovers = 0  # sessions another client with our id took over
+        self._connected_at = 0.0
+        self._short_lived = 0  # connections in a row that the broker closed right after they were made
         self.retries = 0
         self.devices: set[str] = set()  # devices heard from (valid ids), bounded by max_devices
         self.rejected: Counter = Counter()  # (device, reason) -> count, also when no pipeline listens
         self.other_shard = 0  # messages of devices that another shard owns; one number, no per-device state
         self.reject: Callable[[str, str], None] = lambda device, reason: None  # the pipeline's counter
         self.on_connected: list[Callable[[mqtt.Client], None]] = []  # sinks that publish on connect
-        self._emit: Callable[[SampleBatch], None] | None = None
-        self._early: list[SampleBatch] = []  # batches that arrive before run() is called
+        self.publishers: list[PredictionPublisher] = []  # the sinks that publish through this client
+        self._emit: Callable[[SampleBatch | Deferred], None] | None = None
+        self._early: list[SampleBatch | Deferred] = []  # batches that arrive before run() is called
+        # Hand over messages undecoded (the pipeline sets it: it decodes in its own thread). Each
+        # decode done here is time paho does not read the socket, and a client that reads too
+        # slowly makes the broker drop its messages ("Outgoing messages are being dropped").
+        self.defer_decoding = False
         self._lock = threading.Lock()
         self.client = new_client(options, options.client_id, will=options.status_topic)
         self.client.on_connect = self._on_connect
@@ -208,56 +266,109 @@ class MqttSource:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
-        """Start connecting in paho's own thread (retrying until :meth:`close`)."""
+        """Start connecting in paho's own thread (retrying until :meth:`close` or a failure for
+        good, see :attr:`fatal`)."""
         if self._started:
             return
         self._started = True
         broker = self.options.broker
-        self.client.connect_async(broker.host, broker.port, keepalive=self.options.keepalive,
-                                  clean_start=False, properties=session_properties())  # fmt: skip
+        keepalive = self.options.keepalive
+        if self.options.persistent:
+            self.client.connect_async(broker.host, broker.port, keepalive=keepalive, clean_start=False,
+                                      properties=session_properties())  # fmt: skip
+        else:  # a session of this process alone: nothing to keep on the broker once it is gone
+            self.client.connect_async(broker.host, broker.port, keepalive=keepalive, clean_start=True)
         self.client.loop_start()
 
     def run(self, emit: Callable[[SampleBatch], None], stop: threading.Event) -> None:
+        """Hand batches to ``emit`` until ``stop``, or until the source fails for good (then its
+        reason is logged once, as one line, and :attr:`fatal` says it)."""
         self.start()
         with self._lock:
             early, self._early = self._early, []
             self._emit = emit
         for batch in early:
             emit(batch)
-        stop.wait()
+        while not stop.wait(0.1):
+            if self.fatal:
+                log.error("mqtt: %s", self.fatal)
+                return
+
+    def wait_settled(self, timeout: float) -> bool:
+        """Whether the source connected (or failed for good) within ``timeout`` seconds."""
+        return self.settled.wait(timeout)
+
+    def _give_up(self, client: mqtt.Client, why: str) -> None:
+        """Stop retrying (in paho's thread: disconnect() ends its loop) and say why, once."""
+        if self.fatal is None:
+            self.fatal = f"{self.options.broker.url} {why}"
+        self.status = why
+        client.disconnect()
+        self.settled.set()
 
     def close(self) -> None:
         if not self._started:
             return
         self._started = False
-        if self.connected.is_set():  # a clean goodbye; the last will covers the unclean ones
+        if self.connected.is_set() and self.options.announce:  # a clean goodbye; the will covers the rest
             self.client.publish(self.options.status_topic, "offline", qos=1, retain=True).wait_for_publish(2)
         self.client.disconnect()
         self.client.loop_stop()
-        self.status = "closed"
+        self.status = self.fatal or "closed"
 
     # -- paho callbacks (paho's network thread) ----------------------------------------------
     def _on_connect(self, client: mqtt.Client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
-            self.status = f"refused by the broker: {reason_code}"
-            log.error("mqtt: %s refused the connection: %s", self.options.broker.url, reason_code)
+            why = refusal(reason_code)
+            if why:
+                self._give_up(client, why)
+            else:  # e.g. Server unavailable, Server busy: paho tries again
+                self.status = f"refused by the broker: {reason_code}; retrying"
             return
         client.subscribe(self.options.subscription, qos=self.options.qos)
-        client.publish(self.options.status_topic, "online", qos=1, retain=True)
+        if self.options.announce:
+            client.publish(self.options.status_topic, "online", qos=1, retain=True)
         for callback in self.on_connected:
             callback(client)
         self.retries = 0
+        self._connected_at = time.monotonic()
         self.status = "connected"
         self.connected.set()
+        self.settled.set()
 
     def _on_connect_fail(self, client: mqtt.Client, userdata) -> None:
+        # paho calls this inside its ``except OSError`` around the attempt and passes no error:
+        # the exception being handled is the attempt's own (a refused port, a failed TLS handshake)
+        why, for_good = connect_error(sys.exc_info()[1])
+        self._short_lived = 0  # the broker is away, not closing us: not a takeover
+        if for_good:
+            self._give_up(client, f"could not connect: {why}")
+            return
         self.retries += 1
-        self.status = f"connecting (retry {self.retries})"
+        self.status = f"connecting (retry {self.retries}): {why}"
 
     def _on_disconnect(self, client: mqtt.Client, userdata, flags, reason_code, properties) -> None:
         self.connected.clear()
-        if self._started:
-            self.status = f"disconnected: {reason_code}"
+        if not self._started or self.fatal:
+            return
+        # Reconnecting after a takeover would take the session back, and the other client would do
+        # the same, every second, each losing messages: leave the id to the newer one, and say so.
+        # An MQTT 5 broker says "Session taken over"; mosquitto before 2.0.12 only closes the
+        # socket, so a takeover also shows as connections that the broker closes again and again
+        # right after they were made (while a broker that is down refuses them instead).
+        lived = time.monotonic() - self._connected_at
+        from_server = getattr(flags, "is_disconnect_packet_from_server", False)
+        self._short_lived = self._short_lived + 1 if lived < SHORT_LIVED_S and not from_server else 0
+        if reason_code == SESSION_TAKEN_OVER or self._short_lived >= TAKEOVER_AFTER:
+            self.takeovers += 1
+            clue = "" if reason_code == SESSION_TAKEN_OVER else (
+                f" (the broker closed {self._short_lived} connections in a row right after they were made)")
+            why = (f"session taken over{clue}: another client connected with client id "
+                   f"{self.options.client_id!r}; give each process its own --client-id")  # fmt: skip
+            self._give_up(client, why)
+            return
+        self.status = f"disconnected: {reason_code}"
+        if self._short_lived <= 1:  # one line per outage, not one per quick reconnect
             log.warning("mqtt: disconnected from %s (%s); reconnecting", self.options.broker.url, reason_code)
 
     def _on_message(self, client: mqtt.Client, userdata, message: mqtt.MQTTMessage) -> None:
@@ -276,21 +387,37 @@ class MqttSource:
         if self.options.shard is not None and not self.options.shard.owns(device):
             self.other_shard += 1  # another worker's device: not decoded, not remembered
             return
-        try:
-            batch = decode(payload, device, self.channels, arrival)
-        except WireError as error:
-            self._count(device, error.reason)
-            return
+        arrival = time.monotonic() if arrival is None else arrival
+        item: SampleBatch | Deferred | None
+        if self.defer_decoding:
+            item = Deferred(device, partial(self._decode, device, payload, arrival))
+        else:
+            item = self._decode(device, payload, arrival)
+            if item is None:
+                return
         with self._lock:
             if self._emit is None:
                 if len(self._early) < 10_000:
-                    self._early.append(batch)
+                    self._early.append(item)
                 return
-        self._emit(batch)
+        self._emit(item)
+
+    def _decode(self, device: str, payload: bytes, arrival: float) -> SampleBatch | None:
+        try:
+            return decode(payload, device, self.channels, arrival)
+        except WireError as error:
+            self._count(device, error.reason)
+            return None
 
     def summary(self) -> dict:
         """The source's own tallies, for the pipeline's summary."""
-        return {"other_shard": self.other_shard} if self.options.shard is not None else {}
+        tallies = {"other_shard": self.other_shard} if self.options.shard is not None else {}
+        if self.takeovers:
+            tallies["session_takeovers"] = self.takeovers
+        for publisher in self.publishers:
+            if publisher.unpublishable:
+                tallies["predictions_not_published"] = sum(publisher.unpublishable.values())
+        return tallies
 
     def _count(self, device: str, reason: str) -> None:
         if device not in self.devices:  # a flood of new ids must not grow the counters without bound
@@ -302,27 +429,66 @@ class MqttSource:
         self.reject(device, reason)
 
 
+def discovery_id(device: str) -> str:
+    """Home Assistant's object id for a device: its id in HA's alphabet ``[A-Za-z0-9_-]``, plus a
+    short hash of the real id, so ``a.b`` and ``a_b`` stay two sensors.
+
+    >>> discovery_id("wrist.left"), discovery_id("wrist_left") != discovery_id("wrist.left")
+    ('harstream_wrist_left_1737d679', True)
+    """
+    digest = hashlib.sha256(device.encode()).hexdigest()[:8]
+    return f"harstream_{re.sub(r'[^A-Za-z0-9_-]', '_', device)}_{digest}"
+
+
 class PredictionPublisher:
     """A pipeline sink: each prediction to ``har/<device>/activity`` (retained, QoS 1) and, with
-    Home Assistant discovery, each new device announced once as a sensor."""
+    Home Assistant discovery, each served device announced as a sensor (again after a reconnect).
 
-    def __init__(self, source: MqttSource, discovery: bool = False, discovery_prefix: str = "homeassistant"):
+    When the pipeline forgets a device (:meth:`forget`), its retained activity and discovery config
+    are cleared (an empty retained message), so the broker keeps only what is served. Everything is
+    strict JSON: a prediction that cannot be (a non-finite number) is counted and not published."""
+
+    def __init__(self, source: MqttSource, discovery: bool = False, prefix: str = "homeassistant") -> None:
         self.source = source
         self.client = source.client
         self.discovery = discovery
-        self.discovery_prefix = discovery_prefix
-        self.announced: set[str] = set()
+        self.discovery_prefix = prefix
+        self.announced: set[str] = set()  # devices whose discovery config is on the broker
+        self.published: set[str] = set()  # devices whose activity is retained on the broker
+        self.unpublishable: Counter = Counter()  # device -> predictions that were not strict JSON
         source.on_connected.append(self._reannounce)
+        source.publishers.append(self)
 
     def __call__(self, prediction: Prediction) -> None:
         device = prediction.device
-        if self.discovery and device not in self.announced:
-            self.announced.add(device)
-            self._announce(self.client, device)
         probs = {k: round(v, 4) for k, v in prediction.probs.items()}
         body = {"label": prediction.label, "confidence": round(prediction.confidence, 4), "t": prediction.t,
                 "probs": probs}  # fmt: skip
-        self.client.publish(self.source.options.topic.activity(device), json.dumps(body), qos=1, retain=True)
+        try:
+            payload = json.dumps(body, allow_nan=False)  # NaN/Infinity are not JSON: consumers choke
+        except ValueError:
+            if not self.unpublishable:
+                log.error("mqtt: %s: a prediction with a non-finite number was not published", device)
+            self.unpublishable[device] += 1
+            return
+        if self.discovery and device not in self.announced:
+            self.announced.add(device)
+            self._announce(self.client, device)
+        self.published.add(device)
+        self.client.publish(self.source.options.topic.activity(device), payload, qos=1, retain=True)
+
+    def forget(self, device: str) -> None:
+        """The device is no longer served: take its retained messages off the broker."""
+        self.unpublishable.pop(device, None)
+        if device in self.announced:
+            self.announced.discard(device)
+            self.client.publish(self.config_topic(device), b"", qos=1, retain=True)
+        if device in self.published:
+            self.published.discard(device)
+            self.client.publish(self.source.options.topic.activity(device), b"", qos=1, retain=True)
+
+    def config_topic(self, device: str) -> str:
+        return f"{self.discovery_prefix}/sensor/{discovery_id(device)}/config"
 
     def _reannounce(self, client: mqtt.Client) -> None:
         for device in list(self.announced):  # a broker without persistence forgot them
@@ -330,7 +496,7 @@ class PredictionPublisher:
 
     def _announce(self, client: mqtt.Client, device: str) -> None:
         options = self.source.options
-        unique = f"harstream_{device.replace('.', '_')}"  # HA object ids: [A-Za-z0-9_-]
+        unique = discovery_id(device)
         config = {
             "name": "Activity",
             "unique_id": unique,
@@ -344,8 +510,7 @@ class PredictionPublisher:
             "icon": "mdi:run",
             "device": {"identifiers": [unique], "name": device, "manufacturer": "harstream"},
         }
-        topic = f"{self.discovery_prefix}/sensor/{unique}/config"
-        client.publish(topic, json.dumps(config), qos=1, retain=True)
+        client.publish(self.config_topic(device), json.dumps(config, allow_nan=False), qos=1, retain=True)
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:

@@ -1,34 +1,51 @@
 """The live loop: sources ─▶ scheduler ─▶ engine ─▶ predictions, as one generator.
 
-Sources run in their own threads and hand sample batches over a bounded queue (a full queue
-blocks a replay source, which is how ``--speed 0`` runs as fast as inference allows). The loop
-micro-batches: windows that become ready wait at most ``max_wait_s`` for others to share a batch,
-except after a :class:`FleetBatch`, which brings every one of its devices' windows of that moment
-at once (waiting would only add latency).
+Sources run in their own threads and hand sample batches over a bounded :class:`Ingress`. A full
+one blocks a replay source, which is how ``--speed 0`` runs as fast as inference allows; a live
+source (``live = True``: MQTT, serial) is never blocked, since its thread is also what keeps the
+broker connection or the port's buffer drained: the oldest queued batch is shed and counted
+instead (see :class:`Ingress`). The loop micro-batches: windows that become ready wait at most
+``max_wait_s`` for others to share a batch, except after a :class:`FleetBatch`, which brings every
+one of its devices' windows of that moment at once (waiting would only add latency).
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from streamer.engine import Decider, InferenceEngine
-from streamer.scheduler import Scheduler
 from streamer.types import FleetBatch, Prediction, SampleBatch, Window
+
+if TYPE_CHECKING:  # annotations only: sources (streamer.mqtt) import this module without torch
+    from streamer.engine import Decider, InferenceEngine
+    from streamer.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Deferred:
+    """A live source's message, not decoded yet: its thread (a broker connection) then does the
+    least work per message, and what an overload sheds was never paid for."""
+
+    device: str
+    decode: Callable[[], SampleBatch | None]  # run in the pipeline's thread; None: unusable (counted)
+
+
 class Source(Protocol):
-    """Anything that produces sample batches: a replayed recording, a broker, a serial port."""
+    """Anything that produces sample batches: a replayed recording, a broker, a serial port.
+
+    A source may also say ``live = True``: it cannot be paused (a broker, a serial port), so the
+    pipeline sheds its oldest queued input rather than block its thread (default False: blocked
+    while the queue is full, as a replay wants). A live source with ``defer_decoding`` may hand
+    over :class:`Deferred` messages; the pipeline turns it on."""
 
     name: str
     status: str  # one line for the dashboard: "playing", "connected", "retrying in 4 s", ...
@@ -88,9 +105,160 @@ class PipelineStats:
         return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else None
 
 
+class Sink(Protocol):
+    """Told of every prediction (MQTT out, ...). A sink may also have ``forget(device)``, called
+    when the scheduler forgets a device (idle, or its slot given to a new one), to take back what
+    it published about it."""
+
+    def __call__(self, prediction: Prediction) -> None: ...
+
+
 class _Finished:
     def __init__(self, source: Source) -> None:
         self.source = source
+
+
+SHED = "queue full (shed oldest)"  # the drop reason of samples a live source's overload pushed out
+SHED_MESSAGES = "queue full (shed oldest, messages)"  # the same for Deferred messages: counts messages
+NEW_DEVICES = "(new devices)"  # their key: devices the scheduler does not serve, one number (a flood
+# of new ids must not grow the counters without bound)
+FLEET = "(fleet)"  # the queue's key of a FleetBatch, which holds many devices
+
+Batch = SampleBatch | FleetBatch | Deferred
+Item = Batch | _Finished
+
+
+class _Entry:
+    __slots__ = ("alive", "item", "key", "new", "samples")
+
+    def __init__(self, item: Item, key: str | None, samples: int, new: bool) -> None:
+        self.item = item
+        self.key = key  # the device (FLEET for a FleetBatch), None for an end-of-source marker
+        self.samples = samples
+        self.new = new  # the scheduler did not serve the device when the batch came
+        self.alive = True  # False once shed (the global order drops it lazily)
+
+
+class Ingress:
+    """The bounded hand-over from source threads to the pipeline loop, in arrival order.
+
+    :meth:`put` waits for room (back-pressure, for replays). :meth:`offer` never waits: when the
+    queue is full it sheds the oldest batch of the device whose loss costs least, first a device
+    the scheduler does not serve yet (a flood of new ids cannot push served devices' samples out),
+    else the device with the most samples queued (one device flooding cannot push the others
+    out), and counts the shed samples per device for :meth:`take_shed`. End-of-source markers
+    are never shed and never wait.
+    """
+
+    def __init__(self, capacity: int, serving: Callable[[str], bool] = lambda device: False) -> None:
+        self.capacity = capacity
+        self.serving = serving  # does the scheduler serve this device now (read from source threads)
+        self._lock = threading.Lock()
+        self._not_empty = threading.Condition(self._lock)
+        self._not_full = threading.Condition(self._lock)
+        self._order: deque[_Entry] = deque()  # every entry in arrival order, shed ones included
+        self._size = 0  # batches queued, alive, markers excluded
+        self._new: deque[_Entry] = deque()  # entries of devices not served when they came
+        self._by_key: dict[str, deque[_Entry]] = {}  # alive entries of each device, oldest first
+        self._queued: dict[str, int] = {}  # samples queued per device
+        self._shed: Counter = Counter()  # (counter key, reason) -> samples shed, until taken
+        self.shed_batches = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def put(self, item: Batch, stop: threading.Event) -> bool:
+        """Queue ``item`` once there is room; False if ``stop`` was set first."""
+        with self._not_full:
+            while self._size >= self.capacity:
+                if stop.is_set():
+                    return False
+                self._not_full.wait(0.1)
+            self._append(item)
+        return True
+
+    def offer(self, item: Batch) -> None:
+        """Queue ``item`` now, shedding the least costly oldest batch if the queue is full."""
+        key = FLEET if isinstance(item, FleetBatch) else item.device
+        new = key != FLEET and not self.serving(key)
+        with self._lock:
+            while self._size >= self.capacity and self._shed_one():
+                pass
+            self._append(item, new)
+
+    def finished(self, marker: _Finished) -> None:
+        with self._lock:
+            self._order.append(_Entry(marker, None, 0, False))
+            self._not_empty.notify()
+
+    def get(self, timeout: float) -> Item | None:
+        """The oldest queued item, or None after ``timeout`` seconds."""
+        with self._not_empty:
+            while True:
+                while self._order and not self._order[0].alive:
+                    self._order.popleft()
+                if self._order:
+                    break
+                if timeout <= 0 or not self._not_empty.wait(timeout):
+                    return None
+                timeout = 0  # woken: take what came, or give up
+            entry = self._order.popleft()
+            if entry.key is not None:
+                self._remove(entry)
+                self._not_full.notify()
+            return entry.item
+
+    def take_shed(self) -> Counter:
+        """The samples shed since the last call, by (counter key, reason)."""
+        with self._lock:
+            shed, self._shed = self._shed, Counter()
+        return shed
+
+    # -- under the lock --------------------------------------------------------------------------
+    def _append(self, item: Batch, new: bool = False) -> None:
+        key = FLEET if isinstance(item, FleetBatch) else item.device
+        samples = 1 if isinstance(item, Deferred) else int(np.size(item.timestamps))  # Deferred: a message
+        entry = _Entry(item, key, samples, new)
+        self._order.append(entry)
+        self._by_key.setdefault(key, deque()).append(entry)
+        self._queued[key] = self._queued.get(key, 0) + entry.samples
+        if new:
+            self._new.append(entry)
+        self._size += 1
+        self._not_empty.notify()
+
+    def _remove(self, entry: _Entry) -> None:
+        entry.alive = False
+        self._size -= 1
+        entries = self._by_key[entry.key]
+        if entries[0] is entry:
+            entries.popleft()
+        else:  # a new device's entry shed out of turn: rare, and a device queues few
+            entries.remove(entry)
+        if entries:
+            self._queued[entry.key] -= entry.samples
+        else:
+            del self._by_key[entry.key], self._queued[entry.key]
+
+    def _shed_one(self) -> bool:
+        while self._new and not self._new[0].alive:
+            self._new.popleft()
+        if self._new:
+            entry = self._new.popleft()
+        elif self._queued:
+            entry = self._by_key[max(self._queued, key=self._queued.__getitem__)][0]
+        else:
+            return False  # only markers queued
+        self._remove(entry)
+        self.shed_batches += 1
+        item = entry.item
+        if isinstance(item, FleetBatch):
+            for device in item.devices:
+                self._shed[device, SHED] += item.timestamps.shape[1]
+        else:
+            reason = SHED_MESSAGES if isinstance(item, Deferred) else SHED
+            self._shed[NEW_DEVICES if entry.new else entry.key, reason] += entry.samples
+        return True
 
 
 class Pipeline:
@@ -108,30 +276,61 @@ class Pipeline:
         self.engine = engine
         self.decider = decider
         self.max_wait_s = max_wait_s
-        self.queue: queue.Queue[SampleBatch | FleetBatch | _Finished] = queue.Queue(maxsize=queue_size)
+        # ``in`` on the scheduler's dict from a source thread: atomic under the GIL, and a stale
+        # answer only changes which batch is shed first
+        self.queue = Ingress(queue_size, serving=lambda device: device in scheduler.devices)
         self.stop_event = threading.Event()
         self.stats = PipelineStats()
         self.latest: dict[str, Prediction] = {}  # device -> its latest prediction
         self.threads: list[threading.Thread] = []
-        self.sinks: list[Callable[[Prediction], None]] = []  # told of every prediction (MQTT out, ...)
+        self.sinks: list[Sink] = []  # told of every prediction (MQTT out, ...)
+        self._shedding_logged = -float("inf")
 
-    def emit(self, batch: SampleBatch | FleetBatch) -> None:
-        """Called by sources from their threads; blocks while the queue is full."""
-        while not self.stop_event.is_set():
-            try:
-                self.queue.put(batch, timeout=0.1)
-                return
-            except queue.Full:
-                continue
+    def emit(self, batch: Batch) -> None:
+        """A replay source's hand-over, from its thread: blocks while the queue is full."""
+        self.queue.put(batch, self.stop_event)
+
+    def offer(self, batch: Batch) -> None:
+        """A live source's hand-over, from its thread: never blocks; when the queue is full the
+        oldest batch of the device that costs least is shed and counted (see :class:`Ingress`)."""
+        self.queue.offer(batch)
 
     def _run_source(self, source: Source) -> None:
+        live = getattr(source, "live", False)
+        if live and hasattr(source, "defer_decoding"):
+            source.defer_decoding = True  # decoded in this pipeline's thread (see Deferred)
+        emit = self.offer if live else self.emit
         try:
-            source.run(self.emit, self.stop_event)
+            source.run(emit, self.stop_event)
         except Exception as error:  # a source's failure must not take the pipeline down
             log.error("source %s stopped: %s", source.name, error)
             source.status = f"stopped: {error}"
         finally:
-            self.queue.put(_Finished(source))
+            self.queue.finished(_Finished(source))
+
+    def _count_shed(self, now: float) -> None:
+        """Move the queue's shed samples into the drop counters (in this thread, which owns them)."""
+        shed = self.queue.take_shed()
+        if not shed:
+            return
+        for (device, reason), count in shed.items():
+            self.stats.bad_input.setdefault(device, Counter())[reason] += count
+        if now - self._shedding_logged > 10.0:  # one line per overload, not one per device
+            log.warning("input arrives faster than it is recognized: shedding the oldest queued batches "
+                        "(counted as %r)", SHED)  # fmt: skip
+        self._shedding_logged = now
+
+    def _forget(self, device: str) -> None:
+        """The scheduler forgot ``device``: so do the decider, the dashboard and the sinks."""
+        self.decider.forget(device)
+        self.latest.pop(device, None)
+        for sink in self.sinks:
+            forget = getattr(sink, "forget", None)
+            if forget is not None:
+                try:
+                    forget(device)
+                except Exception as error:  # as in _infer: a sink's failure must not stop recognition
+                    log.error("sink %s failed to forget %s: %s", sink, device, error)
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -149,10 +348,9 @@ class Pipeline:
         while running and not self.stop_event.is_set():
             now = time.monotonic()
             timeout = max(0.0, oldest + self.max_wait_s - now) if pending else 0.2
-            try:
-                item = self.queue.get(timeout=timeout)
-            except queue.Empty:
-                item = None
+            item = self.queue.get(timeout)
+            if isinstance(item, Deferred):
+                item = item.decode()  # None: the source counted why
             whole = False  # pending holds a whole moment of a fleet: waiting would add no windows
             if isinstance(item, _Finished):
                 running -= 1
@@ -175,11 +373,12 @@ class Pipeline:
             if now - last_eviction > 1.0:
                 last_eviction = now
                 for device in self.scheduler.evict_idle(now):
-                    self.decider.forget(device)
-                    self.latest.pop(device, None)
+                    self._forget(device)
+                self._count_shed(now)
         if pending:
             yield from self._infer(pending)
         self.stop_event.set()
+        self._count_shed(time.monotonic())
 
     def _infer(self, windows: list[Window]) -> Iterator[Prediction]:
         probs = self.engine.probabilities(windows)

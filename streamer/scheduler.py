@@ -31,8 +31,6 @@ from streamer.types import FleetBatch, SampleBatch, Window
 
 log = logging.getLogger(__name__)
 
-# Kinds of preprocessing that fill in missing values themselves; for the others a NaN is bad input.
-ACCEPTS_MISSING = {"opportunity"}
 WHOLE = np.zeros(1, np.int64)  # the one window that starts at a window's own first label
 DEVICE_LIMIT = "device limit"  # the drop reason of samples from devices refused at the device limit
 
@@ -231,6 +229,20 @@ class DeviceStream:
         self.signal_magnitude.append(float(last_magnitude(v)))
         return self._cut(t, features, truth, arrival)
 
+    def take_filtered(self, t: np.ndarray, dt: np.ndarray, features: np.ndarray, finite: bool,
+                      magnitude: float, truth: np.ndarray, arrival: float) -> list[Window]:  # fmt: skip
+        """The fleet path's share for this device: samples that continue its steady stream, already
+        checked and filtered together with other devices' (``finite``: the features are)."""
+        self.recent_dt.extend(dt[-64:])
+        self.last_t = float(t[-1])
+        self.counters.samples += len(t)
+        if not finite:
+            self.drop("non-finite filter state", len(t))
+            self.restart()
+            return []
+        self.signal_magnitude.append(magnitude)
+        return self._cut(t, features, truth, arrival)
+
     def _cut(self, t: np.ndarray, features: np.ndarray, truth: np.ndarray, arrival: float) -> list[Window]:
         """Append features, emitting a window at every ``hop``-th sample from ``window - 1`` on."""
         w, hop = self.scheduler.window, self.scheduler.hop
@@ -299,12 +311,12 @@ class Scheduler:
         self.max_devices = max_devices
         self.idle_timeout_s = idle_timeout_s
         self.admit_after_s = admit_after_s
-        self.accepts_missing = spec.kind in ACCEPTS_MISSING
         self.devices: OrderedDict[str, DeviceStream] = OrderedDict()  # the longest silent first
         self.retired = DeviceCounters()  # forgotten devices' tallies, and refused devices' drops
         # channel names as sent -> column indices in the model's order, or why they do not fit
         self._column_maps: dict[tuple[str, ...], np.ndarray | str] = {}
         self._stack = build_preprocessor(spec)  # runs many devices' states at once (push_fleet)
+        self.accepts_missing = self._stack.fills_gaps  # a NaN is a gap it fills, or bad input
         self.rejected_devices = 0  # batches refused at the device limit
         self.evicted_devices = 0
         self._evicted: list[str] = []  # made room for a newcomer, not yet reported by evict_idle
@@ -382,16 +394,9 @@ class Scheduler:
             magnitudes = last_magnitude(v)
             no_truth = np.full(t.shape[1], -1, np.int64)
             for i, (r, stream) in enumerate(zip(rows, streams, strict=True)):
-                stream.recent_dt.extend(dt[i][-64:])
-                stream.last_t = float(t[i, -1])
-                stream.counters.samples += t.shape[1]
-                if not finite[i]:
-                    stream.drop("non-finite filter state", t.shape[1])
-                    stream.restart()
-                    continue
-                stream.signal_magnitude.append(float(magnitudes[i]))
                 truth = batch.truth[r] if batch.truth is not None else no_truth
-                windows[r] = stream._cut(t[i], features[i], truth, batch.arrival)
+                windows[r] = stream.take_filtered(t[i], dt[i], features[i], bool(finite[i]),
+                                                  float(magnitudes[i]), truth, batch.arrival)  # fmt: skip
         return [w for row in windows for w in row]
 
     def push(self, batch: SampleBatch) -> list[Window]:

@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -75,7 +75,6 @@ class Prediction:
     latency_ms: float  # last sample's arrival -> this prediction
     index: int = 0
     segment: int = 0
-    extra: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return {

@@ -6,6 +6,7 @@ Kept apart from :mod:`streamer.cli`, which only registers these commands in its 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import socket
 import sys
@@ -49,27 +50,40 @@ def mqtt_options(args: argparse.Namespace):
         # one id per worker: two sessions with one id disconnect each other, over and over
         raise CliError("--shared-group needs a --client-id of its own for each worker")
     suffix = f"-shard{shard.index}of{shard.count}" if shard else ""  # workers of one host differ
-    client_id = args.client_id or f"harstream-{socket.gethostname()}"[: 64 - len(suffix)] + suffix
+    # The recognizer's stable name (its status topic); a default client id adds the process id, as
+    # mosquitto's own clients do: two processes with one id take the session from each other.
+    host = f"harstream-{socket.gethostname()}"[: 50 - len(suffix)]
+    name = args.client_id or host + suffix
+    client_id = args.client_id or f"{host}-{os.getpid()}{suffix}"
     if not valid_device_id(client_id):
         raise CliError(f"bad --client-id {client_id!r}: use letters, digits, '_', '.', '-'")
     return MqttOptions(
         broker=parse_broker(args.broker), topic=TopicPattern.parse(args.topic), client_id=client_id,
         qos=args.qos, username=args.username, password=args.password, tls_ca=args.tls_ca,
         tls_cert=args.tls_cert, tls_key=args.tls_key, shard=shard, shared_group=group,
+        persistent=bool(args.client_id),  # a session kept on the broker is an explicit choice
+        # availability matters to whoever reads the predictions (Home Assistant); `record` and a
+        # recognizer that publishes nothing stay off the status topic
+        announce=bool(getattr(args, "publish", False) or getattr(args, "ha_discovery", False)), name=name,
     )  # fmt: skip
 
 
 def start_mqtt(args: argparse.Namespace, channels: tuple[str, ...]):
-    """An MQTT source, connecting; with ``--headless`` a broker that stays away is an error."""
+    """An MQTT source, connecting; a refusal for good (credentials, certificate) is an error, and
+    with ``--headless`` so is a broker that stays away."""
     from streamer.mqtt import MqttSource, unreachable
 
     options = mqtt_options(args)
     source = MqttSource(options, channels, max_devices=getattr(args, "max_devices", 10_000))
     source.start()
     wait = args.connect_timeout if args.headless else min(args.connect_timeout, 2.0)
-    if source.connected.wait(wait):
+    if source.wait_settled(wait) and source.fatal:  # retrying cannot help: one line, exit 1
+        source.close()
+        raise CliError(source.fatal)
+    if source.connected.is_set():
         shard = f" (shard {options.shard.text})" if options.shard else ""
-        say(f"connected to {options.broker.url}, listening on {options.subscription}{shard}")
+        say(f"connected to {options.broker.url} as {options.client_id}, "
+            f"listening on {options.subscription}{shard}")
         return source
     why = unreachable(options.broker) or source.status
     if args.headless:
@@ -109,7 +123,8 @@ def cmd_mqtt(args: argparse.Namespace) -> int:
             pipeline.sinks.append(PredictionPublisher(source, discovery=args.ha_discovery))
         title = (f"harstream mqtt · {source.options.broker.url} {source.options.subscription} · "
                  f"window {checkpoint.window} hop {hop} · Ctrl-C to stop")  # fmt: skip
-        return run_live(args, pipeline, checkpoint.classes, title)
+        code = run_live(args, pipeline, checkpoint.classes, title)
+        return 1 if source.fatal else code  # the source said why, in one line, when it gave up
     finally:
         source.close()
 
@@ -122,10 +137,12 @@ def add_mqtt_options(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--tls-ca", help="CA certificate file (turns TLS on)")
     p.add_argument("--tls-cert", help="client certificate file")
     p.add_argument("--tls-key", help="client key file")
-    p.add_argument("--client-id", help="fixed id of the persistent session (default harstream-HOSTNAME)")
+    p.add_argument("--client-id", help="keep a persistent session on the broker under this id (default: no "
+                   "session kept, id harstream-HOSTNAME-PID); one id per process")
     p.add_argument("--qos", type=int, default=1, help="subscription QoS (default 1)")
     p.add_argument("--connect-timeout", type=float, default=10.0,
-                   help="seconds to reach the broker before --headless gives up (default 10)")
+                   help="seconds to reach the broker before --headless gives up, and before `publish` gives "
+                   "up on a broker it lost (default 10)")
 
 
 # -- serial --------------------------------------------------------------------------------------
@@ -190,19 +207,21 @@ def cmd_publish(args: argparse.Namespace) -> int:
     devices = parse_source(args.source, Inputs(HAPT_CHANNELS, HAPT_ACTIVITIES, HAPT_RATE_HZ))
     if args.device and len(devices) > 1:
         raise CliError(f"--device names one device, but {args.source} holds {len(devices)}")
-    args.client_id = args.client_id or "publisher"  # unused: a publisher's session is not persistent
-    options = mqtt_options(args)
+    options = mqtt_options(args)  # the client id is unused: each publisher gets one from the broker
     publishers = []
     for device in devices:
         name = args.device or device.name
         if not valid_device_id(name):
             raise CliError(f"bad device id {name!r}: use 1-64 letters, digits, '_', '.', '-'")
         publishers.append(Publisher(options, device, name, speed=args.speed, fmt=args.format,
-                                    prefix=args.topic_prefix, qos=args.qos))  # fmt: skip
+                                    prefix=args.topic_prefix, qos=args.qos,
+                                    reconnect_timeout=args.connect_timeout))  # fmt: skip
     try:
         for publisher in publishers:
             publisher.connect(args.connect_timeout)
-    except OSError as error:
+    except OSError as error:  # ConnectionError and ssl's errors (a wrong CA) are OSErrors
+        for publisher in publishers:
+            publisher.client.loop_stop()
         raise CliError(f"could not connect to broker {options.broker.url}: {error}") from None
     sigterm_as_interrupt()
     stop = threading.Event()
@@ -217,10 +236,21 @@ def cmd_publish(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         interrupted = True
         stop.set()
+    failed = False
     for publisher in publishers:
-        publisher.close()
-        say(f"published {publisher.samples} samples in {publisher.messages} messages to {publisher.topic}")
-    return 130 if interrupted else 0
+        unacknowledged = publisher.close()
+        say(f"published {publisher.samples} samples in {publisher.messages} messages to {publisher.topic}"
+            + (f" ({publisher.reconnects} reconnects)" if publisher.reconnects else ""))  # fmt: skip
+        if publisher.error:
+            failed = True
+            say(f"{publisher.topic}: {publisher.error}")
+        elif unacknowledged or publisher.lost:
+            failed = True
+            unsure = unacknowledged + publisher.lost
+            say(f"{publisher.topic}: the broker did not acknowledge {unsure} messages")
+    if interrupted:
+        return 130
+    return 1 if failed else 0
 
 
 def cmd_record(args: argparse.Namespace) -> int:

@@ -139,3 +139,80 @@ def predictions(lines: list[str]) -> list[dict]:
         if "summary" not in record:
             out.append(record)
     return out
+
+
+def mqtt_options(url: str, client_id: str = "recognizer", persistent: bool = False):
+    """MQTT options for ``har/+/imu`` on ``url``; ``persistent`` keeps the session on the broker."""
+    from streamer.mqtt import MqttOptions, TopicPattern
+
+    return MqttOptions(parse_broker(url), TopicPattern.parse("har/+/imu"), client_id=client_id,
+                       persistent=persistent)  # fmt: skip
+
+
+class Recognizer:
+    """The mqtt command's parts, in this process: source, pipeline, predictions collected."""
+
+    def __init__(self, url: str, checkpoint: Path, *extra: str, client_id: str = "recognizer",
+                 publish: bool = False, discovery: bool = False,
+                 persistent: bool = False) -> None:  # fmt: skip
+        from streamer.cli import build_parser, live_parts, open_checkpoint
+        from streamer.mqtt import MqttSource, PredictionPublisher
+
+        argv = ["mqtt", "--broker", url, "--checkpoint", str(checkpoint), "--hop", "64", *extra]
+        args = build_parser().parse_args(argv)
+        ck = open_checkpoint(checkpoint)
+        options = mqtt_options(url, client_id, persistent)
+        options.announce = publish or discovery
+        self.source = MqttSource(options, ck.input_channels, max_devices=args.max_devices)
+        self.pipeline, _ = live_parts(args, ck, [self.source])
+        self.source.reject = self.pipeline.stats.reject
+        self.publisher = None
+        if publish or discovery:
+            self.publisher = PredictionPublisher(self.source, discovery=discovery)
+            self.pipeline.sinks.append(self.publisher)
+        self.predictions: list[dict] = []
+        self.source.start()
+        assert self.source.connected.wait(10), self.source.status
+        self.thread = threading.Thread(target=self._collect, daemon=True)
+        self.thread.start()
+
+    def _collect(self) -> None:
+        for prediction in self.pipeline.run():
+            self.predictions.append(prediction.to_json())
+
+    def of(self, device: str) -> list[dict]:
+        return [p for p in self.predictions if p["device"] == device]
+
+    def wait(self, device: str, count: int, timeout: float = 20.0) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while len(self.of(device)) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.of(device)
+
+    def close(self) -> None:
+        self.pipeline.stop()
+        self.thread.join(5)
+        self.source.close()
+
+
+def wait_until(condition, timeout: float, step: float = 0.05) -> bool:
+    """Whether ``condition()`` came true within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(step)
+    return True
+
+
+class TimedLines(Lines):
+    """Lines with the moment (time.monotonic()) each one was read: for holes in a live stream."""
+
+    def __init__(self, stream) -> None:
+        self.times: list[float] = []
+        super().__init__(stream)
+
+    def _read(self, stream) -> None:
+        for line in stream:
+            self.times.append(time.monotonic())
+            self.lines.append(line.rstrip("\n"))

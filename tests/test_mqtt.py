@@ -1,7 +1,5 @@
 """MQTT end to end against a real mosquitto: publisher ─▶ broker ─▶ recognizer ─▶ predictions."""
 
-
-
 from __future__ import annotations
 
 import json
@@ -12,13 +10,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from live_fixtures import Lines, harstream, predictions, replay_reference, same_predictions
+from live_fixtures import (
+    Lines,
+    Recognizer,
+    harstream,
+    mqtt_options,
+    predictions,
+    replay_reference,
+    same_predictions,
+)
 from live_fixtures import mqtt_client as client
 
 from model.recordings import HAPT_ACTIVITIES, HAPT_CHANNELS, read_csv_recording
 from replay.sources import Device
-from streamer.cli import build_parser, live_parts, open_checkpoint
-from streamer.mqtt import MqttOptions, MqttSource, PredictionPublisher, TopicPattern, parse_broker
+from streamer.mqtt import MqttOptions, TopicPattern, discovery_id
 from streamer.publisher import Publisher
 from streamer.wire import encode_json_batch
 
@@ -26,7 +31,7 @@ CHANNELS = HAPT_CHANNELS
 
 
 def options(url: str, client_id: str = "recognizer") -> MqttOptions:
-    return MqttOptions(parse_broker(url), TopicPattern.parse("har/+/imu"), client_id=client_id)
+    return mqtt_options(url, client_id)
 
 
 def recording_device(path: Path, name: str = "wrist") -> Device:
@@ -38,44 +43,6 @@ def publish_recording(url: str, path: Path, name: str, fmt: str = "batch") -> No
     publisher.connect(5)
     publisher.run(threading.Event())
     publisher.close()
-
-
-class Recognizer:
-    """The mqtt command's parts, in this process: source, pipeline, predictions collected."""
-
-    def __init__(self, url: str, checkpoint: Path, *extra: str, client_id: str = "recognizer",
-                 publish: bool = False, discovery: bool = False) -> None:  # fmt: skip
-        argv = ["mqtt", "--broker", url, "--checkpoint", str(checkpoint), "--hop", "64", *extra]
-        args = build_parser().parse_args(argv)
-        ck = open_checkpoint(checkpoint)
-        self.source = MqttSource(options(url, client_id), ck.input_channels, max_devices=args.max_devices)
-        self.pipeline, _ = live_parts(args, ck, [self.source])
-        self.source.reject = self.pipeline.stats.reject
-        if publish or discovery:
-            self.pipeline.sinks.append(PredictionPublisher(self.source, discovery=discovery))
-        self.predictions: list[dict] = []
-        self.source.start()
-        assert self.source.connected.wait(10), self.source.status
-        self.thread = threading.Thread(target=self._collect, daemon=True)
-        self.thread.start()
-
-    def _collect(self) -> None:
-        for prediction in self.pipeline.run():
-            self.predictions.append(prediction.to_json())
-
-    def of(self, device: str) -> list[dict]:
-        return [p for p in self.predictions if p["device"] == device]
-
-    def wait(self, device: str, count: int, timeout: float = 20.0) -> list[dict]:
-        deadline = time.monotonic() + timeout
-        while len(self.of(device)) < count and time.monotonic() < deadline:
-            time.sleep(0.05)
-        return self.of(device)
-
-    def close(self) -> None:
-        self.pipeline.stop()
-        self.thread.join(5)
-        self.source.close()
 
 
 def test_cli_publish_to_mqtt_gives_the_same_predictions_as_replay(broker, tiny_checkpoint, short_recording,
@@ -167,9 +134,10 @@ def test_bad_input_is_counted_per_device_and_never_disturbs_another(broker, tiny
     assert set(reasons["bad"]) >= {"malformed JSON", "wrong channel count", "not UTF-8", "payload over 1 MB",
                                    "unknown format", "missing channel gyro_x"}  # fmt: skip
     assert reasons["(invalid device id)"]["invalid device id"] == 2
-    dropped = recognizer.pipeline.scheduler.devices["bad"].counters.dropped
-    assert dropped["non-finite value"] == 6
-    assert dropped["timestamp not after the previous one"] >= 50 + 3 * 25
+    counters = recognizer.pipeline.scheduler.devices["bad"].counters
+    assert counters.dropped["non-finite value"] == 6
+    assert counters.clock_jumps >= 1  # 100 s back: the device's clock restarted, a new stream
+    assert counters.dropped["timestamp not after the previous one"] >= 3 * 25  # the overlapping batches
     assert recognizer.pipeline.scheduler.devices["good"].counters.dropped_total == 0
 
 
@@ -199,7 +167,7 @@ def _wait_false(event: threading.Event, timeout: float) -> bool:
 
 
 def test_samples_published_while_away_arrive_after_reconnect(broker, tiny_checkpoint) -> None:
-    first = Recognizer(broker.url, tiny_checkpoint, client_id="persistent")
+    first = Recognizer(broker.url, tiny_checkpoint, client_id="persistent", persistent=True)
     first.close()  # a clean disconnect: the session (subscription, QoS 1 queue) stays on the broker
     sender = client(broker.url)
     t = time.time()
@@ -207,7 +175,7 @@ def test_samples_published_while_away_arrive_after_reconnect(broker, tiny_checkp
         sender.publish("har/away/imu", encode_json_batch(t + k, 50.0, CHANNELS, np.zeros((50, 6))),
                        qos=1).wait_for_publish(5)  # fmt: skip
     sender.loop_stop()
-    second = Recognizer(broker.url, tiny_checkpoint, client_id="persistent")
+    second = Recognizer(broker.url, tiny_checkpoint, client_id="persistent", persistent=True)
     try:
         assert second.wait("away", 3, timeout=10)  # 300 samples at hop 64 after a 128 window: 3 windows
     finally:
@@ -247,7 +215,7 @@ def test_home_assistant_discovery_announces_each_device(broker, tiny_checkpoint,
     watcher.subscribe([("homeassistant/#", 1), ("harstream/#", 1), ("har/+/activity", 1)])
     time.sleep(0.5)
     watcher.loop_stop()
-    config = json.loads(seen["homeassistant/sensor/harstream_wrist_left/config"])
+    config = json.loads(seen[f"homeassistant/sensor/{discovery_id('wrist.left')}/config"])
     assert config["state_topic"] == "har/wrist.left/activity"
     assert config["value_template"] == "{{ value_json.label }}"
     assert config["availability_topic"] == "harstream/hass/status"
