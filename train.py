@@ -18,16 +18,24 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 from rich.console import Console
 
-from model import distributed
-from model.checkpoint import save_checkpoint
 from model.config import ConfigError, load_config, override, with_train
-from model.datasets import build_splits, class_names, null_class
-from model.report import confusion_table, per_class_table, save_confusion_png
+from model.extras import missing_package
 from model.strict_json import dumps
-from model.training import EpochRecord, evaluate, fit
+
+try:  # PyTorch and the rest of the training stack are the `train` extra: without them, one line
+    import torch
+
+    from model import distributed
+    from model.checkpoint import save_checkpoint
+    from model.datasets import build_splits, class_names, null_class
+    from model.report import confusion_table, per_class_table, save_confusion_png
+    from model.training import EpochRecord, evaluate, fit
+except ModuleNotFoundError as error:
+    if __name__ != "__main__" or not missing_package(error):
+        raise
+    raise SystemExit(f"train.py: {missing_package(error)}") from None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

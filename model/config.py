@@ -8,7 +8,6 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from model.network import NetworkConfig
 from model.preprocessing import PreprocessingSpec
 
 
@@ -41,6 +40,23 @@ class DataConfig:
     val_runs: tuple[str, ...] = ()
     test_runs: tuple[str, ...] = ()
     labels: str = "gestures"  # opportunity: "gestures" (18 classes) | "locomotion" (5 classes)
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """The network's sizes. :mod:`model.network` builds it; this record stays torch-free, so that a
+    checkpoint's metadata is read and checked where torch is not installed (a gateway)."""
+
+    n_inputs: int = 9  # feature channels per time step
+    n_classes: int = 6
+    n_hidden: int = 28  # width of a block's output; each direction gets n_hidden // 2
+    n_stacked: int = 3  # blocks, one after another
+    n_residual: int = 3  # bi-LSTM layers summed inside a block (the residual/highway part)
+    bidirectional: bool = True  # False: one forward LSTM of n_hidden units per layer
+    dropout: float = 0.15  # on the inputs and on the last hidden state, as in the seed
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 @dataclass(frozen=True)

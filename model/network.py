@@ -12,24 +12,11 @@ window's prediction depends on that window alone.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import torch
 from torch import nn
 
-
-@dataclass(frozen=True)
-class NetworkConfig:
-    n_inputs: int = 9  # feature channels per time step
-    n_classes: int = 6
-    n_hidden: int = 28  # width of a block's output; each direction gets n_hidden // 2
-    n_stacked: int = 3  # blocks, one after another
-    n_residual: int = 3  # bi-LSTM layers summed inside a block (the residual/highway part)
-    bidirectional: bool = True  # False: one forward LSTM of n_hidden units per layer
-    dropout: float = 0.15  # on the inputs and on the last hidden state, as in the seed
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+# The sizes live with the other experiment settings, where the live path reads them without torch.
+from model.config import NetworkConfig
 
 
 class DenseLSTM(nn.Module):

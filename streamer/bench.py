@@ -23,7 +23,7 @@ import torch
 
 from model.checkpoint import Checkpoint
 from model.network import ResidualBiLSTM
-from streamer.backends import Backend, OnnxBackend, make_backend
+from streamer.backends import Backend, OnnxBackend, TorchBackend, make_backend
 
 
 def flops_per_window(model: ResidualBiLSTM, steps: int) -> int:
@@ -77,7 +77,7 @@ def inference_figures(checkpoint: Checkpoint, seconds: float, batches: tuple[int
     time_batches(out, "eager", plain, steps, n_in, seconds, batches)
     out.update(path_figures(out, "eager", "", flops, rate))
     try:
-        onnx = OnnxBackend.from_checkpoint(checkpoint, threads=torch.get_num_threads())
+        onnx = OnnxBackend.for_checkpoint(checkpoint.path, threads=torch.get_num_threads())
     except ImportError as error:
         out["onnx_error"] = str(error)
         return out
@@ -196,7 +196,7 @@ def end_to_end(checkpoint: Checkpoint, n: int, seconds: float, hop: int = 32,
     fleet = Fleet(n, seconds, spread_samples=hop)
     scheduler = Scheduler(checkpoint.preprocessing, checkpoint.window, hop, checkpoint.rate_hz,
                           max_devices=max(n, MAX_DEVICES))  # the fleet under test, whatever its size
-    engine = InferenceEngine(backend or make_backend("torch", checkpoint), max_batch=256)
+    engine = InferenceEngine(backend or TorchBackend(checkpoint.model), max_batch=256)
     pipeline = Pipeline([fleet], scheduler, engine, Decider(checkpoint.classes), max_wait_s=0.05,
                         queue_size=100_000)
     cpu0, wall0 = time.process_time(), time.monotonic()
@@ -242,7 +242,7 @@ def run_bench(checkpoint: Checkpoint, quick: bool, backend: str | None = None) -
     e2e_seconds = 10.0 if quick else 60.0
     sizes = (25, 50, 100, 200) if quick else (50, 100, 200, 300, 400, 500, 700, 1000, 1500)
     out["e2e_backend"] = backend = backend or default_backend()
-    engine_backend = make_backend(backend, checkpoint, threads=torch.get_num_threads())
+    engine_backend = make_backend(backend, checkpoint.path, threads=torch.get_num_threads())
     best, runs = largest_fleet(checkpoint, e2e_seconds, sizes, engine_backend)
     out["e2e_max_devices"] = best
     out["e2e_runs"] = runs

@@ -8,8 +8,14 @@ import sys
 import time
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from model.extras import missing_package
 from model.strict_json import dumps
+
+if TYPE_CHECKING:
+    from model.checkpoint_meta import CheckpointMeta
+    from streamer.engine import InferenceEngine
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "model" / "weights" / "uci_har_3x3.pt"
 
@@ -21,36 +27,35 @@ class CliError(Exception):
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from model.checkpoint import load_checkpoint
     from model.config import from_dict, override
     from model.datasets import build_splits, null_class
     from model.metrics import summarise
     from model.report import confusion_table, per_class_table
 
-    checkpoint = load_checkpoint(args.checkpoint)
-    if "config" not in checkpoint.meta:  # the live path needs none; evaluation rebuilds the data from it
+    meta = open_checkpoint(args.checkpoint)
+    if "config" not in meta:  # the live path needs none; evaluation rebuilds the data from it
         raise CliError(f"{args.checkpoint} records no training config, so its data cannot be rebuilt")
-    config = from_dict(checkpoint.meta["config"], f"{args.checkpoint} config")
+    config = from_dict(meta["config"], f"{args.checkpoint} config")
     if args.data_dir or args.data_zip:
         config = override(config, [f'data.path="{args.data_zip or args.data_dir}"'])
-    engine = live_engine(args, checkpoint, max_batch=512)
+    engine = live_engine(args, max_batch=512)
     splits = build_splits(config)
     windows = splits.by_name(args.split)
     if len(windows) == 0:
         raise CliError(f"the {args.split} split of {args.checkpoint} is empty (this config has no "
                        f"{args.split} subjects or runs): try --split test")  # fmt: skip
     predicted = engine.probabilities_of(windows.x).argmax(axis=1)
-    metrics = summarise(windows.y, predicted, checkpoint.classes, null_class(config))
+    metrics = summarise(windows.y, predicted, meta.classes, null_class(config))
     keys = ("accuracy", "f1_weighted", "f1_macro", "n_windows", "f1_weighted_no_null", "f1_macro_no_null")
     keys = tuple(k for k in keys if k in metrics)
     summary = {k: metrics[k] for k in keys} | {"split": args.split}
-    same_data = splits.fingerprint == checkpoint.meta.get("data_fingerprint")
+    same_data = splits.fingerprint == meta.get("data_fingerprint")
     if args.json:
         print(dumps(summary | {"data_fingerprint_matches": same_data}))
         return 0
     console = Console()
-    console.print(per_class_table(metrics, checkpoint.classes, title=f"{args.split}, per class"))
-    console.print(confusion_table(metrics, checkpoint.classes))
+    console.print(per_class_table(metrics, meta.classes, title=f"{args.split}, per class"))
+    console.print(confusion_table(metrics, meta.classes))
     console.print(
         f"[bold]{args.split}[/]: accuracy {metrics['accuracy']:.4f}, weighted F1 "
         f"{metrics['f1_weighted']:.4f}, macro F1 {metrics['f1_macro']:.4f} on "
@@ -61,31 +66,30 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def open_checkpoint(path: Path):
-    from model.checkpoint import load_checkpoint
+def open_checkpoint(path: Path) -> CheckpointMeta:
+    """The checkpoint's checked metadata: what the live path needs besides the backend, read
+    without torch."""
+    from model.checkpoint_meta import read_meta
 
     if not Path(path).exists():
         raise CliError(
             f"no trained model at {path}: train one with python train.py --config configs/<name>.toml"
         )
-    return load_checkpoint(path)
+    return read_meta(path)
 
 
-def live_engine(args: argparse.Namespace, checkpoint, max_batch: int):
-    """The inference engine on the chosen ``--backend`` with ``--threads`` intra-op threads
-    (0: the library's default)."""
-    import torch
-
+def live_engine(args: argparse.Namespace, max_batch: int) -> InferenceEngine:
+    """The inference engine for ``--checkpoint`` on the chosen ``--backend`` with ``--threads``
+    intra-op threads (0: the library's default)."""
     from streamer.backends import make_backend
     from streamer.engine import InferenceEngine
 
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    return InferenceEngine(make_backend(args.backend, checkpoint, args.threads), max_batch=max_batch)
+    return InferenceEngine(make_backend(args.backend, args.checkpoint, args.threads), max_batch=max_batch)
 
 
-def live_parts(args: argparse.Namespace, checkpoint, sources: list) -> tuple:
-    """The scheduler, engine, decider and pipeline for a checkpoint and some sources."""
+def live_parts(args: argparse.Namespace, checkpoint: CheckpointMeta, sources: list) -> tuple:
+    """The scheduler, engine, decider and pipeline for ``args.checkpoint`` (whose metadata is
+    ``checkpoint``) and some sources."""
     from streamer.engine import Decider
     from streamer.limits import MAX_DEVICES
     from streamer.pipeline import Pipeline
@@ -93,14 +97,14 @@ def live_parts(args: argparse.Namespace, checkpoint, sources: list) -> tuple:
 
     # One intra-op thread by default (--threads): the sources and the scheduler need the other
     # core, and OpenMP threads that wait on a busy core spin instead of yielding.
-    engine = live_engine(args, checkpoint, max_batch=args.max_batch)
+    engine = live_engine(args, max_batch=args.max_batch)
     window = checkpoint.window
     hop = args.hop or max(1, window // 4)
-    label_rule = checkpoint.meta.get("config", {}).get("data", {}).get("label_rule", "all")
+    label_rule = checkpoint.get("config", {}).get("data", {}).get("label_rule", "all")
     scheduler = Scheduler(checkpoint.preprocessing, window, hop, checkpoint.rate_hz, label_rule=label_rule,
                           max_devices=getattr(args, "max_devices", MAX_DEVICES),
                           idle_timeout_s=getattr(args, "idle_timeout", 0.0),
-                          units=tuple(checkpoint.meta.get("input_units", ())))  # fmt: skip
+                          units=tuple(checkpoint.get("input_units", ())))  # fmt: skip
     decider = Decider(checkpoint.classes, smooth=args.smooth, min_confidence=args.min_confidence)
     return Pipeline(sources, scheduler, engine, decider, max_wait_s=args.max_wait_ms / 1000.0), hop
 
@@ -171,22 +175,23 @@ def cmd_replay(args: argparse.Namespace) -> int:
     sources = [ReplaySource(d, speed=args.speed) for d in devices]
     pipeline, hop = live_parts(args, checkpoint, sources)
     speed = "as fast as possible" if args.speed == 0 else f"{args.speed:g}x real time"
-    name = checkpoint.meta.get("name", args.checkpoint.stem)
+    name = checkpoint.name
     title = (f"harstream replay · {name} · {checkpoint.rate_hz:g} Hz · window {checkpoint.window} "
              f"hop {hop} · {speed} · Ctrl-C to stop")
     return run_live(args, pipeline, checkpoint.classes, title)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    import torch
+    import torch  # the baseline it measures against is the eager PyTorch model
     from rich.console import Console
     from rich.table import Table
 
+    from model.checkpoint import load_checkpoint
     from streamer.bench import run_bench
 
     torch.set_num_threads(args.threads)
-    checkpoint = open_checkpoint(args.checkpoint)
-    result = run_bench(checkpoint, quick=args.quick, backend=args.backend)
+    open_checkpoint(args.checkpoint)  # a missing one: the same line as everywhere
+    result = run_bench(load_checkpoint(args.checkpoint), quick=args.quick, backend=args.backend)
     if args.json:
         print(dumps(result))
         return 0
@@ -210,7 +215,7 @@ def cmd_soak(args: argparse.Namespace) -> int:
     from streamer.soak import run_soak
 
     checkpoint = open_checkpoint(args.checkpoint)
-    engine = live_engine(args, checkpoint, max_batch=256)
+    engine = live_engine(args, max_batch=256)
     logging.getLogger("streamer").setLevel(logging.ERROR)  # thousands of hostile ids: the counters say it
     with Progress(console=Console(stderr=True), transient=True) as progress:
         task = progress.add_task(f"soak: {args.hours:g} h of traffic", total=1.0)
@@ -225,15 +230,14 @@ def cmd_soak(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from model.onnx_export import export_onnx, operator_counts
+    from model.onnx_export import export_checkpoint, operator_counts
 
-    checkpoint = open_checkpoint(args.checkpoint)
-    out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(".onnx")
-    export_onnx(checkpoint, out)
+    meta = open_checkpoint(args.checkpoint)
+    out = export_checkpoint(args.checkpoint, args.out)  # by default where --backend onnx looks first
     lstm = operator_counts(out).get("LSTM", 0)
-    network = checkpoint.model.config
+    network = meta.network
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, {lstm} ONNX LSTM operators): features float32 "
-          f"[batch, {checkpoint.window}, {network.n_inputs}] -> probabilities [batch, {network.n_classes}]")
+          f"[batch, {meta.window}, {network.n_inputs}] -> probabilities [batch, {network.n_classes}]")
     return 0
 
 
@@ -250,8 +254,11 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def add_backend_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", choices=("torch", "onnx"), default="torch",
-                   help="run the network with PyTorch, or export it to ONNX and run it with onnxruntime")
+    from streamer.backends import BACKENDS, default_backend
+
+    p.add_argument("--backend", choices=BACKENDS, default=default_backend(),
+                   help="run the network with PyTorch, or its ONNX export (made once, kept beside the "
+                   "checkpoint) with onnxruntime (default: %(default)s; onnx where torch is not installed)")
 
 
 def add_live_options(p: argparse.ArgumentParser) -> None:
@@ -329,7 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write a checkpoint as a self-describing ONNX model")
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
     p.add_argument("--format", choices=("onnx",), default="onnx", help="the only format so far: onnx")
-    p.add_argument("--out", type=Path, help="output file (default: the checkpoint's path with .onnx)")
+    p.add_argument("--out", type=Path, help="output file (default: where --backend onnx looks: the "
+                   "checkpoint's path with .onnx, or the user's cache where that folder is read-only)")
     p.set_defaults(run=cmd_export)
 
     p = sub.add_parser("download", help="fetch, check and extract a public dataset (needs a network)")
@@ -367,7 +375,10 @@ def main(argv: list[str] | None = None) -> int:
     except (CliError, FileNotFoundError, ValueError, OSError, ImportError) as error:
         if args.debug:
             raise
-        print(f"harstream {args.command}: {error}", file=sys.stderr)
+        message = missing_package(error) if isinstance(error, ImportError) else None
+        if message and error.name == "torch" and getattr(args, "backend", None) == "torch":
+            message += " (or --backend onnx, which runs without it)"
+        print(f"harstream {args.command}: {message or error}", file=sys.stderr)
         return 1
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model.checkpoint import Checkpoint
+from model.checkpoint_meta import CheckpointMeta
 from model.recordings import load_hapt
 from model.strict_json import dumps
 from streamer.engine import Decider, InferenceEngine
@@ -117,7 +117,7 @@ def resident_mib() -> float:
         return int(f.read().split()[1]) * 4096 / 2**20
 
 
-def run_soak(checkpoint: Checkpoint, engine: InferenceEngine, hours: float = 1.0, good: int = 10,
+def run_soak(checkpoint: CheckpointMeta, engine: InferenceEngine, hours: float = 1.0, good: int = 10,
              hostile: int = 10, flood_every_s: float = 600.0, flood: int = 300, hop: int = 64,
              seed: int = 0, progress: Callable[[float], None] | None = None) -> dict:  # fmt: skip
     rng = np.random.default_rng(seed)
@@ -127,7 +127,7 @@ def run_soak(checkpoint: Checkpoint, engine: InferenceEngine, hours: float = 1.0
     goods = [Device(f"good-{k:02d}", values[k % len(values)]) for k in range(good)]
     bads = [Device(f"hostile-{k:02d}", values[(k + 3) % len(values)]) for k in range(hostile)]
     max_devices = good + hostile + flood // 2  # a flood fills the table: newcomers wait for slots
-    units = tuple(checkpoint.meta.get("input_units", ()))
+    units = tuple(checkpoint.get("input_units", ()))
     scheduler = Scheduler(checkpoint.preprocessing, checkpoint.window, hop, rate, max_devices=max_devices,
                           idle_timeout_s=300.0, units=units)  # fmt: skip
     decider = Decider(checkpoint.classes)

@@ -114,7 +114,7 @@ def cmd_mqtt(args: argparse.Namespace) -> int:
     checkpoint = open_checkpoint(args.checkpoint)
     sigterm_as_interrupt()
     source = start_mqtt(args, checkpoint.input_channels)
-    if source.options.shard is not None:
+    if source.options.shard is not None and args.backend == "torch":  # onnx: --threads each
         share_cores(source.options.shard.count)
     try:
         pipeline, hop = live_parts(args, checkpoint, [source])

@@ -14,7 +14,7 @@ from streamer.types import FleetBatch
 @pytest.mark.parametrize("backend", ["torch", "onnx"])
 def test_a_small_fleet_runs_through_the_pipeline_without_drops(tiny_checkpoint, backend):
     checkpoint = load_checkpoint(tiny_checkpoint)
-    run = end_to_end(checkpoint, 5, 4.0, backend=make_backend(backend, checkpoint))
+    run = end_to_end(checkpoint, 5, 4.0, backend=make_backend(backend, tiny_checkpoint))
     # starts on ticks 0 1 2 4 5 of 40: 200 195 190 180 175 samples; windows of 128 every 32
     assert run["windows"] == run["windows_expected"] == 3 + 3 + 2 + 2 + 2
     assert run["dropped"] == 0 and run["p99_ms"] < 3000

@@ -13,7 +13,8 @@ import pytest
 import torch
 from live_fixtures import harstream, write_tiny_checkpoint
 
-from model.checkpoint import CheckpointError, CheckpointMeta, load_checkpoint, parameter_count
+from model.checkpoint import load_checkpoint
+from model.checkpoint_meta import CheckpointError, CheckpointMeta, parameter_count
 from model.network import NetworkConfig, ResidualBiLSTM
 from streamer import cli
 

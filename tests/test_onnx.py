@@ -4,17 +4,20 @@ the same answers as PyTorch on the held-out test split, and drives the live comm
 import json
 import shutil
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+import torch
 from live_fixtures import replay_reference, same_predictions
 from test_shipped_model import shipped  # noqa: F401 - a fixture
 
+from model.checkpoint_meta import checkpoint_sha256
 from model.config import from_dict
 from model.datasets import build_splits
 from model.onnx_export import operator_counts, read_metadata
-from streamer.backends import OnnxBackend, TorchBackend
+from streamer.backends import OnnxBackend, TorchBackend, make_backend
 from streamer.cli import DEFAULT_CHECKPOINT, main
 from streamer.engine import InferenceEngine
 
@@ -74,12 +77,83 @@ def test_export_writes_a_checked_self_describing_model_with_lstm_operators(shipp
     assert "Loop" not in ops and "Scan" not in ops and ops["Softmax"] == 1
 
 
-def test_export_defaults_to_the_checkpoint_path_with_onnx_suffix(tiny_checkpoint, tmp_path, capsys):
+def copy_checkpoint(source: Path, folder: Path) -> Path:
     for suffix in (".pt", ".json"):
-        shutil.copy(tiny_checkpoint.with_suffix(suffix), tmp_path / f"model{suffix}")
-    assert main(["export", "--checkpoint", str(tmp_path / "model.pt")]) == 0
-    assert (tmp_path / "model.onnx").exists() and "model.onnx" in capsys.readouterr().out
-    assert read_metadata(tmp_path / "model.onnx")["window"] == 128
+        shutil.copy(source.with_suffix(suffix), folder / f"model{suffix}")
+    return folder / "model.pt"
+
+
+def key_of(path: Path) -> str | None:
+    """The checkpoint hash an exported file carries, read as the backend reads it."""
+    return OnnxBackend(path).checkpoint_sha256
+
+
+def test_export_defaults_to_where_the_onnx_backend_looks(tiny_checkpoint, tmp_path, capsys):
+    checkpoint = copy_checkpoint(tiny_checkpoint, tmp_path)
+    assert main(["export", "--checkpoint", str(checkpoint)]) == 0
+    exported = tmp_path / "model.onnx"
+    assert exported.exists() and "model.onnx" in capsys.readouterr().out
+    assert read_metadata(exported)["window"] == 128
+    assert key_of(exported) == checkpoint_sha256(checkpoint)
+    stamp = exported.stat().st_mtime_ns
+    make_backend("onnx", checkpoint)  # runs the file export wrote, untouched
+    assert exported.stat().st_mtime_ns == stamp
+
+
+def test_the_onnx_backend_exports_once_and_again_only_when_the_checkpoint_changes(tiny_checkpoint, tmp_path):
+    checkpoint = copy_checkpoint(tiny_checkpoint, tmp_path)
+    exported = tmp_path / "model.onnx"
+    window = np.random.default_rng(0).normal(size=(3, 128, 9)).astype(np.float32)
+    first = make_backend("onnx", checkpoint).probabilities(window)
+    stamp = exported.stat().st_mtime_ns
+    assert make_backend("onnx", checkpoint).probabilities(window) == pytest.approx(first, abs=1e-6)
+    assert exported.stat().st_mtime_ns == stamp  # not exported again
+    state = torch.load(checkpoint, weights_only=True)
+    state["classifier.bias"] += torch.tensor([5.0, 0, 0, 0, 0, 0])  # WALKING wins every window
+    torch.save(state, checkpoint)
+    after = make_backend("onnx", checkpoint)
+    assert key_of(exported) == checkpoint_sha256(checkpoint)
+    assert (after.probabilities(window).argmax(1) == 0).all() and not (first.argmax(1) == 0).all()
+    exported.write_bytes(b"half a model")  # corrupt: exported again
+    assert make_backend("onnx", checkpoint).probabilities(window) == pytest.approx(
+        after.probabilities(window), abs=1e-6)
+
+
+def test_a_folder_that_cannot_take_the_export_sends_it_to_the_user_cache(tiny_checkpoint, tmp_path,
+                                                                         monkeypatch):  # fmt: skip
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    checkpoint = copy_checkpoint(tiny_checkpoint, tmp_path)
+    (tmp_path / "model.onnx").mkdir()  # in the way of the file beside the checkpoint, even for root
+    make_backend("onnx", checkpoint)
+    digest = checkpoint_sha256(checkpoint)
+    [cached] = (tmp_path / "cache" / "harstream").iterdir()
+    assert cached.name == f"model-{digest[:16]}.onnx" and key_of(cached) == digest
+    stamp = cached.stat().st_mtime_ns
+    make_backend("onnx", checkpoint)
+    assert cached.stat().st_mtime_ns == stamp
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no part-written file left
+
+
+@pytest.mark.parametrize("case", ["missing", "stale", "corrupt"])
+def test_without_torch_an_export_that_is_not_up_to_date_is_one_line(case, tiny_checkpoint, short_recording,
+                                                                    tmp_path, monkeypatch, capsys):
+    checkpoint = copy_checkpoint(tiny_checkpoint, tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    if case != "missing":
+        assert main(["export", "--checkpoint", str(checkpoint)]) == 0
+    if case == "stale":
+        meta = json.loads(checkpoint.with_suffix(".json").read_text())
+        checkpoint.with_suffix(".json").write_text(json.dumps({**meta, "name": "retrained"}))
+    if case == "corrupt":
+        checkpoint.with_suffix(".onnx").write_bytes(b"\x08\x07garbage")
+    capsys.readouterr()
+    monkeypatch.setattr("streamer.backends.has_torch", lambda: False)
+    argv = ["replay", f"csv:{short_recording}", "--checkpoint", str(checkpoint), "--speed", "0", "--headless"]
+    assert main([*argv, "--backend", "onnx"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    why = {"missing": "has no ONNX export yet", "stale": "is stale", "corrupt": "not a usable ONNX model"}
+    assert why[case] in err and "needs PyTorch" in err and "harstream export" in err
 
 
 def test_export_errors_are_one_line(tmp_path, tiny_checkpoint, monkeypatch, capsys):
@@ -89,7 +163,7 @@ def test_export_errors_are_one_line(tmp_path, tiny_checkpoint, monkeypatch, caps
     monkeypatch.setitem(sys.modules, "onnx", None)  # as if the package were not installed
     assert main(["export", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "m.onnx")]) == 1
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "pip install 'harstream[onnx]'" in err
+    assert len(err.splitlines()) == 1 and "needs the onnx package" in err and "'.[train]'" in err
 
 
 def test_replay_with_the_onnx_backend_predicts_what_pytorch_predicts(short_recording, capsys):

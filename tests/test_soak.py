@@ -13,7 +13,7 @@ from streamer.soak import ATTACKS, run_soak
 def test_good_devices_never_miss_a_window_while_hostile_ones_attack_and_floods_come(tiny_checkpoint):
     checkpoint = load_checkpoint(tiny_checkpoint)
     engine = InferenceEngine(TorchBackend(checkpoint.model))
-    result = run_soak(checkpoint, engine, hours=0.2, good=3, hostile=6, flood=60, flood_every_s=300)
+    result = run_soak(checkpoint.meta, engine, hours=0.2, good=3, hostile=6, flood=60, flood_every_s=300)
     assert result["good_device_windows"] == result["good_device_windows_expected"] > 100
     assert result["longest_good_silence_s"] <= result["hop_s"] + 1e-6  # one hop between predictions
     assert set(result["attacks"]) == set(ATTACKS)
