@@ -397,10 +397,8 @@ class Pipeline:
             yield prediction
 
     def summary(self) -> dict:
-        devices = self.scheduler.devices
-        dropped: Counter = Counter()
-        for stream in devices.values():
-            dropped.update(stream.counters.dropped)
+        totals = self.scheduler.totals()  # forgotten and refused devices included
+        dropped = Counter(totals.dropped) + self.decider.dropped
         for reasons in self.stats.bad_input.values():
             dropped.update(reasons)
         elapsed = time.monotonic() - self.stats.started
@@ -414,8 +412,10 @@ class Pipeline:
             "samples": self.stats.samples,
             "dropped": sum(dropped.values()),
             "dropped_by_reason": dict(dropped),
-            "gaps": sum(s.counters.gaps for s in devices.values()),
-            "devices": len(devices),
+            "gaps": totals.gaps,
+            "clock_jumps": totals.clock_jumps,
+            "devices": len(self.scheduler.devices),
+            "devices_forgotten": self.scheduler.evicted_devices,
             "latency_p50_ms": self.stats.latency_percentile(50),
             "latency_p99_ms": self.stats.latency_percentile(99),
             "seconds": round(elapsed, 3),
