@@ -249,6 +249,8 @@ def device_name(port: str) -> str:
 class SerialSource:
     """One device on one serial port; reopens the port when it comes back after a loss."""
 
+    live = True  # a port cannot be paused: the pipeline sheds (and counts) rather than block its reader
+
     def __init__(self, port: str, channels: tuple[str, ...], baud: int = 115_200, device: str | None = None,
                  columns: tuple[str, ...] | None = None, hz: float | None = None, acc_unit: str = "g",
                  max_line: int | None = None, batch_size: int = 64) -> None:  # fmt: skip

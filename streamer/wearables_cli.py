@@ -284,6 +284,8 @@ def cmd_record(args: argparse.Namespace) -> int:
             say(f"wrote {path}")
         if recorder.dropped:
             say("not recorded: " + ", ".join(f"{n} samples ({why})" for why, n in recorder.dropped.items()))
+    if getattr(source, "fatal", None):  # refused for good or taken over: said in one line already
+        return 1
     return 0 if interrupted or not thread.is_alive() else 1
 
 
