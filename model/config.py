@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from model.dataset_kinds import NAMES, DatasetKind, dataset_kind, find_dataset_kind
 from model.preprocessing import PreprocessingSpec
 
 
@@ -23,7 +24,8 @@ def _unknown(kind: str, name: str, where: str, known: list[str]) -> ConfigError:
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = "hapt"  # hapt | uci_har (original folder) | csv (generic recordings) | opportunity
+    dataset: str = "hapt"  # hapt | uci_har (original folder) | csv (generic recordings) | opportunity;
+    # each is a module of model/dataset_kinds/
     path: str = ""  # folder for uci_har / csv; folder or zip for opportunity
     classes: tuple[str, ...] = ()  # class names in index order (csv; others know their own)
     channels: tuple[str, ...] = ()  # raw input channels (csv)
@@ -47,6 +49,8 @@ class NetworkConfig:
     """The network's sizes. :mod:`model.network` builds it; this record stays torch-free, so that a
     checkpoint's metadata is read and checked where torch is not installed (a gateway)."""
 
+    # In an experiment these two are derived (ExperimentConfig): the preprocessing's features and
+    # the dataset's classes.
     n_inputs: int = 9  # feature channels per time step
     n_classes: int = 6
     n_hidden: int = 28  # width of a block's output; each direction gets n_hidden // 2
@@ -87,6 +91,24 @@ class ExperimentConfig:
     preprocessing: PreprocessingSpec = field(default_factory=PreprocessingSpec)
     model: NetworkConfig = field(default_factory=NetworkConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        # Facts with one source, filled in whatever was passed: the preprocessing runs at the data's
+        # rate, and the network reads the preprocessing's features and tells the dataset's classes.
+        # (A config file that states them anyway is checked against these: from_dict.)
+        preprocessing = replace(self.preprocessing, rate_hz=self.data.rate_hz)
+        object.__setattr__(self, "preprocessing", preprocessing)  # frozen: set once, here
+        sizes = {"n_inputs": len(preprocessing.features), "n_classes": len(self.classes)}
+        object.__setattr__(self, "model", replace(self.model, **sizes))
+
+    @property
+    def dataset_kind(self) -> DatasetKind:
+        return dataset_kind(self.data.dataset)
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The class names, in index order, that the dataset's labels mean."""
+        return self.dataset_kind.classes(self.data)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -134,12 +156,45 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     return cls(**converted)
 
 
+# What an experiment derives instead of reading (see ExperimentConfig.__post_init__), and from what.
+# Configs leave these out; where one is given (an older checkpoint's config has them all), it must agree.
+DERIVED: dict[str, dict[str, str]] = {
+    "preprocessing": {"rate_hz": "data.rate_hz"},
+    "model": {"n_inputs": "the preprocessing's features", "n_classes": "the dataset's classes"},
+}
+
+
 def from_dict(raw: dict[str, Any], where: str = "config") -> ExperimentConfig:
     for name in raw:
         if name not in _SECTIONS and name != "name":
             raise _unknown("section", name, where, ["name", *_SECTIONS])
-    parts = {k: _build(cls, raw.get(k, {}), f"{where} {k}") for k, cls in _SECTIONS.items()}
-    return ExperimentConfig(name=raw.get("name", "experiment"), **parts)
+    data = _build(DataConfig, raw.get("data", {}), f"{where} data")
+    kind = find_dataset_kind(data.dataset)
+    if kind is None:
+        raise _unknown("dataset", data.dataset, f"{where} data.dataset", list(NAMES))
+    preprocessing = raw.get("preprocessing", {})
+    if isinstance(preprocessing, dict) and "kind" not in preprocessing:  # the dataset's own
+        preprocessing = {**preprocessing, "kind": kind.preprocessing}
+    try:
+        config = ExperimentConfig(
+            name=raw.get("name", "experiment"),
+            data=replace(data, dataset=kind.name),  # one spelling from here on (uci-har: uci_har)
+            preprocessing=_build(PreprocessingSpec, preprocessing, f"{where} preprocessing"),
+            model=_build(NetworkConfig, raw.get("model", {}), f"{where} model"),
+            train=_build(TrainConfig, raw.get("train", {}), f"{where} train"),
+        )
+    except ConfigError:
+        raise
+    except ValueError as error:  # what the dataset refuses, e.g. a csv dataset without data.classes
+        raise ConfigError(f"{where} {error}") from None
+    for section, derived in DERIVED.items():
+        given = raw.get(section, {})
+        for name, source in derived.items():
+            value = getattr(getattr(config, section), name)
+            if name in given and given[name] != value:
+                raise ConfigError(f"{where} {section}.{name}: {given[name]!r} disagrees with {source} "
+                                  f"({value!r}): it is derived, so leave it out")  # fmt: skip
+    return config
 
 
 def load_config(path: str | Path) -> ExperimentConfig:
@@ -158,6 +213,9 @@ def load_config(path: str | Path) -> ExperimentConfig:
 def override(config: ExperimentConfig, assignments: list[str]) -> ExperimentConfig:
     """Apply ``section.field=value`` assignments; values parse as TOML (strings may be bare)."""
     raw = config.to_dict()
+    for section, derived in DERIVED.items():  # derived again from what the assignments leave
+        for name in derived:
+            raw[section].pop(name)
     for assignment in assignments:
         key, sep, text = assignment.partition("=")
         section, dot, name = key.strip().partition(".")

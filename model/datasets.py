@@ -1,5 +1,8 @@
 """From recordings to labelled windows, split by subject (or by recording, for OPPORTUNITY).
 
+Which recordings a dataset holds, and how they are read, each dataset declares in its module of
+:mod:`model.dataset_kinds`; what is done with them is here, the same for all.
+
 Windows are cut from the features the causal preprocessor computes over each recording, starting
 at the recording's first sample every ``step`` samples: the live scheduler with hop = step cuts
 exactly these windows from a replayed recording.
@@ -11,15 +14,13 @@ import hashlib
 import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
 
-from model import opportunity
 from model.config import DataConfig, ExperimentConfig
 from model.labels import window_labels
-from model.preprocessing import UCI_HAR_FEATURES, PreprocessingSpec, build_preprocessor
-from model.recordings import HAPT_ACTIVITIES, Recording, load_hapt, read_csv_folder, read_uci_har_split
+from model.preprocessing import PreprocessingSpec, build_preprocessor
+from model.recordings import Recording
 from model.strict_json import dumps
 
 
@@ -84,29 +85,13 @@ def recording_windows(recordings: list[Recording], data: DataConfig, spec: Prepr
     return WindowSet.concat(parts, data.window, len(spec.features))
 
 
-def load_recordings(config: ExperimentConfig) -> list[Recording]:
-    data = config.data
-    if data.dataset == "hapt":
-        return load_hapt()
-    if data.dataset == "csv":
-        return read_csv_folder(Path(data.path), data.channels, data.classes, data.rate_hz)
-    if data.dataset == "opportunity":
-        runs = (*data.train_runs, *data.val_runs, *data.test_runs)
-        return opportunity.load_opportunity(data.path, data.labels, runs if data.train_runs else None)
-    raise ValueError(f"dataset {data.dataset!r} has no continuous recordings")
-
-
 def class_names(config: ExperimentConfig) -> tuple[str, ...]:
-    if config.data.dataset in ("hapt", "uci_har"):
-        return HAPT_ACTIVITIES
-    if config.data.dataset == "opportunity":
-        return opportunity.classes(config.data.labels)
-    return config.data.classes
+    return config.classes
 
 
 def null_class(config: ExperimentConfig) -> int | None:
     """The class that means "none of the others", scored apart (OPPORTUNITY's Null)."""
-    return 0 if config.data.dataset == "opportunity" else None
+    return config.dataset_kind.null_class
 
 
 @dataclass
@@ -114,7 +99,7 @@ class Splits:
     train: WindowSet
     val: WindowSet
     test: WindowSet
-    fingerprint: str  # which data a model saw: see _fingerprint
+    fingerprint: str  # which data a model saw: see data_fingerprint()
 
     def by_name(self, name: str) -> WindowSet:
         return {"train": self.train, "val": self.val, "test": self.test}[name]
@@ -130,7 +115,7 @@ def inputs_digest(config: ExperimentConfig, arrays: Iterable[np.ndarray]) -> str
     return digest.hexdigest()
 
 
-def _fingerprint(inputs: str, *sets: WindowSet) -> str:
+def data_fingerprint(inputs: str, *sets: WindowSet) -> str:
     """Which data a model saw: the inputs' digest and, per split, which windows with which labels.
 
     Never the computed windows' bits: filters and reductions round differently on other CPUs
@@ -154,7 +139,7 @@ def split_by_subject(windows: WindowSet, data: DataConfig, inputs: str = "") -> 
     is_test = np.isin(windows.subjects, list(test))
     is_val = np.isin(windows.subjects, list(val))
     parts = [windows.subset(~is_test & ~is_val), windows.subset(is_val), windows.subset(is_test)]
-    return Splits(*parts, fingerprint=_fingerprint(inputs, *parts))
+    return Splits(*parts, fingerprint=data_fingerprint(inputs, *parts))
 
 
 def split_by_run(windows: WindowSet, data: DataConfig, inputs: str = "") -> Splits:
@@ -168,7 +153,7 @@ def split_by_run(windows: WindowSet, data: DataConfig, inputs: str = "") -> Spli
         if named[a] & named[b]:
             raise ValueError(f"run(s) {', '.join(sorted(named[a] & named[b]))} are in both {a} and {b}")
     parts = [windows.subset(np.isin(windows.recordings, list(runs))) for runs in named.values()]
-    return Splits(*parts, fingerprint=_fingerprint(inputs, *parts))
+    return Splits(*parts, fingerprint=data_fingerprint(inputs, *parts))
 
 
 def cross_validation_fold(subjects: Iterable[str], data: DataConfig, fold: int, folds: int) -> DataConfig:
@@ -185,42 +170,18 @@ def cross_validation_fold(subjects: Iterable[str], data: DataConfig, fold: int, 
 def build_splits(config: ExperimentConfig, fold: tuple[int, int] | None = None) -> Splits:
     """Train, validation and test windows for an experiment; ``fold=(k, n)`` validates on the
     k-th of n cross-validation folds of the training subjects instead of the configured ones."""
-    data = config.data
-    if fold and (data.dataset == "uci_har" or data.train_runs or data.val_runs or data.test_runs):
+    data, kind = config.data, config.dataset_kind
+    by_run = bool(data.train_runs or data.val_runs or data.test_runs)
+    if fold and (kind.splits or by_run):
         raise ValueError("cross-validation folds split by subject: not with runs or the UCI HAR folder")
-    if data.dataset == "uci_har":
-        return read_uci_har_folder(Path(data.path), data, config)
-    recordings = load_recordings(config)
+    if kind.splits:  # windows cut and split by the dataset itself
+        return kind.splits(config)
+    assert kind.recordings is not None  # one or the other: DatasetKind
+    recordings = kind.recordings(data)
     inputs = inputs_digest(config, (a for r in recordings for a in (r.timestamps, r.values, r.labels)))
     windows = recording_windows(recordings, data, config.preprocessing)
-    if data.train_runs or data.val_runs or data.test_runs:
+    if by_run:
         return split_by_run(windows, data, inputs)
     if fold:
         data = cross_validation_fold(np.unique(windows.subjects), data, *fold)
     return split_by_subject(windows, data, inputs)
-
-
-UCI_HAR_SIGNALS = tuple(
-    name.removesuffix("_x").removesuffix("_y").removesuffix("_z") + "_" + name[-1]
-    for name in UCI_HAR_FEATURES
-)
-
-
-def read_uci_har_folder(root: Path, data: DataConfig, config: ExperimentConfig | None = None) -> Splits:
-    """The original 'UCI HAR Dataset' folder: pre-cut, pre-filtered 128-step windows.
-
-    Its test split is its own; validation subjects come out of its training split.
-    """
-    root = Path(root)
-
-    def read_split(split: str) -> WindowSet:
-        x, y, subjects = read_uci_har_split(root, split, UCI_HAR_SIGNALS)
-        n = len(y)
-        return WindowSet(x.astype(np.float32), y, subjects.astype(str), np.full(n, f"uci-har-{split}"),
-                         np.arange(n))  # fmt: skip
-
-    train, test = read_split("train"), read_split("test")
-    inputs = inputs_digest(config or ExperimentConfig(data=data), (train.x, test.x))  # parsed text: exact
-    is_val = np.isin(train.subjects, list(data.val_subjects))
-    parts = [train.subset(~is_val), train.subset(is_val), test]
-    return Splits(*parts, fingerprint=_fingerprint(inputs, *parts))

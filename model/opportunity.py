@@ -20,7 +20,6 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from model.recordings import Recording
 
@@ -126,6 +125,8 @@ def parse_dat(data: bytes, source: str) -> np.ndarray:
     if len(wrong):
         line = int(wrong[0])
         raise ValueError(f"{source}:{line + 1}: expected {N_COLUMNS} columns, found {counts[line]}")
+    import pandas as pd  # here, not above: class names and configs need no pandas (a gateway has none)
+
     try:
         frame = pd.read_csv(
             io.BytesIO(data), sep=r"\s+", header=None, dtype=np.float64,

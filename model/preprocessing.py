@@ -50,7 +50,7 @@ class PreprocessingSpec:
     """Everything needed to rebuild a preprocessor; stored in every checkpoint."""
 
     kind: str = "uci_har"  # "uci_har" (filters + gravity split), "opportunity" (fill gaps), "identity"
-    rate_hz: float = 50.0
+    rate_hz: float = 50.0  # the samples' rate: in an experiment config, data.rate_hz (derived)
     median_kernel: int = 3  # UCI HAR: median filter, then...
     lowpass_hz: float = 20.0  # ...3rd-order Butterworth low-pass at 20 Hz for noise,
     lowpass_order: int = 3

@@ -13,11 +13,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from model.recordings import Recording, load_hapt, read_csv_recording
+from model.dataset_kinds import KINDS, Inputs, find_dataset_kind  # Inputs: importable from here too
+from model.recordings import Recording
 from streamer.types import SampleBatch
 
 SESSION_GAP_S = 2.0  # silence put between one wearer's sessions: the scheduler restarts there
@@ -31,49 +31,17 @@ class Device:
     recordings: list[Recording]
 
 
-@dataclass(frozen=True)
-class Inputs:
-    """What the model expects, so that recordings are read in its channels and classes."""
-
-    channels: tuple[str, ...]
-    classes: tuple[str, ...]
-    rate_hz: float
-
-
 def parse_source(spec: str, inputs: Inputs) -> list[Device]:
-    kind, _, rest = spec.partition(":")
-    if kind == "hapt":
-        try:
-            subjects = [int(s) for s in rest.split(",") if s.strip()]
-        except ValueError:
-            raise ValueError(f"bad source {spec!r}: expected hapt:N or hapt:N,M,...") from None
-        if not subjects:
-            raise ValueError(f"bad source {spec!r}: name at least one subject, e.g. hapt:2")
-        return [Device(f"hapt-s{s:02d}", load_hapt((s,))) for s in subjects]
-    if kind == "csv" or (not rest and spec.endswith(".csv")):
-        path = Path(rest or spec)
-        paths = sorted(path.glob("*.csv")) if path.is_dir() else [path]
-        if not paths or not paths[0].exists():
-            raise FileNotFoundError(f"no CSV recording at {path}")
-        return [Device(p.stem, [read_csv_recording(p, inputs.channels, inputs.classes, inputs.rate_hz)])
-                for p in paths]  # fmt: skip
-    if kind == "uci-har":
-        from replay.uci_har import read_uci_har_streams
-
-        folder, _, subjects = rest.partition(":")
-        wanted = tuple(int(s) for s in subjects.split(",") if s) or None
-        return [Device(r.name, [r]) for r in read_uci_har_streams(Path(folder), wanted)]
-    if kind == "opportunity":
-        from model import opportunity
-
-        kinds = ("gestures", "locomotion")
-        labels = next((k for k in kinds if opportunity.classes(k) == inputs.classes), None)
-        if labels is None:
-            raise ValueError("this checkpoint was not trained on OPPORTUNITY: train one with "
-                             "python train.py --config configs/opportunity_18.toml --data-zip ...")
-        recording = opportunity.load_opportunity_run(Path(rest), labels=labels)
-        return [Device(recording.name, [recording])]
-    raise ValueError(f"unknown source {spec!r}: use hapt:N, csv:PATH, uci-har:PATH or opportunity:PATH")
+    """The devices a SOURCE names, read in the model's ``inputs``; each dataset reads its own
+    (:mod:`model.dataset_kinds`). A bare ``PATH.csv`` is ``csv:PATH.csv``."""
+    name, _, rest = spec.partition(":")
+    if not rest and spec.endswith(".csv"):
+        name, rest = "csv", spec
+    kind = find_dataset_kind(name)
+    if kind is None:
+        usage = [k.source_usage for k in KINDS]
+        raise ValueError(f"unknown source {spec!r}: use {', '.join(usage[:-1])} or {usage[-1]}")
+    return [Device(device, recordings) for device, recordings in kind.replay(rest, inputs).items()]
 
 
 class ReplaySource:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from model.config import DataConfig, ExperimentConfig, load_config, override
-from model.datasets import build_splits, read_uci_har_folder, recording_windows, window_labels
+from model.datasets import build_splits, recording_windows, window_labels
 from model.preprocessing import PreprocessingSpec
 from model.recordings import HAPT_ACTIVITIES, Recording, read_csv_folder, write_csv_recording
 
@@ -84,7 +84,9 @@ def write_uci_har_folder(root: Path, rng: np.random.Generator) -> dict:
 
 def test_the_original_uci_har_folder_layout_is_read(tmp_path):
     truth = write_uci_har_folder(tmp_path / "UCI HAR Dataset", np.random.default_rng(0))
-    splits = read_uci_har_folder(tmp_path / "UCI HAR Dataset", DataConfig(val_subjects=("3",)))
+    folder = tmp_path / "UCI HAR Dataset"
+    splits = build_splits(override(ExperimentConfig(), [  # "uci-har", as a SOURCE spells it, is one too
+        'data.dataset="uci-har"', f'data.path="{folder}"', 'data.val_subjects=["3"]']))
     x, y, _ = truth["test"]
     np.testing.assert_allclose(splits.test.x, x, rtol=1e-6)
     np.testing.assert_array_equal(splits.test.y, y - 1)
@@ -137,7 +139,7 @@ def test_windows_end_where_the_recording_says(hapt):
 def test_the_data_fingerprint_names_the_inputs_and_the_windows_not_their_computed_bits(hapt):
     """Filters round differently on other CPUs (AVX-512 against AVX2): a fingerprint over the
     computed windows' bits told a fresh clone on such a machine that its data was not the data."""
-    from model.datasets import _fingerprint, inputs_digest, split_by_subject
+    from model.datasets import data_fingerprint, inputs_digest, split_by_subject
 
     config = ExperimentConfig(data=DataConfig(test_subjects=("2",), val_subjects=("3",)))
     recordings = [r for r in hapt if r.subject in {"1", "2", "3"}]
@@ -151,4 +153,72 @@ def test_the_data_fingerprint_names_the_inputs_and_the_windows_not_their_compute
     assert split_by_subject(windows, config.data, inputs).fingerprint != reference
     changed = [recordings[0].values + 1e-9, *(r.values for r in recordings[1:])]  # the raw data
     assert inputs_digest(config, changed) != inputs
-    assert _fingerprint(inputs_digest(config, changed)) != _fingerprint(inputs)
+    assert data_fingerprint(inputs_digest(config, changed)) != data_fingerprint(inputs)
+
+
+def test_every_source_spec_is_read_by_its_datasets_module(tmp_path, hapt):
+    from model.dataset_kinds import KINDS, Inputs, dataset_kind
+    from model.recordings import HAPT_CHANNELS
+    from replay.sources import parse_source
+
+    assert {k.name for k in KINDS} == {"hapt", "uci_har", "csv", "opportunity"}
+    assert dataset_kind("uci-har") is dataset_kind("uci_har")  # the SOURCE's spelling and the config's
+    inputs = Inputs(HAPT_CHANNELS, HAPT_ACTIVITIES, 50.0)
+    assert [d.name for d in parse_source("hapt:2,4", inputs)] == ["hapt-s02", "hapt-s04"]
+    write_csv_recording(tmp_path / "wrist.csv", hapt[0])
+    for spec in (f"csv:{tmp_path}", str(tmp_path / "wrist.csv")):  # a folder, or a bare .csv path
+        (device,) = parse_source(spec, inputs)
+        assert device.name == "wrist" and np.array_equal(device.recordings[0].values, hapt[0].values)
+    folder = tmp_path / "UCI HAR Dataset"
+    write_uci_har_folder(folder, np.random.default_rng(0))
+    for spec in (f"uci-har:{folder}:3,5", f"uci_har:{folder}:3,5"):
+        assert [d.name for d in parse_source(spec, inputs)] == ["uci-har-s03", "uci-har-s05"]
+    with pytest.raises(ValueError, match="unknown source 'hpat:2': use hapt:N, csv:PATH, uci-har:PATH or "
+                                         "opportunity:PATH"):  # fmt: skip
+        parse_source("hpat:2", inputs)
+    with pytest.raises(ValueError, match="bad source 'hapt:x'"):
+        parse_source("hapt:x", inputs)
+    with pytest.raises(ValueError, match="not trained on OPPORTUNITY"):
+        parse_source("opportunity:S2-ADL4.dat", inputs)
+
+
+def test_each_dataset_declares_its_classes_null_class_and_preprocessing():
+    from model import opportunity
+    from model.datasets import class_names, null_class
+
+    hapt = ExperimentConfig()
+    opp = override(hapt, ['data.dataset="opportunity"', 'preprocessing.kind="opportunity"',
+                          'data.labels="locomotion"'])  # fmt: skip
+    assert (class_names(hapt), null_class(hapt)) == (HAPT_ACTIVITIES, None)
+    assert (class_names(opp), null_class(opp)) == (opportunity.classes("locomotion"), 0)
+    assert opp.dataset_kind.preprocessing == "opportunity" and hapt.dataset_kind.preprocessing == "uci_har"
+
+
+def test_the_dataset_registry_and_the_live_configs_need_neither_torch_nor_pandas(tmp_path, hapt):
+    """The live path reads SOURCE specs and checkpoint metadata on a gateway without either."""
+    import subprocess
+    import sys
+
+    write_csv_recording(tmp_path / "wrist.csv", hapt[0])
+    code = f"""
+import sys
+
+class Absent:  # as on a gateway: importing torch or pandas fails
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in ("torch", "pandas"):
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+
+sys.meta_path.insert(0, Absent())
+from model.checkpoint_meta import read_meta
+from model.config import load_config
+from model.recordings import HAPT_ACTIVITIES, HAPT_CHANNELS
+from replay.sources import Inputs, parse_source
+assert load_config("configs/opportunity_18.toml").model.n_classes == 18
+meta = read_meta("model/weights/uci_har_3x3.pt")
+inputs = Inputs(meta.input_channels, meta.classes, meta.rate_hz)
+(device,) = parse_source("csv:{tmp_path / 'wrist.csv'}", inputs)
+print(device.name, meta["config"]["data"]["window"], "torch" in sys.modules or "pandas" in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["wrist", "128", "False"]
