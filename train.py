@@ -16,11 +16,13 @@ import platform
 import shlex
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from rich.console import Console
 
-from model.config import ConfigError, load_config, override, with_train
+from model.checkpoint_meta import CheckpointMeta, meta_path
+from model.config import ConfigError, ExperimentConfig, load_config, override, with_train
 from model.extras import missing_package
 from model.strict_json import dumps
 
@@ -29,9 +31,9 @@ try:  # PyTorch and the rest of the training stack are the `train` extra: withou
 
     from model import distributed
     from model.checkpoint import save_checkpoint
-    from model.datasets import build_splits, class_names, null_class
+    from model.datasets import Splits, build_splits, null_class
     from model.report import confusion_table, per_class_table, save_confusion_png
-    from model.training import EpochRecord, evaluate, fit
+    from model.training import EpochRecord, FitResult, evaluate, fit
 except ModuleNotFoundError as error:
     if __name__ != "__main__" or not missing_package(error):
         raise
@@ -80,28 +82,42 @@ def main(argv: list[str] | None = None) -> int:
         distributed.teardown(context)
 
 
-def run(args: argparse.Namespace, context: distributed.Context, argv: list[str] | None) -> int:
-    console = Console(quiet=not context.is_main)  # under torchrun only rank 0 reports
-    try:
-        config = override(load_config(args.config), args.set)
-        if args.data_dir or args.data_zip:
-            config = override(config, [f'data.path="{args.data_zip or args.data_dir}"'])
-    except ConfigError as error:  # a typo in a file or a --set: one line, with a suggestion
-        if context.is_main:
-            print(f"train.py: {error}", file=sys.stderr)
-        return 1
+def experiment_config(args: argparse.Namespace) -> ExperimentConfig:
+    """The config file with the command line's changes; ConfigError for a mistake in either."""
+    config = override(load_config(args.config), args.set)
+    if args.data_dir or args.data_zip:
+        config = override(config, [f'data.path="{args.data_zip or args.data_dir}"'])
     if args.epochs is not None:
         config = with_train(config, epochs=args.epochs)
     if args.seed is not None:
         config = with_train(config, seed=args.seed)
+    return config
+
+
+def parse_fold(text: str | None) -> tuple[int, int] | None:
+    """``--fold K/N`` as (K, N); ValueError for anything else."""
+    if text is None:
+        return None
+    k, _, n = text.partition("/")
+    if not (k.isdigit() and n.isdigit()):
+        raise ValueError(f"--fold wants K/N, e.g. 1/3, got {text!r}")
+    return int(k), int(n)
+
+
+def run(args: argparse.Namespace, context: distributed.Context, argv: list[str] | None) -> int:
+    console = Console(quiet=not context.is_main)  # under torchrun only rank 0 reports
+    try:
+        config = experiment_config(args)
+    except ConfigError as error:  # a typo in a file or a --set: one line, with a suggestion
+        if context.is_main:
+            print(f"train.py: {error}", file=sys.stderr)
+        return 1
     out = Path(args.out or f"model/weights/{config.name}.pt")
-    fold = None
-    if args.fold:
-        k, _, n = args.fold.partition("/")
-        if not (k.isdigit() and n.isdigit()):
-            print(f"train.py: --fold wants K/N, e.g. 1/3, got {args.fold!r}", file=sys.stderr)
-            return 1
-        fold = (int(k), int(n))
+    try:
+        fold = parse_fold(args.fold)
+    except ValueError as error:
+        print(f"train.py: {error}", file=sys.stderr)
+        return 1
 
     started = time.perf_counter()
     try:
@@ -111,29 +127,16 @@ def run(args: argparse.Namespace, context: distributed.Context, argv: list[str] 
         if context.is_main:
             print(f"train.py: {error}", file=sys.stderr)
         return 1
-    classes = class_names(config)
-    features = config.preprocessing.features
-    console.print(
-        f"[bold]{config.name}[/]: {len(splits.train)} train, {len(splits.val)} validation, "
-        f"{len(splits.test)} test windows of {config.data.window}x{len(features)}; "
-        f"data {splits.fingerprint}"
-    )
-    if fold:
-        held_out = sorted(set(splits.val.subjects), key=lambda s: (len(s), s))
-        console.print(f"fold {fold[0]}/{fold[1]}: validation subjects {' '.join(held_out)}")
+    describe(console, config, splits, fold, context)
 
-    if config.train.batch_size % context.world_size:
-        console.print(
-            f"[yellow]note: batch {config.train.batch_size} over {context.world_size} processes is "
-            f"{config.train.batch_size // context.world_size} per rank: a global batch of "
-            f"{config.train.batch_size // context.world_size * context.world_size}"
-        )
     def on_epoch(r: EpochRecord) -> None:
         val = f"  val acc {r.val_accuracy:.4f}  val F1 {r.val_f1:.4f}" if len(splits.val) else ""
         epoch = f"epoch {r.epoch:4d}/{config.train.epochs}"
         console.print(f"{epoch}  loss {r.loss:.4f}{val}  lr {r.lr:.2e}  {r.seconds:.1f}s")
 
+    classes, features = config.classes, config.preprocessing.features
     result = fit(config, splits.train, splits.val, classes, features, on_epoch, device=context.device)
+    digests = None
     if context.distributed:  # every rank must hold the same weights: compare them byte for byte
         digests = distributed.replica_digests(result.model)
         if len(set(digests)) != 1:
@@ -154,12 +157,59 @@ def run(args: argparse.Namespace, context: distributed.Context, argv: list[str] 
         return 0
     test = evaluate(result.model, splits.test, classes, null_class(config))
     wall = time.perf_counter() - started
+    report_test(console, config, result, test, has_val=len(splits.val) > 0, wall=wall)
 
+    ddp = distributed.run_record(context, config.train.batch_size, digests) if digests else None
+    meta = CheckpointMeta.from_training(
+        meta_path(out), config,
+        normalisation=(result.model.feature_mean.tolist(), result.model.feature_std.tolist()),
+        best_epoch=result.best_epoch,
+        val=result.best_val if len(splits.val) else None,
+        test=test,
+        history=[asdict(r) for r in result.history],
+        data_fingerprint=splits.fingerprint,
+        command=command_line(context, argv),
+        train_seconds=result.seconds,
+        wall_seconds=wall,
+        machine=f"{platform.machine()}, {torch.get_num_threads()} torch threads, device {args.device}",
+        torch_version=torch.__version__,
+        distributed=ddp,
+    )  # fmt: skip
+    save_checkpoint(out, result.model, meta)
+    out.with_suffix(".report.json").write_text(dumps(test, indent=2) + "\n")
+    png = save_confusion_png(test, classes, out.with_suffix(".confusion.png"))
+    console.print(f"saved {out} and {out.with_suffix('.json')}" + (f", {png}" if png else ""))
+    return 0
+
+
+def describe(console: Console, config: ExperimentConfig, splits: Splits, fold: tuple[int, int] | None,
+             context: distributed.Context) -> None:  # fmt: skip
+    """What is about to be trained: window counts, the fold's subjects, the per-rank batch."""
+    console.print(
+        f"[bold]{config.name}[/]: {len(splits.train)} train, {len(splits.val)} validation, "
+        f"{len(splits.test)} test windows of {config.data.window}x{len(config.preprocessing.features)}; "
+        f"data {splits.fingerprint}"
+    )
+    if fold:
+        held_out = sorted(set(splits.val.subjects), key=lambda s: (len(s), s))
+        console.print(f"fold {fold[0]}/{fold[1]}: validation subjects {' '.join(held_out)}")
+    if config.train.batch_size % context.world_size:
+        console.print(
+            f"[yellow]note: batch {config.train.batch_size} over {context.world_size} processes is "
+            f"{config.train.batch_size // context.world_size} per rank: a global batch of "
+            f"{config.train.batch_size // context.world_size * context.world_size}"
+        )
+
+
+def report_test(console: Console, config: ExperimentConfig, result: FitResult, test: dict, *, has_val: bool,
+                wall: float) -> None:  # fmt: skip
+    """The test scores, scored once: per class, the confusion matrix, one summary line."""
+    classes = config.classes
     console.print(per_class_table(test, classes, title="test, per class"))
     console.print(confusion_table(test, classes))
     kept = (
         f"validation {config.train.select_on} {result.best_val[config.train.select_on]:.4f}"
-        if len(splits.val)
+        if has_val
         else "the schedule's last; no validation subjects"
     )
     console.print(
@@ -173,50 +223,11 @@ def run(args: argparse.Namespace, context: distributed.Context, argv: list[str] 
             f"macro F1 {test['f1_macro_no_null']:.4f}"
         )
 
-    meta = {
-        "name": config.name,
-        "classes": list(classes),
-        "input_channels": list(config.preprocessing.inputs),
-        "input_units": list(config.data.units),
-        "features": list(features),
-        "rate_hz": config.data.rate_hz,
-        "window": config.data.window,
-        "step": config.data.step,
-        "preprocessing": config.preprocessing.to_dict(),
-        "normalisation": {
-            "mean": result.model.feature_mean.tolist(),
-            "std": result.model.feature_std.tolist(),
-        },
-        "config": config.to_dict(),
-        "best_epoch": result.best_epoch,
-        "metrics": {
-            "val": {k: result.best_val[k] for k in ("accuracy", "f1_weighted", "f1_macro", "n_windows")}
-            if len(splits.val)
-            else None,
-            "test": {k: v for k, v in test.items() if k not in ("per_class", "confusion")},
-        },
-        "history": [r.__dict__ for r in result.history],
-        "data_fingerprint": splits.fingerprint,
-        "command": (f"torchrun --nproc_per_node={context.world_size} " if context.distributed else "python ")
-        + "train.py "
-        + shlex.join(sys.argv[1:] if argv is None else argv),
-        "train_seconds": round(result.seconds, 1),
-        "wall_seconds": round(wall, 1),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, device {args.device}",
-        "torch": torch.__version__,
-    }
-    if context.distributed:
-        meta["distributed"] = {
-            "world_size": context.world_size,
-            "backend": context.backend,
-            "batch_per_rank": config.train.batch_size // context.world_size,
-            "parameter_sha256": digests,
-        }
-    save_checkpoint(out, result.model, meta)
-    out.with_suffix(".report.json").write_text(dumps(test, indent=2) + "\n")
-    png = save_confusion_png(test, classes, out.with_suffix(".confusion.png"))
-    console.print(f"saved {out} and {out.with_suffix('.json')}" + (f", {png}" if png else ""))
-    return 0
+
+def command_line(context: distributed.Context, argv: list[str] | None) -> str:
+    """The command that trained the model, as the metadata records it."""
+    launcher = f"torchrun --nproc_per_node={context.world_size} " if context.distributed else "python "
+    return launcher + "train.py " + shlex.join(sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":

@@ -8,12 +8,10 @@ Every failure is one :class:`CheckpointError` line naming the file and the field
 
 from __future__ import annotations
 
-import json
 import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -51,12 +49,14 @@ class Checkpoint:
         return self.meta.input_channels
 
 
-def save_checkpoint(path: str | Path, model: ResidualBiLSTM, meta: dict[str, Any]) -> None:
+def save_checkpoint(path: str | Path, model: ResidualBiLSTM, meta: CheckpointMeta) -> None:
+    """The weights at ``path`` and ``meta`` (:meth:`CheckpointMeta.from_training`) beside them."""
+    if meta.network != model.config:  # the network is rebuilt from the metadata: it must be this one
+        raise ValueError(f"the metadata's network {meta.network} is not the model's {model.config}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), path)
-    meta = {**meta, "network": model.config.to_dict()}
-    meta_path(path).write_text(json.dumps(meta, indent=2) + "\n")
+    meta_path(path).write_text(meta.to_json())
 
 
 def _why(error: Exception) -> str:

@@ -13,13 +13,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from model.config import NetworkConfig
+from model.config import ExperimentConfig, NetworkConfig
 from model.preprocessing import PreprocessingSpec, build_preprocessor
 
 # Bounds on what a checkpoint may ask for. Generous for any wearable model, and small enough that
@@ -105,10 +105,24 @@ def parameter_count(config: NetworkConfig) -> int:
     return 2 * config.n_inputs + blocks + config.n_hidden * config.n_classes + config.n_classes
 
 
+# The validation scores a checkpoint records; the test scores are all but the tables.
+VAL_METRICS = ("accuracy", "f1_weighted", "f1_macro", "n_windows")
+TEST_TABLES = ("per_class", "confusion")
+# The facts of a training config that the metadata holds at its top level, where inference reads
+# them: (config section, field, top-level key). The file holds each once; see _experiment_config.
+_TOP_LEVEL_FACTS = (("data", "rate_hz", "rate_hz"), ("data", "window", "window"), ("data", "step", "step"),
+                    ("data", "units", "input_units"))  # fmt: skip
+
+
 @dataclass(frozen=True, eq=False)
 class CheckpointMeta(Mapping[str, Any]):
     """A checkpoint's JSON metadata, checked: the fields inference uses, typed, plus the whole
-    object read-only (``meta["config"]``, ``meta.get("metrics")``) for everything else."""
+    object read-only (``meta["config"]``, ``meta.get("metrics")``) for everything else.
+
+    ``meta["config"]`` is the whole training config, in newer files (each fact once: the window, the
+    rate, the preprocessing and the network only at the top level) as in older ones (copies under
+    "config" too, checked to agree); ``raw`` is the file's object as it is.
+    """
 
     path: Path
     name: str
@@ -120,8 +134,11 @@ class CheckpointMeta(Mapping[str, Any]):
     preprocessing: PreprocessingSpec
     network: NetworkConfig
     raw: Mapping[str, Any]
+    config: Mapping[str, Any] | None  # the training config, whole; None where the file has none
 
     def __getitem__(self, key: str) -> Any:
+        if key == "config" and self.config is not None:
+            return self.config
         return self.raw[key]
 
     def __iter__(self) -> Iterator[str]:
@@ -129,6 +146,72 @@ class CheckpointMeta(Mapping[str, Any]):
 
     def __len__(self) -> int:
         return len(self.raw)
+
+    @classmethod
+    def from_training(
+        cls,
+        path: str | Path,
+        config: ExperimentConfig,
+        *,
+        normalisation: tuple[Sequence[float], Sequence[float]],
+        best_epoch: int,
+        val: Mapping[str, Any] | None,
+        test: Mapping[str, Any],
+        history: Sequence[Mapping[str, Any]],
+        data_fingerprint: str,
+        command: str,
+        train_seconds: float,
+        wall_seconds: float,
+        machine: str,
+        torch_version: str,
+        distributed: Mapping[str, Any] | None = None,
+    ) -> CheckpointMeta:
+        """The metadata of a model trained on ``config`` and scored ``val`` (None: no validation)
+        and ``test``, for the metadata file ``path``; checked as it will be read.
+
+        Each fact is written once: what inference reads at the top level (name, classes, channels
+        and units, features, rate, window, step, preprocessing, network, normalisation) and, under
+        "config", only what is left of the training config (the data's source and split, the
+        training recipe). ``normalisation`` is the training (mean, std) of each feature.
+        """
+        experiment = config.to_dict()
+        preprocessing = experiment["preprocessing"]
+        del preprocessing["rate_hz"]  # the data's: "rate_hz"
+        rest = {k: v for k, v in experiment["data"].items() if k not in {f for _, f, _ in _TOP_LEVEL_FACTS}}
+        mean, std = normalisation
+        meta: dict[str, Any] = {
+            "name": config.name,
+            "classes": list(config.classes),
+            "input_channels": list(config.preprocessing.inputs),
+            "input_units": list(config.data.units),
+            "features": list(config.preprocessing.features),
+            "rate_hz": config.data.rate_hz,
+            "window": config.data.window,
+            "step": config.data.step,
+            "preprocessing": preprocessing,
+            "network": experiment["model"],
+            "normalisation": {"mean": [float(v) for v in mean], "std": [float(v) for v in std]},
+            "config": {"data": rest, "train": experiment["train"]},
+            "best_epoch": best_epoch,
+            "metrics": {
+                "val": None if val is None else {k: val[k] for k in VAL_METRICS},
+                "test": {k: v for k, v in test.items() if k not in TEST_TABLES},
+            },
+            "history": [dict(record) for record in history],
+            "data_fingerprint": data_fingerprint,
+            "command": command,
+            "train_seconds": round(train_seconds, 1),
+            "wall_seconds": round(wall_seconds, 1),
+            "machine": machine,
+            "torch": torch_version,
+        }
+        if distributed is not None:
+            meta["distributed"] = dict(distributed)
+        return cls.from_dict(meta, Path(path))
+
+    def to_json(self) -> str:
+        """The metadata file's text: the object as read or built (``raw``), one copy of each fact."""
+        return json.dumps(dict(self.raw), indent=2) + "\n"
 
     @classmethod
     def from_json(cls, path: str | Path) -> CheckpointMeta:
@@ -169,9 +252,9 @@ class CheckpointMeta(Mapping[str, Any]):
         features = data.get("features")
         if features is not None and len(read.names(features, "features", MAX_CHANNELS)) != network.n_inputs:
             raise read.fail("features", f"must name {network.n_inputs} features (network.n_inputs)", features)
-        _config(read, data.get("config"))
+        config = _experiment_config(read, data, spec, network)
         raw = MappingProxyType(data)
-        return cls(path, name, classes, channels, rate_hz, window, step, spec, network, raw)
+        return cls(path, name, classes, channels, rate_hz, window, step, spec, network, raw, config)
 
 
 def _preprocessing(read: _Reader, d: Mapping[str, Any], rate_hz: float,
@@ -183,8 +266,9 @@ def _preprocessing(read: _Reader, d: Mapping[str, Any], rate_hz: float,
     kind = d.get("kind", PreprocessingSpec.kind)
     if not isinstance(kind, str):
         raise read.fail("preprocessing.kind", "must be a string", kind)
-    spec_rate = read.number(d.get("rate_hz", PreprocessingSpec.rate_hz), "preprocessing.rate_hz", *RATE_HZ)
-    # filters designed for one rate would run on samples resampled to another
+    # The preprocessing runs at the data's rate: newer files leave it out here, older ones repeat
+    # it, and filters designed for one rate must not run on samples resampled to another.
+    spec_rate = read.number(d.get("rate_hz", rate_hz), "preprocessing.rate_hz", *RATE_HZ)
     if abs(spec_rate - rate_hz) > 1e-9 * rate_hz:
         raise read.fail("preprocessing.rate_hz", f"must equal \"rate_hz\" ({rate_hz:g})", spec_rate)
     inputs = read.names(d.get("inputs", list(channels)), "preprocessing.inputs", MAX_CHANNELS)
@@ -242,14 +326,40 @@ def _network(read: _Reader, d: Mapping[str, Any]) -> NetworkConfig:
     return config
 
 
-def _config(read: _Reader, config: Any) -> None:
-    """The training config is optional; where present, the parts the live path reads must hold."""
-    if config is None:
-        return
-    data = read.mapping(config, "config").get("data", {})
-    rule = read.mapping(data, "config.data").get("label_rule", "all")
+def _experiment_config(read: _Reader, data: Mapping[str, Any], spec: PreprocessingSpec,
+                       network: NetworkConfig) -> Mapping[str, Any] | None:  # fmt: skip
+    """The training config, whole, or None where there is none (the live path needs none).
+
+    Its window, step, rate, units, name, preprocessing and network are the top level's; an older
+    file's copies of them under "config" must agree. Where present, what the live path reads from
+    it (the label rule) must hold.
+    """
+    stored = data.get("config")
+    if stored is None:
+        return None
+    stored = read.mapping(stored, "config")
+    rule = read.mapping(stored.get("data", {}), "config.data").get("label_rule", "all")
     if rule not in LABEL_RULES:
         raise read.fail("config.data.label_rule", f"must be one of {', '.join(LABEL_RULES)}", rule)
+    # (section, field) -> (where the fact is at the top level, its value as written there)
+    facts: dict[tuple[str, str], tuple[str, Any]] = {
+        ("data", field): (key, data[key]) for _, field, key in _TOP_LEVEL_FACTS if data.get(key) is not None
+    }
+    facts |= {("preprocessing", k): (f"preprocessing.{k}", v) for k, v in spec.to_dict().items()}
+    facts |= {("model", k): (f"network.{k}", v) for k, v in network.to_dict().items()}
+    whole: dict[str, Any] = dict(stored)
+    if "name" in data:
+        if "name" in stored and stored["name"] != data["name"]:
+            raise read.fail("config.name", "must equal \"name\"", stored["name"])
+        whole["name"] = data["name"]
+    for section in ("data", "preprocessing", "model"):
+        whole[section] = dict(read.mapping(stored.get(section, {}), f"config.{section}"))
+    for (section, field), (where, value) in facts.items():
+        if field in whole[section] and whole[section][field] != value:
+            what = f"must equal {json.dumps(where)} ({_shown(value)})"
+            raise read.fail(f"config.{section}.{field}", what, whole[section][field])
+        whole[section][field] = value
+    return MappingProxyType(whole)
 
 
 def meta_path(path: Path) -> Path:

@@ -169,3 +169,13 @@ def replica_digests(model: nn.Module) -> list[str]:
     gathered: list[str | None] = [None] * world()[1]
     dist.all_gather_object(gathered, mine)
     return [str(d) for d in gathered]
+
+
+def run_record(context: Context, batch_size: int, digests: list[str]) -> dict[str, object]:
+    """What a checkpoint records of a data-parallel run: ranks, backend, batch and replica digests."""
+    return {
+        "world_size": context.world_size,
+        "backend": context.backend,
+        "batch_per_rank": batch_size // context.world_size,
+        "parameter_sha256": digests,
+    }

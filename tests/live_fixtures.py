@@ -15,7 +15,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
 
-from model.recordings import HAPT_ACTIVITIES, Recording, load_hapt, write_csv_recording
+from model.recordings import Recording, load_hapt, write_csv_recording
 from streamer import broker as broker_module
 from streamer.broker import free_port  # noqa: F401 - the tests import it from here
 from streamer.mqtt import parse_broker
@@ -49,18 +49,20 @@ def write_tiny_checkpoint(path: Path, window: int = 128) -> Path:
     import torch
 
     from model.checkpoint import save_checkpoint
-    from model.config import ExperimentConfig
-    from model.network import NetworkConfig, ResidualBiLSTM
-    from model.preprocessing import PreprocessingSpec
+    from model.checkpoint_meta import CheckpointMeta, meta_path
+    from model.config import DataConfig, ExperimentConfig, NetworkConfig
+    from model.network import ResidualBiLSTM
 
     torch.manual_seed(0)
-    model = ResidualBiLSTM(NetworkConfig(n_hidden=8, n_stacked=1, n_residual=1, dropout=0.0))
-    spec = PreprocessingSpec()
-    save_checkpoint(path, model, {
-        "name": path.stem, "classes": list(HAPT_ACTIVITIES), "input_channels": list(spec.inputs),
-        "rate_hz": 50.0, "window": window, "step": window // 2, "preprocessing": spec.to_dict(),
-        "config": ExperimentConfig().to_dict(),
-    })  # fmt: skip
+    network = NetworkConfig(n_hidden=8, n_stacked=1, n_residual=1, dropout=0.0)  # sizes: the data's
+    config = ExperimentConfig(name=path.stem, data=DataConfig(window=window, step=window // 2), model=network)
+    model = ResidualBiLSTM(config.model)
+    meta = CheckpointMeta.from_training(
+        meta_path(path), config, normalisation=(model.feature_mean.tolist(), model.feature_std.tolist()),
+        best_epoch=0, val=None, test={}, history=[], data_fingerprint="untrained", command="tests",
+        train_seconds=0.0, wall_seconds=0.0, machine="", torch_version=torch.__version__,
+    )  # fmt: skip
+    save_checkpoint(path, model, meta)
     return path
 
 

@@ -82,6 +82,14 @@ BAD_METADATA = [
     ("unknown label rule", lambda m: m["config"]["data"].update(label_rule="first"),
      ['"config.data.label_rule"']),
     ("config not an object", lambda m: m.update(config=[1]), ['"config"']),
+    # an older file's copies of a fact under "config" must agree with the one inference reads
+    ("a config's window unlike the window", lambda m: m["config"]["data"].update(window=64),
+     ['"config.data.window" must equal "window" (128), got 64']),
+    ("a config's network unlike the network", lambda m: m["config"].update(model={"n_hidden": 16}),
+     ['"config.model.n_hidden" must equal "network.n_hidden" (8), got 16']),
+    ("a config's filters unlike the filters", lambda m: m["config"].update(preprocessing={"lowpass_hz": 10}),
+     ['"config.preprocessing.lowpass_hz" must equal "preprocessing.lowpass_hz" (20.0)']),
+    ("a config named otherwise", lambda m: m["config"].update(name="other"), ['"config.name" must equal']),
 ]  # fmt: skip
 
 
@@ -207,3 +215,50 @@ def test_a_zip_that_is_not_torchs_is_not_weights(tiny, capsys) -> None:
     with zipfile.ZipFile(tiny, "w") as archive:
         archive.writestr("hello.txt", "hi")
     refused(capsys, tiny, "not a weights file saved by harstream")
+
+
+def test_new_metadata_holds_each_fact_once_and_reads_back_the_whole_config(tiny) -> None:
+    from model.config import from_dict
+
+    stored = json.loads(tiny.with_suffix(".json").read_text())
+    assert set(stored["config"]) == {"data", "train"}  # name, preprocessing, network: the top level's
+    assert not {"rate_hz", "window", "step", "units"} & set(stored["config"]["data"])
+    assert "rate_hz" not in stored["preprocessing"]  # the data's rate, "rate_hz"
+    meta = CheckpointMeta.from_json(tiny.with_suffix(".json"))
+    whole = meta["config"]
+    assert (whole["name"], whole["data"]["window"], whole["data"]["step"]) == ("tiny", 128, 64)
+    assert whole["preprocessing"]["rate_hz"] == 50.0 and whole["model"]["n_hidden"] == 8
+    config = from_dict(dict(whole))  # what `harstream evaluate` rebuilds the data from
+    assert config.data.window == meta.window and config.preprocessing == meta.preprocessing
+    assert config.model == meta.network and config.classes == meta.classes
+    assert dict(meta.raw) == stored and meta.to_json() == tiny.with_suffix(".json").read_text()
+
+
+def test_older_metadata_keeps_loading_with_its_copies(tiny) -> None:
+    shipped = CheckpointMeta.from_json(SHIPPED.with_suffix(".json"))
+    assert shipped["config"] == shipped.raw["config"]  # its copies agree: the same config as before
+    edit(tiny, lambda m: (m.update(config={**m["config"], "name": "tiny"}),
+                          m["config"]["data"].update(window=128, step=64, rate_hz=50.0),
+                          m["config"].update(model=dict(m["network"])),
+                          m["preprocessing"].update(rate_hz=50.0)))  # fmt: skip
+    assert load_checkpoint(tiny).meta["config"]["data"]["window"] == 128
+
+
+def test_metadata_is_checked_when_it_is_made_and_must_be_the_models(tmp_path) -> None:
+    from model.checkpoint import save_checkpoint
+    from model.config import DataConfig, ExperimentConfig
+
+    def made(config: ExperimentConfig) -> CheckpointMeta:
+        return CheckpointMeta.from_training(
+            tmp_path / "m.json", config, normalisation=([0.0] * 9, [1.0] * 9), best_epoch=1, val=None,
+            test={"accuracy": 1.0}, history=[], data_fingerprint="x", command="c", train_seconds=1.0,
+            wall_seconds=1.0, machine="m", torch_version="t",
+        )  # fmt: skip
+
+    with pytest.raises(CheckpointError, match=r'm\.json: "window" must be an integer from 2'):
+        made(ExperimentConfig(data=DataConfig(window=1)))
+    meta = made(ExperimentConfig())
+    assert meta.network == ExperimentConfig().model and meta["metrics"]["val"] is None
+    with pytest.raises(ValueError, match="is not the model's"):
+        save_checkpoint(tmp_path / "m.pt", ResidualBiLSTM(NetworkConfig(n_hidden=8)), meta)
+    assert not (tmp_path / "m.pt").exists()
