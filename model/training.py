@@ -11,12 +11,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
 
 from model import distributed
-from model.config import ExperimentConfig
+from model.config import ExperimentConfig, TrainConfig
 from model.datasets import WindowSet
 from model.metrics import summarise
-from model.network import NetworkConfig, ResidualBiLSTM
+from model.network import ResidualBiLSTM
 
 
 @dataclass
@@ -101,19 +102,56 @@ def augment(
     return x
 
 
-def build_model(config: ExperimentConfig, n_features: int, n_classes: int) -> ResidualBiLSTM:
-    m = config.model
-    return ResidualBiLSTM(
-        NetworkConfig(
-            n_inputs=n_features,
-            n_classes=n_classes,
-            n_hidden=m.n_hidden,
-            n_stacked=m.n_stacked,
-            n_residual=m.n_residual,
-            bidirectional=m.bidirectional,
-            dropout=m.dropout,
+def check_recipe(t: TrainConfig, val: WindowSet) -> None:
+    """The training settings that only fit() reads, checked before any work is done."""
+    if t.optimizer not in ("adam", "adamw"):
+        raise ValueError(f"unknown optimizer {t.optimizer!r} (adam | adamw)")
+    if t.schedule not in ("constant", "onecycle", "cosine"):
+        raise ValueError(f"unknown schedule {t.schedule!r} (constant | onecycle | cosine)")
+    if t.keep not in ("best", "last"):
+        raise ValueError(f"unknown train.keep {t.keep!r} (best | last)")
+    if t.keep == "best" and not len(val):
+        raise ValueError(
+            'no validation windows to pick an epoch with: name val subjects or set train.keep="last"'
         )
-    )
+
+
+def make_optimizer(model: ResidualBiLSTM, t: TrainConfig) -> torch.optim.Optimizer:
+    if t.optimizer == "adamw":  # decoupled decay on the weights only (the seed's L2 is the loss's: fit)
+        decay = model.weight_parameters()
+        ids = {id(p) for p in decay}
+        no_decay = [p for p in model.parameters() if id(p) not in ids]
+        return torch.optim.AdamW(
+            [{"params": decay, "weight_decay": t.l2}, {"params": no_decay, "weight_decay": 0.0}], lr=t.lr
+        )
+    return torch.optim.Adam(model.parameters(), lr=t.lr)
+
+
+def make_schedule(optimizer: torch.optim.Optimizer, t: TrainConfig, total_steps: int) -> LRScheduler:
+    """The learning rate over ``total_steps`` optimiser steps (one per batch)."""
+    if t.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=t.lr, total_steps=total_steps)
+    if t.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+
+
+@dataclass
+class Kept:
+    """The epoch to keep (train.keep): the best validation score so far, or simply the latest."""
+
+    keep: str
+    select_on: str
+    score: float = -math.inf
+    epoch: int = 0
+    val: dict = field(default_factory=dict)
+    state: dict | None = None
+
+    def offer(self, epoch: int, val: dict, model: nn.Module) -> None:
+        score = epoch if self.keep == "last" else val[self.select_on]
+        if score > self.score:  # strictly better: ties keep the earlier epoch
+            self.score, self.epoch, self.val = score, epoch, val
+            self.state = copy.deepcopy(model.state_dict())
 
 
 def fit(
@@ -132,19 +170,25 @@ def fit(
     validation runs on rank 0 and its scores are broadcast, so every rank keeps the same epoch.
     """
     t = config.train
+    check_recipe(t, val)
+    network = config.model  # its sizes are derived from the config's preprocessing and dataset
+    if (train.x.shape[2], len(classes)) != (network.n_inputs, network.n_classes):
+        raise ValueError(f"windows of {train.x.shape[2]} features and {len(classes)} classes, but "
+                         f"the config's network reads {network.n_inputs} and tells {network.n_classes}")
     rank, world_size = distributed.world()
+    per_rank = t.batch_size // world_size
+    if per_rank < 1:
+        raise ValueError(f"train.batch_size {t.batch_size} is smaller than the {world_size} processes")
+    # The order of what draws random numbers below is what makes a seed reproduce a run exactly.
     torch.manual_seed(t.seed)
     generator = torch.Generator().manual_seed(t.seed)
     # One process draws the order and the augmentation from one generator, as it always has;
     # ranks need the order in step but their own augmentation and dropout draws.
     augment_generator = generator
-    per_rank = t.batch_size // world_size
-    if per_rank < 1:
-        raise ValueError(f"train.batch_size {t.batch_size} is smaller than the {world_size} processes")
     if t.threads:
         torch.set_num_threads(t.threads)
 
-    model = build_model(config, train.x.shape[2], len(classes))
+    model = ResidualBiLSTM(network)
     x_train = torch.from_numpy(train.x)
     y_train = torch.from_numpy(train.y)
     flat = x_train.reshape(-1, x_train.shape[2]).double()
@@ -155,40 +199,13 @@ def fit(
         torch.manual_seed(t.seed + 1_000_003 * rank)  # dropout: replicas start equal (DDP), draw apart
         augment_generator = torch.Generator().manual_seed(t.seed + 1_000_003 * (rank + 1))
 
-    if t.optimizer == "adamw":
-        decay, no_decay = model.weight_parameters(), []
-        ids = {id(p) for p in decay}
-        no_decay = [p for p in model.parameters() if id(p) not in ids]
-        optimizer: torch.optim.Optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": t.l2}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=t.lr,
-        )
-    elif t.optimizer == "adam":
-        optimizer = torch.optim.Adam(model.parameters(), lr=t.lr)
-    else:
-        raise ValueError(f"unknown optimizer {t.optimizer!r} (adam | adamw)")
-
+    optimizer = make_optimizer(model, t)
     steps_per_epoch = math.ceil(len(distributed.shard(torch.arange(len(train)), rank, world_size)) / per_rank)
-    total_steps = steps_per_epoch * t.epochs
-    if t.schedule == "onecycle":
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=t.lr, total_steps=total_steps)
-    elif t.schedule == "cosine":
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
-    elif t.schedule == "constant":
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    else:
-        raise ValueError(f"unknown schedule {t.schedule!r} (constant | onecycle | cosine)")
-
-    if t.keep not in ("best", "last"):
-        raise ValueError(f"unknown train.keep {t.keep!r} (best | last)")
-    if t.keep == "best" and not len(val):
-        raise ValueError(
-            'no validation windows to pick an epoch with: name val subjects or set train.keep="last"'
-        )
+    scheduler = make_schedule(optimizer, t, steps_per_epoch * t.epochs)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
     groups = xyz_groups(features)
     weights = model.weight_parameters()
-    best_score, best_state, best_epoch, best_val = -math.inf, None, 0, {}
+    kept = Kept(t.keep, t.select_on)
     history: list[EpochRecord] = []
     started = time.perf_counter()
     for epoch in range(1, t.epochs + 1):
@@ -210,32 +227,33 @@ def fit(
             nn.utils.clip_grad_norm_(model.parameters(), t.clip)
             optimizer.step()
             scheduler.step()
-        val_metrics = {"accuracy": 0.0, "f1_weighted": 0.0}
-        if len(val) and rank == 0:
-            val_metrics = evaluate(model, val, classes)
-        if world_size > 1:  # rank 0's scores everywhere, so every rank keeps the same epoch
-            keys = ["accuracy", "f1_weighted", t.select_on]
-            shared = distributed.broadcast_floats([val_metrics.get(k, 0.0) for k in keys])
-            val_metrics |= dict(zip(keys, shared, strict=True))
-            total_loss, seen = distributed.sum_floats([total_loss, len(mine)])
-        else:
-            seen = len(train)
-        record = EpochRecord(
-            epoch,
-            total_loss / seen,
-            val_metrics["accuracy"],
-            val_metrics["f1_weighted"],
-            time.perf_counter() - epoch_start,
-            optimizer.param_groups[0]["lr"],
-        )
+        val_metrics, mean_loss = epoch_scores(model, val, classes, t.select_on, total_loss, len(mine),
+                                              len(train))  # fmt: skip
+        record = EpochRecord(epoch, mean_loss, val_metrics["accuracy"], val_metrics["f1_weighted"],
+                             time.perf_counter() - epoch_start, optimizer.param_groups[0]["lr"])  # fmt: skip
         history.append(record)
-        score = epoch if t.keep == "last" else val_metrics[t.select_on]
-        if score > best_score:  # strictly better: ties keep the earlier epoch
-            best_score, best_epoch, best_val = score, epoch, val_metrics
-            best_state = copy.deepcopy(model.state_dict())
+        kept.offer(epoch, val_metrics, model)
         if on_epoch:
             on_epoch(record)
-    assert best_state is not None
-    model.load_state_dict(best_state)
+    assert kept.state is not None
+    model.load_state_dict(kept.state)
     model.eval()
-    return FitResult(model.cpu(), best_epoch, best_val, history, time.perf_counter() - started)
+    return FitResult(model.cpu(), kept.epoch, kept.val, history, time.perf_counter() - started)
+
+
+def epoch_scores(model: ResidualBiLSTM, val: WindowSet, classes: tuple[str, ...], select_on: str,
+                 loss: float, seen: int, n_train: int) -> tuple[dict, float]:  # fmt: skip
+    """An epoch's validation scores and mean training loss, the same on every rank: rank 0 scores
+    validation and broadcasts the scores; the loss (summed over this rank's ``seen`` windows) is
+    summed over the ranks."""
+    rank, world_size = distributed.world()
+    val_metrics = {"accuracy": 0.0, "f1_weighted": 0.0}
+    if len(val) and rank == 0:
+        val_metrics = evaluate(model, val, classes)
+    if world_size == 1:
+        return val_metrics, loss / n_train
+    keys = ["accuracy", "f1_weighted", select_on]
+    shared = distributed.broadcast_floats([val_metrics.get(k, 0.0) for k in keys])
+    val_metrics |= dict(zip(keys, shared, strict=True))
+    total_loss, total_seen = distributed.sum_floats([loss, seen])
+    return val_metrics, total_loss / total_seen

@@ -51,6 +51,19 @@ def test_keep_last_takes_the_final_epoch_and_best_needs_validation(hapt):
             config.preprocessing.features)  # fmt: skip
 
 
+def test_fit_refuses_windows_unlike_the_configs_network(hapt):
+    import pytest
+
+    from model.datasets import recording_windows
+
+    config = override(ExperimentConfig(), ["model.n_hidden=8", "train.epochs=1", 'train.keep="last"'])
+    windows = recording_windows([r for r in hapt if r.subject == "1"], config.data, config.preprocessing)
+    with pytest.raises(ValueError, match="windows of 9 features and 5 classes, but the config's network "
+                                         "reads 9 and tells 6"):  # fmt: skip
+        fit(config, windows, windows.subset(np.zeros(len(windows), bool)), HAPT_ACTIVITIES[:5],
+            config.preprocessing.features)  # fmt: skip
+
+
 def test_rotations_are_proper_and_bounded():
     import torch
 
@@ -106,6 +119,10 @@ def test_a_refit_on_every_training_subject_keeps_the_last_epoch(csv_dataset, tmp
     assert "kept epoch 2 (the schedule's last; no validation subjects)" in capsys.readouterr().out
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["best_epoch"] == 2 and meta["metrics"]["val"] is None
+    # each fact once: the window, rate and network where inference reads them, not again in the config
+    assert set(meta["config"]) == {"data", "train"} and "window" not in meta["config"]["data"]
+    assert meta["network"]["n_inputs"] == len(meta["features"]) == 9 and meta["window"] == 128
     assert cli.main(["evaluate", "--checkpoint", str(out), "--data-dir", str(csv_dataset), "--json"]) == 0
     scores = json.loads(capsys.readouterr().out)
     assert scores["accuracy"] == meta["metrics"]["test"]["accuracy"]
+    assert scores["data_fingerprint_matches"]  # the config read back whole: the same windows
