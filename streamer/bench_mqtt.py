@@ -27,13 +27,15 @@ import queue
 import tempfile
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from model.strict_json import dumps
 from streamer.broker import Mosquitto
-from streamer.mqtt import MqttOptions, MqttSource, TopicPattern, new_client, parse_broker, wait_until
+from streamer.mqtt import MqttOptions, MqttSource, TopicPattern, new_client, parse_broker
 from streamer.types import SampleBatch
 from streamer.wire import ACC, GYRO, HEADER, MAGIC
 
@@ -43,6 +45,15 @@ BLOCKS = 64  # distinct sample blocks the publisher cycles through (encoded once
 
 
 # -- the publisher (another process) --------------------------------------------------------------
+def _wait_until(condition: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(step)
+    return True
+
+
 def _blocks(values: np.ndarray, fmt: str, n: int) -> list[bytes]:
     """``BLOCKS`` runs of ``n`` real samples, encoded as the part of a message after its header."""
     starts = np.linspace(0, len(values) - n, BLOCKS).astype(int)
@@ -70,7 +81,7 @@ def _publish(url: str, fmt: str, devices: int, seconds: float, n: int, values: n
     client.max_queued_messages_set(0)
     client.connect(broker.host, broker.port)
     client.loop_start()
-    wait_until(client.is_connected, 10)
+    _wait_until(client.is_connected, 10)
     topics = [f"har/dev-{d:04d}/imu" for d in range(devices)]
     ready.set()
     go.wait(30)
@@ -96,6 +107,74 @@ def _publish(url: str, fmt: str, devices: int, seconds: float, n: int, values: n
 
 
 # -- the receiver (this process) -----------------------------------------------------------------
+@dataclass
+class Tally:
+    """What reached the scheduler, and when: by the monotonic clock and this process's CPU clock."""
+
+    samples: int = 0
+    messages: int = 0
+    windows: int = 0
+    first: float = 0.0
+    last: float = 0.0
+    cpu_first: float = 0.0
+    cpu_last: float = 0.0
+
+    def took(self, batch: SampleBatch, windows: int) -> None:
+        now = time.monotonic()
+        if not self.messages:
+            self.first, self.cpu_first = now, time.process_time()
+        self.last, self.cpu_last = now, time.process_time()
+        self.messages += 1
+        self.samples += len(batch.timestamps)
+        self.windows += windows
+
+
+def _subscribe(url: str, qos: int, channels: tuple[str, ...], devices: int,
+               handoff: queue.Queue[SampleBatch], stop: threading.Event) -> MqttSource:  # fmt: skip
+    """The real MQTT source (QoS ``qos``, as ``harstream mqtt`` subscribes), connected, handing
+    every batch to ``handoff``; it runs until ``stop``."""
+    options = MqttOptions(parse_broker(url), TopicPattern.parse("har/+/imu"),
+                          client_id=f"bench-{os.getpid()}", qos=qos)  # fmt: skip
+    source = MqttSource(options, channels, max_devices=max(10_000, devices))
+
+    def emit(batch: SampleBatch) -> None:  # paho's thread: blocks while the queue is full
+        while not stop.is_set():
+            try:
+                handoff.put(batch, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    threading.Thread(target=source.run, args=(emit, stop), name="bench-mqtt", daemon=True).start()
+    if not source.connected.wait(10):
+        raise RuntimeError(f"bench: no connection to {url}: {source.status}")
+    return source
+
+
+def _take_in(handoff: queue.Queue[SampleBatch], scheduler, publisher, taken, published, engine=None) -> Tally:
+    """Push what arrives into the scheduler (and the engine, if any) until the publisher's last
+    message is in, or nothing more comes; ``taken`` tells the publisher how far the receiver is."""
+    tally, pending = Tally(), []
+    while True:
+        try:
+            batch = handoff.get(timeout=0.5)
+        except queue.Empty:
+            if published.value >= 0 and (tally.messages >= published.value or not publisher.is_alive()):
+                break
+            if published.value >= 0 and time.monotonic() - tally.last > 5.0:
+                break  # the rest is not coming
+            continue
+        ready_windows = scheduler.push(batch)
+        tally.took(batch, len(ready_windows))
+        taken.value = tally.messages
+        if engine is not None:
+            pending += ready_windows
+            if len(pending) >= engine.max_batch:
+                engine.probabilities(pending)
+                pending = []
+    return tally
+
+
 def measure_mqtt_ingestion(fmt: str, devices: int = 200, seconds: float = 10.0,
                            samples_per_message: int = 50, engine=None, qos: int = 1,
                            ahead: int = 5000) -> dict:  # fmt: skip
@@ -117,85 +196,50 @@ def measure_mqtt_ingestion(fmt: str, devices: int = 200, seconds: float = 10.0,
     scheduler = Scheduler(spec, window=128, hop=32, rate_hz=RATE_HZ, max_devices=max(10_000, devices))
     context = multiprocessing.get_context("spawn")
     taken = context.RawValue("q", 0)  # messages the scheduler took in, read by the publisher
-    published = context.RawValue("q", -1)
+    published = context.RawValue("q", -1)  # messages the publisher sent, once it is done
     ready, go = context.Event(), context.Event()
     with tempfile.TemporaryDirectory() as folder:
         # the publisher is kept in step with the receiver, so the broker's queue stays below this
         broker = Mosquitto(Path(folder), extra=(f"max_queued_messages {4 * ahead}",))
+        stop = threading.Event()
         try:
-            options = MqttOptions(parse_broker(broker.url), TopicPattern.parse("har/+/imu"),
-                                  client_id=f"bench-{os.getpid()}", qos=qos)  # fmt: skip
-            source = MqttSource(options, spec.inputs, max_devices=max(10_000, devices))
             handoff: queue.Queue[SampleBatch] = queue.Queue(maxsize=256)  # as the pipeline's queue
-            stop = threading.Event()
-
-            def emit(batch: SampleBatch) -> None:  # paho's thread: blocks while the queue is full
-                while not stop.is_set():
-                    try:
-                        handoff.put(batch, timeout=0.1)
-                        return
-                    except queue.Full:
-                        continue
-
-            source._emit = emit
-            source.start()
-            if not source.connected.wait(10):
-                raise RuntimeError(f"bench: no connection to {broker.url}: {source.status}")
+            source = _subscribe(broker.url, qos, spec.inputs, devices, handoff, stop)
             work = (broker.url, fmt, devices, seconds, n, values, qos, ahead, taken, published, ready, go)
             publisher = context.Process(target=_publish, args=work, daemon=True)
             publisher.start()
             if not ready.wait(60):
                 raise RuntimeError("bench: the publisher did not start")
-            samples = messages = windows = 0
-            first = last = cpu_first = cpu_last = 0.0
-            pending = []
             go.set()
-            while True:
-                try:
-                    batch = handoff.get(timeout=0.5)
-                except queue.Empty:
-                    if published.value >= 0 and (messages >= published.value or not publisher.is_alive()):
-                        break
-                    if published.value >= 0 and time.monotonic() - last > 5.0:
-                        break  # the rest is not coming
-                    continue
-                ready_windows = scheduler.push(batch)
-                now = time.monotonic()
-                if not messages:
-                    first, cpu_first = now, time.process_time()
-                last, cpu_last = now, time.process_time()
-                messages += 1
-                samples += len(batch.timestamps)
-                taken.value = messages
-                windows += len(ready_windows)
-                if engine is not None:
-                    pending += ready_windows
-                    if len(pending) >= engine.max_batch:
-                        engine.probabilities(pending)
-                        pending = []
+            tally = _take_in(handoff, scheduler, publisher, taken, published, engine)
             stop.set()
             publisher.join(10)
             source.close()
         finally:
+            stop.set()
             broker.stop()
-    elapsed = max(last - first, 1e-9)
-    sent = max(published.value, 0) * n
     refused = sum(source.rejected.values()) * n + sum(
-        s.counters.dropped_total for s in scheduler.devices.values())
+        s.counters.dropped_total for s in scheduler.devices.values())  # fmt: skip
+    return _result(fmt, tally, max(published.value, 0), n, refused, len(scheduler.devices))
+
+
+def _result(fmt: str, tally: Tally, published: int, n: int, refused: int, devices: int) -> dict:
+    """The figures: rates over the time from the first to the last batch that reached the scheduler."""
+    elapsed = max(tally.last - tally.first, 1e-9)
     return {
         "format": fmt,
-        "samples_per_s": round(samples / elapsed, 1),
-        "messages_per_s": round(messages / elapsed, 1),
-        "dropped": max(0, sent - samples) + refused,
-        "devices": len(scheduler.devices),
-        "samples": samples,
-        "messages": messages,
-        "published_messages": max(published.value, 0),
-        "windows": windows,
+        "samples_per_s": round(tally.samples / elapsed, 1),
+        "messages_per_s": round(tally.messages / elapsed, 1),
+        "dropped": max(0, published * n - tally.samples) + refused,
+        "devices": devices,
+        "samples": tally.samples,
+        "messages": tally.messages,
+        "published_messages": published,
+        "windows": tally.windows,
         "seconds": round(elapsed, 3),
         # CPU seconds this process used meanwhile (paho's thread and the scheduler's): well under
         # "seconds" means the receiver waited, for the publisher or for a core
-        "receiver_cpu_s": round(cpu_last - cpu_first, 3),
+        "receiver_cpu_s": round(tally.cpu_last - tally.cpu_first, 3),
     }
 
 
