@@ -45,7 +45,13 @@ def parse_source(spec: str, inputs: Inputs) -> list[Device]:
 
 
 class ReplaySource:
-    """Plays a device's recordings at real time × ``speed`` in bursts of ``burst_s`` seconds."""
+    """Plays a device's recordings at real time × ``speed`` in bursts of ``burst_s`` seconds.
+
+    A :class:`streamer.source.Source`: not live (the pipeline's full queue pauses it, which is how
+    ``--speed 0`` keeps pace with inference); it drops nothing itself and holds nothing to close."""
+
+    live = False
+    fatal: str | None = None
 
     def __init__(self, device: Device, speed: float = 1.0, burst_s: float = 0.1) -> None:
         self.device = device
@@ -53,6 +59,15 @@ class ReplaySource:
         self.speed = speed
         self.burst_s = burst_s
         self.status = "waiting"
+
+    def bind(self, drops) -> None:  # a recording is read whole before it plays: nothing to count
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def summary(self) -> dict[str, int]:
+        return {}
 
     def timeline(self) -> list[tuple[Recording, np.ndarray]]:
         """Each recording with its timestamps on one clock, sessions separated by a gap."""

@@ -24,6 +24,7 @@ import torch
 from model.checkpoint import Checkpoint
 from model.network import ResidualBiLSTM
 from streamer.backends import Backend, OnnxBackend, TorchBackend, make_backend
+from streamer.source import SourceBase
 
 
 def flops_per_window(model: ResidualBiLSTM, steps: int) -> int:
@@ -62,34 +63,44 @@ def time_calls(fn: Callable[[], object], seconds: float, min_runs: int = 5) -> n
     return np.asarray(times)
 
 
+def quiet(stage: str) -> None:
+    """The default progress callback: says nothing."""
+
+
 @torch.inference_mode()
-def inference_figures(checkpoint: Checkpoint, seconds: float, batches: tuple[int, ...]) -> dict:
+def inference_figures(checkpoint: Checkpoint, seconds: float, batches: tuple[int, ...],
+                      progress: Callable[[str], None] = quiet) -> dict:  # fmt: skip
     plain = checkpoint.model.eval()
     steps, n_in = checkpoint.window, plain.config.n_inputs
     flops = flops_per_window(plain, steps)
+    progress("the reference: torch.mm's FLOP rate")
     rate = matmul_rate(min(seconds, 1.0))
     out: dict = {"flops_per_window": flops, "matmul_flop_per_s": rate, "batches": {}}
 
     one = torch.randn(1, steps, n_in)
+    progress("the baseline: eager PyTorch, one window at a time")
     baseline = time_calls(lambda: plain(one), seconds)
     out["baseline_windows_per_s"] = 1.0 / float(np.mean(baseline))
     out["baseline_p50_ms"] = float(np.median(baseline) * 1000)
-    time_batches(out, "eager", plain, steps, n_in, seconds, batches)
+    time_batches(out, "eager", plain, steps, n_in, seconds, batches, progress)
     out.update(path_figures(out, "eager", "", flops, rate))
     try:
+        progress("onnx: loading (or first making) the checkpoint's export")
         onnx = OnnxBackend.for_checkpoint(checkpoint.path, threads=torch.get_num_threads())
     except ImportError as error:
         out["onnx_error"] = str(error)
         return out
-    time_batches(out, "onnx", lambda x: onnx.probabilities(x.numpy()), steps, n_in, seconds, batches)
+    onnx_fn = lambda x: onnx.probabilities(x.numpy())  # noqa: E731 - torch windows in, as the eager path
+    time_batches(out, "onnx", onnx_fn, steps, n_in, seconds, batches, progress)
     out.update(path_figures(out, "onnx", "onnx_", flops, rate))
     return out
 
 
 def time_batches(out: dict, name: str, fn: Callable, steps: int, n_in: int, seconds: float,
-                 batches: tuple[int, ...]) -> None:
+                 batches: tuple[int, ...], progress: Callable[[str], None] = quiet) -> None:  # fmt: skip
     """Time ``fn`` on random windows at each batch size, into ``out["batches"]["name/batch"]``."""
     for batch in batches:
+        progress(f"inference: {name} at batch {batch}")
         x = torch.randn(batch, steps, n_in)
         t = time_calls(lambda x=x: fn(x), seconds / len(batches))
         out["batches"][f"{name}/{batch}"] = {
@@ -118,7 +129,7 @@ def path_figures(out: dict, name: str, prefix: str, flops: int, rate: float) -> 
     return {prefix + k: v for k, v in figures.items()}
 
 
-class Fleet:
+class Fleet(SourceBase):
     """``n`` simulated wearables at ``rate_hz`` sending a burst every ``tick_s``, in one thread.
 
     Each device plays real HAPT samples from its own offset. Every tick's bursts of all devices
@@ -136,6 +147,7 @@ class Fleet:
                  spread_samples: int = 0) -> None:  # fmt: skip
         from model.recordings import load_hapt
 
+        super().__init__()
         self.name = f"fleet of {n}"
         self.status = "waiting"
         self.n, self.seconds, self.rate_hz, self.tick_s = n, seconds, rate_hz, tick_s
@@ -222,10 +234,12 @@ def end_to_end(checkpoint: Checkpoint, n: int, seconds: float, hop: int = 32,
 
 
 def largest_fleet(checkpoint: Checkpoint, seconds: float, sizes: tuple[int, ...],
-                  backend: Backend | None = None) -> tuple[int, list[dict]]:
+                  backend: Backend | None = None,
+                  progress: Callable[[str], None] = quiet) -> tuple[int, list[dict]]:  # fmt: skip
     """Step the fleet size up until a run fails to hold; the largest that held."""
     runs, best = [], 0
     for n in sizes:
+        progress(f"end to end: {n} simulated devices for {seconds:g} s")
         run = end_to_end(checkpoint, n, seconds, backend=backend)
         runs.append(run)
         if not run["held"]:
@@ -234,16 +248,18 @@ def largest_fleet(checkpoint: Checkpoint, seconds: float, sizes: tuple[int, ...]
     return best, runs
 
 
-def run_bench(checkpoint: Checkpoint, quick: bool, backend: str | None = None) -> dict:
+def run_bench(checkpoint: Checkpoint, quick: bool, backend: str | None = None,
+              progress: Callable[[str], None] = quiet) -> dict:  # fmt: skip
     """Everything ``harstream bench`` reports; the end-to-end runs use ``backend`` (torch or onnx,
-    by default :func:`default_backend`) with torch's thread count."""
+    by default :func:`default_backend`) with torch's thread count. ``progress`` is told each stage
+    as it starts (the whole takes minutes)."""
     seconds = 3.0 if quick else 8.0
-    out = inference_figures(checkpoint, seconds, (1, 16, 64, 256))
+    out = inference_figures(checkpoint, seconds, (1, 16, 64, 256), progress)
     e2e_seconds = 10.0 if quick else 60.0
     sizes = (25, 50, 100, 200) if quick else (50, 100, 200, 300, 400, 500, 700, 1000, 1500)
     out["e2e_backend"] = backend = backend or default_backend()
     engine_backend = make_backend(backend, checkpoint.path, threads=torch.get_num_threads())
-    best, runs = largest_fleet(checkpoint, e2e_seconds, sizes, engine_backend)
+    best, runs = largest_fleet(checkpoint, e2e_seconds, sizes, engine_backend, progress)
     out["e2e_max_devices"] = best
     out["e2e_runs"] = runs
     held = [r for r in runs if r["devices"] == best]
@@ -252,7 +268,10 @@ def run_bench(checkpoint: Checkpoint, quick: bool, backend: str | None = None) -
         from streamer.bench_mqtt import measure_mqtt_ingestion
 
         mqtt_seconds = 5.0 if quick else 15.0
-        mqtt = {fmt: measure_mqtt_ingestion(fmt, seconds=mqtt_seconds) for fmt in ("batch", "binary")}
+        mqtt = {}
+        for fmt in ("batch", "binary"):
+            progress(f"MQTT ingestion: {fmt} messages for {mqtt_seconds:g} s")
+            mqtt[fmt] = measure_mqtt_ingestion(fmt, seconds=mqtt_seconds)
         out["mqtt"] = mqtt
         out["mqtt_samples_per_s"] = max(m["samples_per_s"] for m in mqtt.values())
     except (ImportError, FileNotFoundError, OSError) as error:

@@ -1,27 +1,37 @@
-"""The ``harstream`` command line."""
+"""The ``harstream`` command line: the parser, and the commands that are not about live wearables
+(``evaluate``, ``replay``, ``soak``, ``export``, ``download``, ``bench``). The live plumbing they share
+with ``mqtt``, ``serial``, ``publish`` and ``record`` (:mod:`streamer.wearables_cli`) is in
+:mod:`streamer.live_command`."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
-import time
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from model.extras import missing_package
 from model.strict_json import dumps
+from streamer.live_command import (
+    DEFAULT_CHECKPOINT,
+    CliError,
+    LiveOptions,
+    add_backend_option,
+    add_live_options,
+    live_engine,
+    live_parts,
+    open_checkpoint,
+    run_live,
+)
+from streamer.wearables_cli import add_wearable_commands
 
 if TYPE_CHECKING:
     from model.checkpoint_meta import CheckpointMeta
-    from streamer.engine import InferenceEngine
+    from replay.sources import Device
 
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "model" / "weights" / "uci_har_3x3.pt"
-
-
-class CliError(Exception):
-    """A failure the user can fix; printed as one line, exit code 1."""
+__all__ = ["DEFAULT_CHECKPOINT", "CliError", "build_parser", "main"]
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -38,7 +48,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     config = from_dict(meta["config"], f"{args.checkpoint} config")
     if args.data_dir or args.data_zip:
         config = override(config, [f'data.path="{args.data_zip or args.data_dir}"'])
-    engine = live_engine(args, max_batch=512)
+    engine = live_engine(args.checkpoint, args.backend, args.threads, max_batch=512)
     splits = build_splits(config)
     windows = splits.by_name(args.split)
     if len(windows) == 0:
@@ -66,119 +76,42 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def open_checkpoint(path: Path) -> CheckpointMeta:
-    """The checkpoint's checked metadata: what the live path needs besides the backend, read
-    without torch."""
-    from model.checkpoint_meta import read_meta
-
-    if not Path(path).exists():
-        raise CliError(
-            f"no trained model at {path}: train one with python train.py --config configs/<name>.toml"
-        )
-    return read_meta(path)
-
-
-def live_engine(args: argparse.Namespace, max_batch: int) -> InferenceEngine:
-    """The inference engine for ``--checkpoint`` on the chosen ``--backend`` with ``--threads``
-    intra-op threads (0: the library's default)."""
-    from streamer.backends import make_backend
-    from streamer.engine import InferenceEngine
-
-    return InferenceEngine(make_backend(args.backend, args.checkpoint, args.threads), max_batch=max_batch)
-
-
-def live_parts(args: argparse.Namespace, checkpoint: CheckpointMeta, sources: list) -> tuple:
-    """The scheduler, engine, decider and pipeline for ``args.checkpoint`` (whose metadata is
-    ``checkpoint``) and some sources."""
-    from streamer.engine import Decider
-    from streamer.limits import MAX_DEVICES
-    from streamer.pipeline import Pipeline
-    from streamer.scheduler import Scheduler
-
-    # One intra-op thread by default (--threads): the sources and the scheduler need the other
-    # core, and OpenMP threads that wait on a busy core spin instead of yielding.
-    engine = live_engine(args, max_batch=args.max_batch)
-    window = checkpoint.window
-    hop = args.hop or max(1, window // 4)
-    label_rule = checkpoint.get("config", {}).get("data", {}).get("label_rule", "all")
-    scheduler = Scheduler(checkpoint.preprocessing, window, hop, checkpoint.rate_hz, label_rule=label_rule,
-                          max_devices=getattr(args, "max_devices", MAX_DEVICES),
-                          idle_timeout_s=getattr(args, "idle_timeout", 0.0),
-                          units=tuple(checkpoint.get("input_units", ())))  # fmt: skip
-    decider = Decider(checkpoint.classes, smooth=args.smooth, min_confidence=args.min_confidence)
-    return Pipeline(sources, scheduler, engine, decider, max_wait_s=args.max_wait_ms / 1000.0), hop
-
-
-PROGRESS_S = 10.0  # how often --headless without --jsonl says how it is going
-
-
-def progress_line(summary: dict) -> str:
-    accuracy = f", accuracy {summary['accuracy']:.3f}" if summary["accuracy"] is not None else ""
-    return (f"harstream: {summary['devices']} devices, {summary['samples']:,} samples, "
-            f"{summary['windows']:,} windows{accuracy}, {summary['dropped']:,} dropped")
-
-
-def run_live(args: argparse.Namespace, pipeline, classes: tuple[str, ...], title: str) -> int:
-    """Drive the pipeline into the chosen sinks: dashboard, JSON lines, or neither."""
-    from rich.console import Console
-    from rich.live import Live
-
-    from streamer.dashboard import Dashboard, summary_table
-
-    console = Console(stderr=args.jsonl)
-    interrupted = False
-    try:
-        if args.headless:
-            next_report = time.monotonic() + PROGRESS_S
-            for prediction in pipeline.run():
-                if args.jsonl:
-                    print(dumps(prediction.to_json()), flush=True)
-                elif time.monotonic() >= next_report:  # a service's log: a line now and then
-                    next_report = time.monotonic() + PROGRESS_S
-                    print(progress_line(pipeline.summary()), file=sys.stderr, flush=True)
-        else:
-            dashboard = Dashboard(pipeline, classes, title)
-            with Live(dashboard, console=console, refresh_per_second=4, screen=False, transient=False):
-                for prediction in pipeline.run():
-                    dashboard.observe(prediction)
-                    if args.jsonl:
-                        print(dumps(prediction.to_json()), flush=True)
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        pipeline.stop()
-    summary = pipeline.summary() | {"interrupted": interrupted}
-    if args.jsonl:
-        print(dumps({"summary": summary}), flush=True)
-    else:
-        console.print(summary_table(summary))
-    return 130 if interrupted and not args.headless else 0
-
-
 def cmd_replay(args: argparse.Namespace) -> int:
-    from replay.sources import Inputs, ReplaySource, parse_source
+    from replay.sources import ReplaySource
 
     specs = args.sources or ["hapt:2"]
-    if args.checkpoint == DEFAULT_CHECKPOINT and all(s.startswith("opportunity:") for s in specs):
-        args.checkpoint = DEFAULT_CHECKPOINT.with_name("opportunity_18.pt")
-        if not args.checkpoint.exists():
-            raise CliError(
-                f"no OPPORTUNITY model at {args.checkpoint}: train one with python train.py "
-                "--config configs/opportunity_18.toml --data-zip OpportunityUCIDataset.zip"
-            )
-    checkpoint = open_checkpoint(args.checkpoint)
+    options = LiveOptions.from_args(args, checkpoint=replay_checkpoint(args.checkpoint, specs))
+    checkpoint = open_checkpoint(options.checkpoint)
+    sources = [ReplaySource(device, speed=args.speed) for device in replay_devices(specs, checkpoint)]
+    pipeline, hop = live_parts(options, checkpoint, sources)
+    speed = "as fast as possible" if args.speed == 0 else f"{args.speed:g}x real time"
+    title = (f"harstream replay · {checkpoint.name} · {checkpoint.rate_hz:g} Hz · window {checkpoint.window} "
+             f"hop {hop} · {speed} · Ctrl-C to stop")
+    return run_live(options, pipeline, checkpoint.classes, title)
+
+
+def replay_checkpoint(given: Path, specs: list[str]) -> Path:
+    """The model to replay ``specs`` with: the shipped OPPORTUNITY one for OPPORTUNITY runs when
+    none was chosen, else ``given``."""
+    if given != DEFAULT_CHECKPOINT or not all(s.startswith("opportunity:") for s in specs):
+        return given
+    path = DEFAULT_CHECKPOINT.with_name("opportunity_18.pt")
+    if not path.exists():
+        raise CliError(f"no OPPORTUNITY model at {path}: train one with python train.py "
+                       "--config configs/opportunity_18.toml --data-zip OpportunityUCIDataset.zip")
+    return path
+
+
+def replay_devices(specs: list[str], checkpoint: CheckpointMeta) -> list[Device]:
+    """The devices that the SOURCE specs name, read in the checkpoint's channels and classes."""
+    from replay.sources import Inputs, parse_source
+
     inputs = Inputs(checkpoint.input_channels, checkpoint.classes, checkpoint.rate_hz)
     devices = [device for spec in specs for device in parse_source(spec, inputs)]
     names = [d.name for d in devices]
     if len(set(names)) != len(names):
         raise CliError(f"the same device is named twice: {', '.join(names)}")
-    sources = [ReplaySource(d, speed=args.speed) for d in devices]
-    pipeline, hop = live_parts(args, checkpoint, sources)
-    speed = "as fast as possible" if args.speed == 0 else f"{args.speed:g}x real time"
-    name = checkpoint.name
-    title = (f"harstream replay · {name} · {checkpoint.rate_hz:g} Hz · window {checkpoint.window} "
-             f"hop {hop} · {speed} · Ctrl-C to stop")
-    return run_live(args, pipeline, checkpoint.classes, title)
+    return devices
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -191,7 +124,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     open_checkpoint(args.checkpoint)  # a missing one: the same line as everywhere
-    result = run_bench(load_checkpoint(args.checkpoint), quick=args.quick, backend=args.backend)
+    stderr = Console(stderr=True)
+    if stderr.is_terminal:  # minutes of work: say which stage it is at
+        with stderr.status("harstream bench: starting") as status:
+            result = run_bench(load_checkpoint(args.checkpoint), quick=args.quick, backend=args.backend,
+                               progress=lambda stage: status.update(f"harstream bench: {stage}"))  # fmt: skip
+    else:  # a log: one line per stage
+        result = run_bench(load_checkpoint(args.checkpoint), quick=args.quick, backend=args.backend,
+                           progress=lambda stage: stderr.print(f"harstream bench: {stage}"))  # fmt: skip
     if args.json:
         print(dumps(result))
         return 0
@@ -215,7 +155,7 @@ def cmd_soak(args: argparse.Namespace) -> int:
     from streamer.soak import run_soak
 
     checkpoint = open_checkpoint(args.checkpoint)
-    engine = live_engine(args, max_batch=256)
+    engine = live_engine(args.checkpoint, args.backend, args.threads, max_batch=256)
     logging.getLogger("streamer").setLevel(logging.ERROR)  # thousands of hostile ids: the counters say it
     with Progress(console=Console(stderr=True), transient=True) as progress:
         task = progress.add_task(f"soak: {args.hours:g} h of traffic", total=1.0)
@@ -251,29 +191,6 @@ def cmd_download(args: argparse.Namespace) -> int:
     print(f"{args.dataset}: extracted under {args.to} ({marker.relative_to(args.to)} checked)")
     print("next: " + ARCHIVES[args.dataset].usage.format(root=args.to))
     return 0
-
-
-def add_backend_option(p: argparse.ArgumentParser) -> None:
-    from streamer.backends import BACKENDS, default_backend
-
-    p.add_argument("--backend", choices=BACKENDS, default=default_backend(),
-                   help="run the network with PyTorch, or its ONNX export (made once, kept beside the "
-                   "checkpoint) with onnxruntime (default: %(default)s; onnx where torch is not installed)")
-
-
-def add_live_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="trained model (.pt)")
-    p.add_argument("--hop", type=int, default=0, help="samples between windows (default: a quarter window)")
-    p.add_argument("--smooth", type=int, default=1, help="average probabilities over the last K windows")
-    p.add_argument("--min-confidence", type=float, default=0.0,
-                   help="below this top probability the label is 'uncertain'")
-    p.add_argument("--max-batch", type=int, default=256, help="largest inference batch")
-    p.add_argument("--max-wait-ms", type=float, default=20.0,
-                   help="how long a ready window waits for others to share its batch")
-    p.add_argument("--threads", type=int, default=1, help="intra-op threads for inference")
-    add_backend_option(p)
-    p.add_argument("--headless", action="store_true", help="no dashboard")
-    p.add_argument("--jsonl", action="store_true", help="one JSON object per prediction on stdout")
 
 
 EXAMPLES = """examples:
@@ -355,9 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.set_defaults(run=cmd_bench)
 
-    from streamer.wearables_cli import add_wearable_commands  # mqtt, serial, publish, record
-
-    add_wearable_commands(sub)
+    add_wearable_commands(sub)  # mqtt, serial, publish, record
     return parser
 
 
@@ -383,8 +298,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Run as `python -m streamer.cli`, this file is __main__ and a second copy of the module gets
-    # imported by the subcommands; the installed module's main() catches that copy's CliError.
-    from streamer.cli import main as installed_main
-
-    raise SystemExit(installed_main())
+    raise SystemExit(main())

@@ -61,7 +61,7 @@ class Dashboard:
         self.history.setdefault(prediction.device, deque(maxlen=HISTORY)).append(prediction)
 
     def warming(self, prediction: Prediction) -> bool:
-        return prediction.index + 1 < WARMUP_S * self.pipeline.scheduler.rate_hz
+        return prediction.index + 1 < WARMUP_S * self.pipeline.rate_hz
 
     def style(self, label: str | None) -> str:
         if label is None or label == UNCERTAIN:
@@ -74,11 +74,8 @@ class Dashboard:
             return "white"
 
     def dropped(self, device: str) -> int:
-        """Everything lost for a device: by the scheduler and, before it, by the wire decoder."""
-        stream = self.pipeline.scheduler.devices.get(device)
-        bad_input = self.pipeline.stats.bad_input.get(device)
-        scheduled = stream.counters.dropped_total if stream else 0
-        return scheduled + (sum(bad_input.values()) if bad_input else 0)
+        """Everything lost for a device, from the wire to the model's output."""
+        return sum(self.pipeline.dropped(device).values())
 
     # -- pieces ------------------------------------------------------------------------------
     def strip(self, labels: list[str | None]) -> Text:
@@ -116,8 +113,7 @@ class Dashboard:
         return table
 
     def sparkline(self, device: str, width: int) -> Text:
-        stream = self.pipeline.scheduler.devices.get(device)
-        values = list(stream.signal_magnitude)[-width:] if stream else []
+        values = self.pipeline.signal(device)[-width:]
         if not values:
             return Text("")
         low, high = min(values), max(values)
@@ -186,15 +182,15 @@ class Dashboard:
         now = time.monotonic()
         summary = self.pipeline.summary()
         p50, p99 = stats.latency_percentile(50), stats.latency_percentile(99)
-        fills = [s.ring.fill for s in self.pipeline.scheduler.devices.values()]
+        fill = self.pipeline.buffer_fill()
         text = Text()
         text.append(f"{stats.sample_rate.per_second(now):,.0f} samples/s  ")
         text.append(f"{stats.window_rate.per_second(now):,.1f} windows/s  ")
         if p50 is not None:
             text.append(f"latency p50 {p50:.0f} ms p99 {p99:.0f} ms  ")
         text.append("\n")  # two short lines rather than one that wraps at 80 columns
-        if fills:
-            text.append(f"buffer {sum(fills) / len(fills) * 100:.0f}%  ")
+        if fill is not None:
+            text.append(f"buffer {fill * 100:.0f}%  ")
         style = "bold red" if summary["dropped"] else "grey62"
         text.append(f"dropped {summary['dropped']}  gaps {summary['gaps']}", style=style)
         if stats.accuracy is not None:

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter, deque
+from collections import deque
 
 import numpy as np
 
 from streamer.backends import Backend
+from streamer.drops import Drops
 from streamer.types import Prediction, Window
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,13 @@ class Decider:
         self.smooth = smooth
         self.min_confidence = min_confidence
         self.history: dict[tuple[str, int], deque[np.ndarray]] = {}
-        self.dropped: Counter = Counter()  # reason -> windows given no prediction
+        self.drops = Drops()  # windows given no prediction, per device; the pipeline's once bound
+        self._warned = False
+
+    def bind(self, drops: Drops) -> None:
+        """Count windows given no prediction into ``drops`` (the pipeline's) from now on."""
+        drops.absorb(self.drops)
+        self.drops = drops
 
     def forget(self, device: str) -> None:
         for key in [k for k in self.history if k[0] == device]:
@@ -61,9 +68,10 @@ class Decider:
         predictions = []
         for window, p in zip(windows, probs, strict=True):
             if not np.isfinite(p).all():  # never a NaN label, confidence or JSON number downstream
-                if not self.dropped[NON_FINITE]:
+                if not self._warned:
+                    self._warned = True
                     log.error("%s: the model gave non-finite probabilities; window dropped", window.device)
-                self.dropped[NON_FINITE] += 1
+                self.drops.add(window.device, NON_FINITE, quiet=True)
                 continue
             if self.smooth > 1:  # smoothing never reaches across a gap (a new segment)
                 past = self.history.setdefault((window.device, window.segment), deque(maxlen=self.smooth))

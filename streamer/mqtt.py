@@ -50,8 +50,9 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from streamer.pipeline import Deferred
+from streamer.drops import Drops
 from streamer.shard import Shard
+from streamer.source import Deferred, SourceBase
 from streamer.types import Prediction, SampleBatch
 from streamer.wire import WireError, decode, valid_device_id
 
@@ -226,12 +227,13 @@ def unreachable(broker: Broker, timeout: float = 2.0) -> str | None:
     return None
 
 
-class MqttSource:
-    """Every device that publishes to the topic pattern, as one source."""
+class MqttSource(SourceBase):
+    """Every device that publishes to the topic pattern, as one source (see :class:`Source`)."""
 
     live = True  # paho's network thread hands over: never blocked (the pipeline sheds instead)
 
     def __init__(self, options: MqttOptions, channels: tuple[str, ...], max_devices: int = 10_000) -> None:
+        super().__init__()
         self.options = options
         self.channels = channels  # what the model reads; the wire maps message channels to these
         self.max_devices = max_devices
@@ -244,17 +246,15 @@ class MqttSource:
         self._connected_at = 0.0
         self._short_lived = 0  # connections in a row that the broker closed right after they were made
         self.retries = 0
-        self.devices: set[str] = set()  # devices heard from (valid ids), bounded by max_devices
-        self.rejected: Counter = Counter()  # (device, reason) -> count, also when no pipeline listens
+        self.devices: set[str] = set()  # devices counted under their own id, bounded by max_devices
         self.other_shard = 0  # messages of devices that another shard owns; one number, no per-device state
-        self.reject: Callable[[str, str], None] = lambda device, reason: None  # the pipeline's counter
         self.on_connected: list[Callable[[mqtt.Client], None]] = []  # sinks that publish on connect
         self.publishers: list[PredictionPublisher] = []  # the sinks that publish through this client
         self._emit: Callable[[SampleBatch | Deferred], None] | None = None
         self._early: list[SampleBatch | Deferred] = []  # batches that arrive before run() is called
-        # Hand over messages undecoded (the pipeline sets it: it decodes in its own thread). Each
-        # decode done here is time paho does not read the socket, and a client that reads too
-        # slowly makes the broker drop its messages ("Outgoing messages are being dropped").
+        # Hand over messages undecoded once bound to a pipeline (it decodes them in its own
+        # thread). Each decode done here is time paho does not read the socket, and a client that
+        # reads too slowly makes the broker drop its messages ("Outgoing messages are being dropped").
         self.defer_decoding = False
         self._lock = threading.Lock()
         self._count_lock = threading.Lock()
@@ -267,6 +267,16 @@ class MqttSource:
         self._started = False
 
     # -- lifecycle ---------------------------------------------------------------------------
+    def bind(self, drops: Drops) -> None:
+        super().bind(drops)
+        self.defer_decoding = True  # a pipeline decodes Deferred messages in its own thread
+
+    @property
+    def rejected(self) -> Counter:
+        """(device, reason) -> count in this source's ledger (its own until bound); what
+        :mod:`streamer.bench_mqtt` reads. Elsewhere ask the ledger: ``source.drops``."""
+        return Counter(self.drops.rows())
+
     def start(self) -> None:
         """Start connecting in paho's own thread (retrying until :meth:`close` or a failure for
         good, see :attr:`fatal`)."""
@@ -427,15 +437,14 @@ class MqttSource:
         return tallies
 
     def _count(self, device: str, reason: str) -> None:
-        """Count unusable input (from paho's thread, or the pipeline's for a Deferred)."""
+        """Count an unusable message (from paho's thread, or the pipeline's for a Deferred)."""
         with self._count_lock:
             if device not in self.devices:  # a flood of new ids must not grow the counters without bound
                 if len(self.devices) >= self.max_devices and device not in (INVALID_DEVICE, OTHER_DEVICES):
                     device = OTHER_DEVICES
                 elif device not in (INVALID_DEVICE, OTHER_DEVICES):
                     self.devices.add(device)
-            self.rejected[device, reason] += 1
-            self.reject(device, reason)
+        self.reject(device, reason)
 
 
 def discovery_id(device: str) -> str:
@@ -522,6 +531,8 @@ class PredictionPublisher:
         client.publish(self.config_topic(device), json.dumps(config, allow_nan=False), qos=1, retain=True)
 
 
+# Only streamer/bench_mqtt.py (its publisher process) still imports this from here; the tests use
+# tests/live_fixtures.wait_until. It goes once bench_mqtt waits on its own (another owner's file).
 def wait_until(condition: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:
     deadline = time.monotonic() + timeout
     while not condition():

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from streamer.drops import Drops
+from streamer.source import Deferred, Source
 from streamer.types import FleetBatch, Prediction, SampleBatch, Window
 
 if TYPE_CHECKING:  # annotations only: sources (streamer.mqtt) import this module without torch
@@ -29,31 +31,7 @@ if TYPE_CHECKING:  # annotations only: sources (streamer.mqtt) import this modul
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class Deferred:
-    """A live source's message, not decoded yet: its thread (a broker connection) then does the
-    least work per message, and what an overload sheds was never paid for."""
-
-    device: str
-    decode: Callable[[], SampleBatch | None]  # run in the pipeline's thread; None: unusable (counted)
-
-
-class Source(Protocol):
-    """Anything that produces sample batches: a replayed recording, a broker, a serial port.
-
-    A source may also say ``live = True``: it cannot be paused (a broker, a serial port), so the
-    pipeline sheds its oldest queued input rather than block its thread (default False: blocked
-    while the queue is full, as a replay wants). A live source with ``defer_decoding`` may hand
-    over :class:`Deferred` messages; the pipeline turns it on."""
-
-    name: str
-    status: str  # one line for the dashboard: "playing", "connected", "retrying in 4 s", ...
-
-    def run(self, emit: Callable[[SampleBatch | FleetBatch], None], stop: threading.Event) -> None:
-        """Emit batches (one device's, or many devices' at once) until the source ends or ``stop``
-        is set."""
-        ...
+__all__ = ["Deferred", "Ingress", "Pipeline", "PipelineStats", "Sink", "Source"]
 
 
 class Rate:
@@ -87,15 +65,6 @@ class PipelineStats:
     sample_rate: Rate = field(default_factory=Rate)
     window_rate: Rate = field(default_factory=Rate)
     latencies_ms: deque = field(default_factory=lambda: deque(maxlen=2000))
-    bad_input: dict[str, Counter] = field(default_factory=dict)  # device -> reason -> count
-    bad_input_logged: set = field(default_factory=set)
-
-    def reject(self, device: str, reason: str, count: int = 1) -> None:
-        """A source could not use some input: count it per device, log it once per reason."""
-        self.bad_input.setdefault(device, Counter())[reason] += count
-        if (device, reason) not in self.bad_input_logged and len(self.bad_input_logged) < 1000:
-            self.bad_input_logged.add((device, reason))
-            log.warning("%s: bad input (%s)", device, reason)
 
     @property
     def accuracy(self) -> float | None:
@@ -260,6 +229,14 @@ class Ingress:
 
 
 class Pipeline:
+    """Sources, scheduler, engine and decider as one loop (:meth:`run`), and what the dashboard
+    and the summary read of them (:meth:`dropped`, :meth:`buffer_fill`, :meth:`signal`,
+    :meth:`summary`).
+
+    Every drop of the run is counted in one ledger, :attr:`drops`: the scheduler's (it forgets
+    devices, and folds their counts into the totals), which the sources, the queue and the decider
+    report into as well."""
+
     def __init__(
         self,
         sources: list[Source],
@@ -274,6 +251,9 @@ class Pipeline:
         self.engine = engine
         self.decider = decider
         self.max_wait_s = max_wait_s
+        self.drops: Drops = scheduler.drops
+        for part in (*sources, decider):
+            part.bind(self.drops)
         # ``in`` on the scheduler's dict from a source thread: atomic under the GIL, and a stale
         # answer only changes which batch is shed first
         self.queue = Ingress(queue_size, serving=lambda device: device in scheduler.devices)
@@ -284,6 +264,28 @@ class Pipeline:
         self.sinks: list[Sink] = []  # told of every prediction (MQTT out, ...)
         self._shedding_logged = -float("inf")
 
+    # -- what the dashboard and the summary read -------------------------------------------------
+    def dropped(self, device: str | None = None) -> Counter:
+        """What was dropped for ``device`` by reason, from the wire to the model's output; with no
+        device, for every device (forgotten and refused ones included)."""
+        return self.drops.by_reason() if device is None else self.drops.of(device)
+
+    def buffer_fill(self) -> float | None:
+        """How full the served devices' ring buffers are, on average (0-1); None: no device yet."""
+        fills = [stream.ring.fill for stream in list(self.scheduler.devices.values())]
+        return sum(fills) / len(fills) if fills else None
+
+    def signal(self, device: str) -> list[float]:
+        """The device's recent acceleration magnitudes, oldest first (empty once forgotten)."""
+        stream = self.scheduler.devices.get(device)
+        return list(stream.signal_magnitude) if stream is not None else []
+
+    @property
+    def rate_hz(self) -> float:
+        """The model's sample rate, which every device is resampled to."""
+        return self.scheduler.rate_hz
+
+    # -- sources' hand-over (their threads) ------------------------------------------------------
     def emit(self, batch: Batch) -> None:
         """A replay source's hand-over, from its thread: blocks while the queue is full."""
         self.queue.put(batch, self.stop_event)
@@ -294,25 +296,87 @@ class Pipeline:
         self.queue.offer(batch)
 
     def _run_source(self, source: Source) -> None:
-        live = getattr(source, "live", False)
-        if live and hasattr(source, "defer_decoding"):
-            source.defer_decoding = True  # decoded in this pipeline's thread (see Deferred)
-        emit = self.offer if live else self.emit
         try:
-            source.run(emit, self.stop_event)
+            source.run(self.offer if source.live else self.emit, self.stop_event)
         except Exception as error:  # a source's failure must not take the pipeline down
             log.error("source %s stopped: %s", source.name, error)
             source.status = f"stopped: {error}"
         finally:
             self.queue.finished(_Finished(source))
 
+    # -- the loop (the caller's thread) ----------------------------------------------------------
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def run(self) -> Iterator[Prediction]:
+        """Predictions as they are made, until every source has ended (or :meth:`stop`).
+
+        Windows wait at most ``max_wait_s`` for company; a full batch (or a fleet's whole moment)
+        goes at once. Once a second, idle devices are forgotten and shed input is counted."""
+        self._start_sources()
+        running = len(self.sources)
+        pending: list[Window] = []
+        oldest = 0.0
+        last_chores = time.monotonic()
+        while running and not self.stop_event.is_set():
+            now = time.monotonic()
+            item = self.queue.get(max(0.0, oldest + self.max_wait_s - now) if pending else 0.2)
+            whole = False  # pending holds a whole moment of a fleet: waiting would add no windows
+            if isinstance(item, _Finished):
+                running -= 1
+            elif item is not None:
+                windows, whole = self._schedule(item)
+                if windows and not pending:
+                    oldest = windows[0].arrival
+                pending += windows
+            now = time.monotonic()
+            full = whole or len(pending) >= self.engine.max_batch
+            if pending and (full or now - oldest >= self.max_wait_s):
+                yield from self._infer(pending)
+                pending = []
+            if now - last_chores > 1.0:
+                last_chores = now
+                self._chores(now)
+        if pending:
+            yield from self._infer(pending)
+        self.stop_event.set()
+        self._count_shed(time.monotonic())
+
+    def _start_sources(self) -> None:
+        for source in self.sources:
+            thread = threading.Thread(target=self._run_source, args=(source,), name=source.name, daemon=True)
+            thread.start()
+            self.threads.append(thread)
+
+    def _schedule(self, item: Batch) -> tuple[list[Window], bool]:
+        """The windows that ``item`` makes ready, and whether they are a fleet's whole moment."""
+        if isinstance(item, Deferred):
+            item = item.decode()  # None: the source counted why
+            if item is None:
+                return [], False
+        if isinstance(item, FleetBatch):
+            windows = self.scheduler.push_fleet(item)
+            whole = bool(windows)
+        else:
+            windows, whole = self.scheduler.push(item), False
+        samples = int(np.size(item.timestamps))
+        self.stats.samples += samples
+        self.stats.sample_rate.add(samples, time.monotonic())
+        return windows, whole
+
+    def _chores(self, now: float) -> None:
+        """Forget idle devices (and tell the decider and the sinks); count what the queue shed."""
+        for device in self.scheduler.evict_idle(now):
+            self._forget(device)
+        self._count_shed(now)
+
     def _count_shed(self, now: float) -> None:
-        """Move the queue's shed samples into the drop counters (in this thread, which owns them)."""
+        """Move the queue's shed samples into the ledger (one log line per overload)."""
         shed = self.queue.take_shed()
         if not shed:
             return
         for (device, reason), count in shed.items():
-            self.stats.bad_input.setdefault(device, Counter())[reason] += count
+            self.drops.add(device, reason, count, quiet=True)
         if now - self._shedding_logged > 10.0:  # one line per overload, not one per device
             log.warning("input arrives faster than it is recognized: shedding the oldest queued batches "
                         "(counted as %r)", SHED)  # fmt: skip
@@ -329,54 +393,6 @@ class Pipeline:
                     forget(device)
                 except Exception as error:  # as in _infer: a sink's failure must not stop recognition
                     log.error("sink %s failed to forget %s: %s", sink, device, error)
-
-    def stop(self) -> None:
-        self.stop_event.set()
-
-    def run(self) -> Iterator[Prediction]:
-        """Predictions as they are made, until every source has ended (or :meth:`stop`)."""
-        for source in self.sources:
-            thread = threading.Thread(target=self._run_source, args=(source,), name=source.name, daemon=True)
-            thread.start()
-            self.threads.append(thread)
-        running = len(self.sources)
-        pending: list[Window] = []
-        oldest = 0.0
-        last_eviction = time.monotonic()
-        while running and not self.stop_event.is_set():
-            now = time.monotonic()
-            timeout = max(0.0, oldest + self.max_wait_s - now) if pending else 0.2
-            item = self.queue.get(timeout)
-            if isinstance(item, Deferred):
-                item = item.decode()  # None: the source counted why
-            whole = False  # pending holds a whole moment of a fleet: waiting would add no windows
-            if isinstance(item, _Finished):
-                running -= 1
-            elif item is not None:
-                if isinstance(item, FleetBatch):
-                    windows = self.scheduler.push_fleet(item)
-                    whole = bool(windows)
-                else:
-                    windows = self.scheduler.push(item)
-                self.stats.samples += np.size(item.timestamps)
-                self.stats.sample_rate.add(np.size(item.timestamps), time.monotonic())
-                if windows and not pending:
-                    oldest = windows[0].arrival
-                pending += windows
-            now = time.monotonic()
-            full = whole or len(pending) >= self.engine.max_batch
-            if pending and (full or now - oldest >= self.max_wait_s):
-                yield from self._infer(pending)
-                pending = []
-            if now - last_eviction > 1.0:
-                last_eviction = now
-                for device in self.scheduler.evict_idle(now):
-                    self._forget(device)
-                self._count_shed(now)
-        if pending:
-            yield from self._infer(pending)
-        self.stop_event.set()
-        self._count_shed(time.monotonic())
 
     def _infer(self, windows: list[Window]) -> Iterator[Prediction]:
         probs = self.engine.probabilities(windows)
@@ -398,13 +414,10 @@ class Pipeline:
 
     def summary(self) -> dict:
         totals = self.scheduler.totals()  # forgotten and refused devices included
-        dropped = Counter(totals.dropped) + self.decider.dropped
-        for reasons in self.stats.bad_input.values():
-            dropped.update(reasons)
-        elapsed = time.monotonic() - self.stats.started
+        dropped = self.dropped()
         extra: dict = {}
         for source in self.sources:  # a source's own tallies (an MQTT shard: other shards' messages)
-            extra |= getattr(source, "summary", dict)()
+            extra |= source.summary()
         return {
             "windows": self.stats.windows,
             "accuracy": self.stats.accuracy,
@@ -418,6 +431,6 @@ class Pipeline:
             "devices_forgotten": self.scheduler.evicted_devices,
             "latency_p50_ms": self.stats.latency_percentile(50),
             "latency_p99_ms": self.stats.latency_percentile(99),
-            "seconds": round(elapsed, 3),
+            "seconds": round(time.monotonic() - self.stats.started, 3),
             **extra,
         }

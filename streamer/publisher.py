@@ -77,6 +77,20 @@ class Publisher:
         self._was_connected = False
         self._closing = False
 
+    @property
+    def total_samples(self) -> int:
+        """Samples in the whole recording."""
+        return sum(len(recording.timestamps) for recording in self.replay.device.recordings)
+
+    @property
+    def state(self) -> str:
+        """The broker connection, in a few words, for the progress line."""
+        if self.error:
+            return "gave up: the broker is gone"
+        if not self.connected.is_set():
+            return "waiting for the broker"
+        return f"connected ({self.reconnects} reconnects)" if self.reconnects else "connected"
+
     # -- paho callbacks (its network thread) -------------------------------------------------
     def _on_connect(self, client: mqtt.Client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:

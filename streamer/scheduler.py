@@ -25,6 +25,7 @@ import numpy as np
 from model.labels import window_labels
 from model.preprocessing import PreprocessingSpec, build_preprocessor, process_stacked
 from streamer import limits
+from streamer.drops import RETIRED, Drops
 from streamer.resample import StreamResampler
 from streamer.ringbuffer import RingBuffer
 from streamer.types import FleetBatch, SampleBatch, Window
@@ -41,11 +42,17 @@ class DeviceCounters:
     windows: int = 0
     gaps: int = 0  # stream restarts after a silence
     clock_jumps: int = 0  # stream restarts after the device's clock jumped (back, or far ahead)
-    dropped: Counter = field(default_factory=Counter)  # reason -> samples (or messages) dropped
+    # reason -> samples (or messages) dropped: in a scheduler, its ledger's live counter of the
+    # device (Scheduler.drops), which also holds what the sources and the queue dropped of it
+    dropped: Counter = field(default_factory=Counter)
 
     @property
     def dropped_total(self) -> int:
         return sum(self.dropped.values())
+
+    def without_drops(self) -> DeviceCounters:
+        """The same tallies with no drops (those are the ledger's to fold, see Drops.retire)."""
+        return DeviceCounters(self.samples, self.windows, self.gaps, self.clock_jumps)
 
     def add(self, other: DeviceCounters) -> None:
         """Fold another device's tallies into these (a device that is forgotten keeps counting)."""
@@ -79,22 +86,18 @@ class DeviceStream:
         self.ring = RingBuffer(scheduler.window, n_features)
         self.truth = RingBuffer(scheduler.window, 1, dtype=np.int64)
         self.resampler = StreamResampler(scheduler.rate_hz)
-        self.counters = DeviceCounters()
+        self.counters = DeviceCounters(dropped=scheduler.drops.counter(device))
         self.last_t = -np.inf
         self.last_seen = 0.0  # arrival time of the last batch, for idle eviction
         self.segment = 0
         self.recent_dt: deque[float] = deque(maxlen=64)
         self.announced_rate: float | None = None
         self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        self._logged: set[str] = set()
         self.signal_magnitude: deque[float] = deque(maxlen=120)  # for the dashboard's sparkline
 
     # -- bookkeeping -------------------------------------------------------------------------
     def drop(self, reason: str, count: int = 1) -> None:
-        self.counters.dropped[reason] += count
-        if reason not in self._logged:  # log once per device and reason; counters keep the tally
-            self._logged.add(reason)
-            log.warning("%s: dropping input (%s)", self.device, reason)
+        self.scheduler.drops.add(self.device, reason, count)  # logged once per device and reason
 
     def restart(self) -> None:
         """Forget the stream: after a gap the next sample starts afresh, as a new recording does."""
@@ -282,6 +285,9 @@ class Scheduler:
     so the one silent the longest is always first: at ``max_devices`` a new device takes its slot
     when it has been silent for ``admit_after_s``, else the newcomer's samples are dropped under
     :data:`DEVICE_LIMIT`. A forgotten device's tallies stay in :attr:`retired`.
+
+    Drops are counted in :attr:`drops`, per device and reason (:mod:`streamer.drops`); a pipeline
+    uses this ledger for the whole run.
     """
 
     def __init__(
@@ -312,7 +318,9 @@ class Scheduler:
         self.idle_timeout_s = idle_timeout_s
         self.admit_after_s = admit_after_s
         self.devices: OrderedDict[str, DeviceStream] = OrderedDict()  # the longest silent first
-        self.retired = DeviceCounters()  # forgotten devices' tallies, and refused devices' drops
+        self.drops = Drops()
+        # forgotten devices' tallies, and refused devices' drops (the ledger's RETIRED counter)
+        self.retired = DeviceCounters(dropped=self.drops.counter(RETIRED))
         # channel names as sent -> column indices in the model's order, or why they do not fit
         self._column_maps: dict[tuple[str, ...], np.ndarray | str] = {}
         self._stack = build_preprocessor(spec)  # runs many devices' states at once (push_fleet)
@@ -405,7 +413,7 @@ class Scheduler:
             stream = self._admit(batch.device, batch.arrival)
             if stream is None:
                 self.rejected_devices += 1
-                self.retired.dropped[DEVICE_LIMIT] += len(batch.timestamps)
+                self.drops.add(RETIRED, DEVICE_LIMIT, len(batch.timestamps), quiet=True)  # logged below
                 if self.rejected_devices == 1:
                     log.warning("device limit (%d) reached: new device ids wait for a silent one's slot",
                                 self.max_devices)  # fmt: skip
@@ -432,7 +440,9 @@ class Scheduler:
         return stream
 
     def _forget(self, device: str) -> None:
-        self.retired.add(self.devices.pop(device).counters)
+        counters = self.devices.pop(device).counters
+        self.retired.add(counters.without_drops())
+        self.drops.retire(device)  # its drops, into the retired counter
         self.evicted_devices += 1
 
     def evict_idle(self, now: float) -> list[str]:
@@ -449,9 +459,9 @@ class Scheduler:
         return gone
 
     def totals(self) -> DeviceCounters:
-        """Every device's tallies, the forgotten and the refused included."""
-        total = DeviceCounters()
-        total.add(self.retired)
-        for stream in self.devices.values():
-            total.add(stream.counters)
+        """Every device's tallies, the forgotten and the refused included; drops: everything in
+        the ledger (in a pipeline, also what never reached the scheduler)."""
+        total = DeviceCounters(dropped=self.drops.by_reason())
+        for counters in (self.retired, *(stream.counters for stream in self.devices.values())):
+            total.add(counters.without_drops())
         return total

@@ -26,6 +26,7 @@ import numpy as np
 import serial
 
 from streamer.limits import WIRE_RATE_HZ
+from streamer.source import SourceBase
 from streamer.types import SampleBatch
 from streamer.wire import ACC, GYRO, STANDARD_GRAVITY, WireError
 
@@ -86,7 +87,8 @@ class LineParser:
     """
 
     def __init__(self, columns: tuple[str, ...] | None = None, hz: float | None = None,
-                 acc_unit: str = "g", wanted: tuple[str, ...] = ()) -> None:  # fmt: skip
+                 acc_unit: str = "g", wanted: tuple[str, ...] = (),
+                 dropped: Callable[[str, int], None] = lambda reason, count: None) -> None:  # fmt: skip
         if hz is not None and not WIRE_RATE_HZ[0] <= hz <= WIRE_RATE_HZ[1]:  # NaN fails this too
             raise ValueError(f"--hz must be from {WIRE_RATE_HZ[0]:g} to {WIRE_RATE_HZ[1]:g}, not {hz:g}")
         self.given = columns or None  # --columns
@@ -96,7 +98,7 @@ class LineParser:
         self.known = frozenset((*ACC, *GYRO, *self.wanted))
         self.hz = hz
         self.acc_scale = 1.0 / STANDARD_GRAVITY if acc_unit == "m/s2" else 1.0
-        self.dropped: Callable[[str, int], None] = lambda reason, count: None  # the source's counter
+        self.dropped = dropped  # (reason, samples): the source's counter
         self.held: list[list[float]] = []
         self.restart(time.monotonic())
 
@@ -246,32 +248,38 @@ def device_name(port: str) -> str:
     return name if name.strip(".") else "serial"
 
 
-class SerialSource:
-    """One device on one serial port; reopens the port when it comes back after a loss."""
+class SerialSource(SourceBase):
+    """One device on one serial port; reopens the port when it comes back after a loss. What it
+    cannot use (text, noise, lines that do not fit) is counted with :meth:`reject`."""
 
     live = True  # a port cannot be paused: the pipeline sheds (and counts) rather than block its reader
 
     def __init__(self, port: str, channels: tuple[str, ...], baud: int = 115_200, device: str | None = None,
                  columns: tuple[str, ...] | None = None, hz: float | None = None, acc_unit: str = "g",
                  max_line: int | None = None, batch_size: int = 64) -> None:  # fmt: skip
+        super().__init__()
         self.port = port
         self.baud = baud
         self.device = device or device_name(port)
         self.channels = channels
-        self.parser = LineParser(columns, hz, acc_unit, wanted=channels)
-        self.parser.dropped = self._count
+        self.parser = LineParser(columns, hz, acc_unit, wanted=channels, dropped=self._count)
         # room for a time column, the wanted channels and a few more than the device may send
         self.framer = LineFramer(max_line or line_limit(len(columns or ()) + len(channels) + 8))
         self.batch_size = batch_size
         self.name = f"serial {port}"
         self.status = "opening"
-        self.reject: Callable[..., None] = lambda device, reason, count=1: None  # the pipeline's counter
-        self.rejected: dict[str, int] = {}
         self.opened: serial.Serial | None = None  # a port opened before run(), e.g. to fail early
 
     def open(self) -> serial.Serial:
         self.opened = serial.serial_for_url(self.port, baudrate=self.baud, timeout=0.1)
         return self.opened
+
+    def close(self) -> None:
+        """Close a port opened early (to fail early) that :meth:`run` never took over; :meth:`run`
+        closes its own when ``stop`` is set."""
+        port, self.opened = self.opened, None
+        if port is not None:
+            port.close()
 
     def run(self, emit: Callable[[SampleBatch], None], stop: threading.Event) -> None:
         attempts = 0
@@ -345,5 +353,4 @@ class SerialSource:
         return batches
 
     def _count(self, reason: str, count: int = 1) -> None:
-        self.rejected[reason] = self.rejected.get(reason, 0) + count
         self.reject(self.device, reason, count)

@@ -131,6 +131,7 @@ def run_soak(checkpoint: CheckpointMeta, engine: InferenceEngine, hours: float =
     scheduler = Scheduler(checkpoint.preprocessing, checkpoint.window, hop, rate, max_devices=max_devices,
                           idle_timeout_s=300.0, units=units)  # fmt: skip
     decider = Decider(checkpoint.classes)
+    decider.bind(scheduler.drops)  # one ledger: the scheduler's drops and the decider's
     wire_errors: Counter = Counter()
     attacks: Counter = Counter()
     last_prediction: dict[str, float] = {}
@@ -190,7 +191,7 @@ def run_soak(checkpoint: CheckpointMeta, engine: InferenceEngine, hours: float =
         "good_device_windows_expected": good * ((seconds * int(rate) - checkpoint.window) // hop + 1),
         "longest_good_silence_s": round(longest_silence, 3),
         "hop_s": hop / rate,
-        "dropped_by_reason": dict(totals.dropped) | dict(decider.dropped),
+        "dropped_by_reason": dict(totals.dropped),
         "wire_errors": dict(wire_errors),
         "clock_jumps": totals.clock_jumps,
         "gaps": totals.gaps,

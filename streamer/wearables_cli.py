@@ -1,38 +1,44 @@
 """``harstream mqtt | serial | publish | record``: live wearables on the command line.
 
-Kept apart from :mod:`streamer.cli`, which only registers these commands in its parser.
+:mod:`streamer.cli` registers these commands in its parser; like ``replay``, the recognizers
+(``mqtt``, ``serial``) are built by :mod:`streamer.live_command`, which this module imports and
+which imports neither command file.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import signal
 import socket
-import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from streamer.cli import CliError, add_live_options, live_parts, open_checkpoint, run_live
+from streamer.live_command import (
+    CliError,
+    LiveOptions,
+    add_device_limits,
+    add_live_options,
+    live_parts,
+    open_checkpoint,
+    run_live,
+    say,
+    sigterm_as_interrupt,
+)
 
-
-def sigterm_as_interrupt() -> None:
-    """SIGTERM stops as Ctrl-C does: sources stop, files close, the summary prints."""
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, interrupt)
-
-
-def say(message: str) -> None:
-    print(f"harstream: {message}", file=sys.stderr, flush=True)
+if TYPE_CHECKING:
+    from streamer.mqtt import MqttOptions, MqttSource
+    from streamer.publisher import Publisher
+    from streamer.serial_source import SerialSource
 
 
 # -- MQTT ----------------------------------------------------------------------------------------
-def mqtt_options(args: argparse.Namespace):
+def mqtt_options(args: argparse.Namespace, *, shard: str | None = None, shared_group: str | None = None,
+                 announce: bool = False) -> MqttOptions:  # fmt: skip
+    """The broker connection that the options every MQTT command has ask for (``--broker``,
+    ``--topic``, credentials, TLS, ``--client-id``, ``--qos``), checked; for a recognizer also
+    its ``--shard`` or ``--shared-group``, and whether it ``announce``-s its availability."""
     from streamer.mqtt import MqttOptions, TopicPattern, parse_broker
     from streamer.shard import Shard
     from streamer.wire import valid_device_id
@@ -44,12 +50,11 @@ def mqtt_options(args: argparse.Namespace):
     for path in (args.tls_ca, args.tls_cert, args.tls_key):
         if path and not Path(path).exists():
             raise CliError(f"no such file: {path}")
-    shard = Shard.parse(args.shard) if getattr(args, "shard", None) else None
-    group = getattr(args, "shared_group", None)
-    if group is not None and not args.client_id:
+    parsed = Shard.parse(shard) if shard else None
+    if shared_group is not None and not args.client_id:
         # one id per worker: two sessions with one id disconnect each other, over and over
         raise CliError("--shared-group needs a --client-id of its own for each worker")
-    suffix = f"-shard{shard.index}of{shard.count}" if shard else ""  # workers of one host differ
+    suffix = f"-shard{parsed.index}of{parsed.count}" if parsed else ""  # workers of one host differ
     # The recognizer's stable name (its status topic); a default client id adds the process id, as
     # mosquitto's own clients do: two processes with one id take the session from each other.
     host = f"harstream-{socket.gethostname()}"[: 50 - len(suffix)]
@@ -60,23 +65,29 @@ def mqtt_options(args: argparse.Namespace):
     return MqttOptions(
         broker=parse_broker(args.broker), topic=TopicPattern.parse(args.topic), client_id=client_id,
         qos=args.qos, username=args.username, password=args.password, tls_ca=args.tls_ca,
-        tls_cert=args.tls_cert, tls_key=args.tls_key, shard=shard, shared_group=group,
+        tls_cert=args.tls_cert, tls_key=args.tls_key, shard=parsed, shared_group=shared_group,
         persistent=bool(args.client_id),  # a session kept on the broker is an explicit choice
-        # availability matters to whoever reads the predictions (Home Assistant); `record` and a
-        # recognizer that publishes nothing stay off the status topic
-        announce=bool(getattr(args, "publish", False) or getattr(args, "ha_discovery", False)), name=name,
+        announce=announce, name=name,
     )  # fmt: skip
 
 
-def start_mqtt(args: argparse.Namespace, channels: tuple[str, ...]):
+def recognizer_mqtt_options(args: argparse.Namespace) -> MqttOptions:
+    """``harstream mqtt``'s connection: availability matters to whoever reads the predictions
+    (Home Assistant), so it is announced with ``--publish`` or ``--ha-discovery``; ``record`` and a
+    recognizer that publishes nothing stay off the status topic."""
+    return mqtt_options(args, shard=args.shard, shared_group=args.shared_group,
+                        announce=args.publish or args.ha_discovery)  # fmt: skip
+
+
+def start_mqtt(options: MqttOptions, channels: tuple[str, ...], *, connect_timeout: float, headless: bool,
+               max_devices: int = 10_000) -> MqttSource:  # fmt: skip
     """An MQTT source, connecting; a refusal for good (credentials, certificate) is an error, and
-    with ``--headless`` so is a broker that stays away."""
+    with ``headless`` so is a broker that stays away for ``connect_timeout`` seconds."""
     from streamer.mqtt import MqttSource, unreachable
 
-    options = mqtt_options(args)
-    source = MqttSource(options, channels, max_devices=getattr(args, "max_devices", 10_000))
+    source = MqttSource(options, channels, max_devices=max_devices)
     source.start()
-    wait = args.connect_timeout if args.headless else min(args.connect_timeout, 2.0)
+    wait = connect_timeout if headless else min(connect_timeout, 2.0)
     if source.wait_settled(wait) and source.fatal:  # retrying cannot help: one line, exit 1
         source.close()
         raise CliError(source.fatal)
@@ -86,50 +97,36 @@ def start_mqtt(args: argparse.Namespace, channels: tuple[str, ...]):
             f"listening on {options.subscription}{shard}")
         return source
     why = unreachable(options.broker) or source.status
-    if args.headless:
+    if headless:
         source.close()
         raise CliError(f"could not connect to broker {options.broker.url} within {wait:g} s: {why}")
     say(f"cannot reach broker {options.broker.url} ({why}); retrying, Ctrl-C to stop")
     return source
 
 
-def share_cores(workers: int) -> None:
-    """Give each of ``workers`` recognizers on this host its share of the cores for inference.
-
-    torch's intra-op threads spin while they wait for work; two workers with all cores each took
-    28 s instead of 0.2 s for the same 100 windows on a busy 2-core machine (tests/test_shard.py).
-    ``OMP_NUM_THREADS`` in the environment, when set, decides instead.
-    """
-    import os
-
-    import torch
-
-    if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
-
-
 def cmd_mqtt(args: argparse.Namespace) -> int:
     from streamer.mqtt import PredictionPublisher
 
-    checkpoint = open_checkpoint(args.checkpoint)
+    connection = recognizer_mqtt_options(args)
+    shard = connection.shard  # N workers on a host share its cores (LiveOptions.inference_threads)
+    options = LiveOptions.from_args(args, workers=shard.count if shard else 1)
+    checkpoint = open_checkpoint(options.checkpoint)
     sigterm_as_interrupt()
-    source = start_mqtt(args, checkpoint.input_channels)
-    if source.options.shard is not None and args.backend == "torch":  # onnx: --threads each
-        share_cores(source.options.shard.count)
+    source = start_mqtt(connection, checkpoint.input_channels, connect_timeout=args.connect_timeout,
+                        headless=options.headless, max_devices=options.max_devices)  # fmt: skip
     try:
-        pipeline, hop = live_parts(args, checkpoint, [source])
-        source.reject = pipeline.stats.reject
+        pipeline, hop = live_parts(options, checkpoint, [source])
         if args.publish or args.ha_discovery:
             pipeline.sinks.append(PredictionPublisher(source, discovery=args.ha_discovery))
-        title = (f"harstream mqtt · {source.options.broker.url} {source.options.subscription} · "
+        title = (f"harstream mqtt · {connection.broker.url} {connection.subscription} · "
                  f"window {checkpoint.window} hop {hop} · Ctrl-C to stop")  # fmt: skip
-        code = run_live(args, pipeline, checkpoint.classes, title)
+        code = run_live(options, pipeline, checkpoint.classes, title)
         return 1 if source.fatal else code  # the source said why, in one line, when it gave up
     finally:
         source.close()
 
 
-def add_mqtt_options(p: argparse.ArgumentParser, required: bool = True) -> None:
+def add_mqtt_options(p: argparse.ArgumentParser | argparse._ArgumentGroup, required: bool = True) -> None:
     p.add_argument("--broker", required=required, help="mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
     p.add_argument("--topic", default="har/+/imu", help="'+' is the device id (default har/+/imu)")
     p.add_argument("--username")
@@ -146,8 +143,9 @@ def add_mqtt_options(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 
 # -- serial --------------------------------------------------------------------------------------
-def serial_source(args: argparse.Namespace, channels: tuple[str, ...]):
-    """A serial source; with ``--headless`` a port that does not open is an error."""
+def serial_source(args: argparse.Namespace, channels: tuple[str, ...], *, headless: bool) -> SerialSource:
+    """The serial source that ``--port``, ``--baud``, ``--hz``, ``--columns``, ``--device`` and
+    ``--acc-unit`` ask for, its port opened; with ``headless`` a port that does not open is an error."""
     from streamer.limits import WIRE_RATE_HZ
     from streamer.serial_source import NAME, SerialSource
     from streamer.wire import valid_device_id
@@ -170,23 +168,26 @@ def serial_source(args: argparse.Namespace, channels: tuple[str, ...]):
         source.open()
         say(f"opened {args.port} as device {source.device}")
     except OSError as error:  # serial.SerialException is an OSError
-        if args.headless:
+        if headless:
             raise CliError(f"could not open port {args.port!r}: {error}") from None
         say(f"could not open port {args.port!r} ({error}); retrying, Ctrl-C to stop")
     return source
 
 
 def cmd_serial(args: argparse.Namespace) -> int:
-    checkpoint = open_checkpoint(args.checkpoint)
+    options = LiveOptions.from_args(args)
+    checkpoint = open_checkpoint(options.checkpoint)
     sigterm_as_interrupt()
-    source = serial_source(args, checkpoint.input_channels)
-    pipeline, hop = live_parts(args, checkpoint, [source])
-    source.reject = pipeline.stats.reject
-    title = f"harstream serial · {args.port} · window {checkpoint.window} hop {hop} · Ctrl-C to stop"
-    return run_live(args, pipeline, checkpoint.classes, title)
+    source = serial_source(args, checkpoint.input_channels, headless=options.headless)
+    try:
+        pipeline, hop = live_parts(options, checkpoint, [source])
+        title = f"harstream serial · {args.port} · window {checkpoint.window} hop {hop} · Ctrl-C to stop"
+        return run_live(options, pipeline, checkpoint.classes, title)
+    finally:
+        source.close()
 
 
-def add_serial_options(p: argparse.ArgumentParser, required: bool = True) -> None:
+def add_serial_options(p: argparse.ArgumentParser | argparse._ArgumentGroup, required: bool = True) -> None:
     p.add_argument("--port", required=required, help="serial port, e.g. /dev/ttyUSB0 (or a pyserial URL)")
     p.add_argument("--baud", type=int, default=115_200)
     p.add_argument("--hz", type=float, help="sample rate, when lines carry no time column")
@@ -195,8 +196,29 @@ def add_serial_options(p: argparse.ArgumentParser, required: bool = True) -> Non
     p.add_argument("--acc-unit", choices=("g", "m/s2"), default="g", help="unit of the acc_* columns")
 
 
-# -- publish and record --------------------------------------------------------------------------
+# -- publish -------------------------------------------------------------------------------------
 def cmd_publish(args: argparse.Namespace) -> int:
+    publishers = make_publishers(args)
+    connect_all(publishers, args.connect_timeout)
+    sigterm_as_interrupt()
+    stop = threading.Event()
+    threads = [threading.Thread(target=p.run, args=(stop,), daemon=True) for p in publishers]
+    for thread in threads:
+        thread.start()
+    interrupted = False
+    try:
+        watch_publishers(publishers, threads)
+    except KeyboardInterrupt:
+        interrupted = True
+        stop.set()
+    failed = report_publishers(publishers)
+    if interrupted:
+        return 130
+    return 1 if failed else 0
+
+
+def make_publishers(args: argparse.Namespace) -> list[Publisher]:
+    """A simulated wearable for each device of ``SOURCE``, checked, not connected yet."""
     from model.recordings import HAPT_ACTIVITIES, HAPT_CHANNELS, HAPT_RATE_HZ
     from replay.sources import Inputs, parse_source
     from streamer.publisher import FORMATS, Publisher
@@ -216,26 +238,40 @@ def cmd_publish(args: argparse.Namespace) -> int:
         publishers.append(Publisher(options, device, name, speed=args.speed, fmt=args.format,
                                     prefix=args.topic_prefix, qos=args.qos,
                                     reconnect_timeout=args.connect_timeout))  # fmt: skip
+    return publishers
+
+
+def connect_all(publishers: list[Publisher], timeout: float) -> None:
     try:
         for publisher in publishers:
-            publisher.connect(args.connect_timeout)
+            publisher.connect(timeout)
     except OSError as error:  # ConnectionError and ssl's errors (a wrong CA) are OSErrors
         for publisher in publishers:
             publisher.client.loop_stop()
-        raise CliError(f"could not connect to broker {options.broker.url}: {error}") from None
-    sigterm_as_interrupt()
-    stop = threading.Event()
-    threads = [threading.Thread(target=p.run, args=(stop,), daemon=True) for p in publishers]
-    for thread in threads:
-        thread.start()
-    interrupted = False
-    try:
-        for thread in threads:
-            while thread.is_alive():
-                thread.join(0.2)
-    except KeyboardInterrupt:
-        interrupted = True
-        stop.set()
+        raise CliError(f"could not connect to broker {publishers[0].options.broker.url}: {error}") from None
+
+
+def watch_publishers(publishers: list[Publisher], threads: list[threading.Thread]) -> None:
+    """Wait for the publishers' threads, showing on stderr (a terminal's: nothing is written to a
+    pipe or a file) what each has sent and how its broker connection is."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    sent = "{task.completed:,.0f}/{task.total:,.0f} samples, {task.fields[messages]:,} messages"
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn(sent),
+               TextColumn("{task.fields[state]}"), TimeElapsedColumn())  # fmt: skip
+    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+        tasks = [progress.add_task(p.topic, total=p.total_samples, messages=0, state=p.state)
+                 for p in publishers]  # fmt: skip
+        while alive := [thread for thread in threads if thread.is_alive()]:
+            alive[0].join(0.2)
+            for task, publisher in zip(tasks, publishers, strict=True):
+                progress.update(task, completed=publisher.samples, messages=publisher.messages,
+                                state=publisher.state)  # fmt: skip
+
+
+def report_publishers(publishers: list[Publisher]) -> bool:
+    """One line per publisher, then one per failure; whether any failed."""
     failed = False
     for publisher in publishers:
         unacknowledged = publisher.close()
@@ -248,22 +284,24 @@ def cmd_publish(args: argparse.Namespace) -> int:
             failed = True
             unsure = unacknowledged + publisher.lost
             say(f"{publisher.topic}: the broker did not acknowledge {unsure} messages")
-    if interrupted:
-        return 130
-    return 1 if failed else 0
+    return failed
 
 
+# -- record --------------------------------------------------------------------------------------
 def cmd_record(args: argparse.Namespace) -> int:
     from model.recordings import HAPT_CHANNELS
     from streamer.recorder import CsvRecorder
 
     if (args.broker is None) == (args.port is None):
         raise CliError("record from one of --broker URL or --port DEV")
-    args.headless = True  # no dashboard; a source that cannot start is an error
     sigterm_as_interrupt()
     recorder = CsvRecorder(args.out, HAPT_CHANNELS, note=say)  # recovers what a killed run left
-    source = start_mqtt(args, HAPT_CHANNELS) if args.broker else serial_source(args, HAPT_CHANNELS)
-    source.reject = lambda device, reason, count=1: None  # the source keeps its own tally
+    # no dashboard, so a source that cannot start is an error (headless)
+    if args.broker:
+        source = start_mqtt(mqtt_options(args), HAPT_CHANNELS, connect_timeout=args.connect_timeout,
+                            headless=True)  # fmt: skip
+    else:
+        source = serial_source(args, HAPT_CHANNELS, headless=True)
     stop = threading.Event()
     thread = threading.Thread(target=source.run, args=(recorder.write, stop), daemon=True)
     thread.start()
@@ -277,53 +315,59 @@ def cmd_record(args: argparse.Namespace) -> int:
         interrupted = True
     finally:
         stop.set()
-        if hasattr(source, "close"):
-            source.close()
+        source.close()
         thread.join(2.0)
         for path in recorder.close():
             say(f"wrote {path}")
         if recorder.dropped:
             say("not recorded: " + ", ".join(f"{n} samples ({why})" for why, n in recorder.dropped.items()))
-    if getattr(source, "fatal", None):  # refused for good or taken over: said in one line already
+    if source.fatal:  # refused for good or taken over: said in one line already
         return 1
     return 0 if interrupted or not thread.is_alive() else 1
 
 
+# -- the parser ----------------------------------------------------------------------------------
 def add_wearable_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("mqtt", help="recognize activities of wearables that publish to an MQTT broker")
-    add_mqtt_options(p)
-    p.add_argument("--max-devices", type=int, default=1000, help="ignore device ids beyond this many")
-    p.add_argument("--idle-timeout", type=float, default=300.0,
-                   help="forget a device silent for this many seconds (0 = never)")
-    p.add_argument("--shard", metavar="K/N",
-                   help="keep only the devices with crc32(device id) %% N == K (see streamer/shard.py); "
-                   "run N workers, K = 0 .. N-1")
-    p.add_argument("--shared-group", metavar="NAME",
-                   help="subscribe through the MQTT 5 shared subscription $share/NAME/TOPIC; needs a broker "
-                   "that keeps a topic on one subscriber (EMQX hash_topic), not mosquitto")
-    p.add_argument("--publish", action="store_true", help="publish predictions to har/<device>/activity")
-    p.add_argument("--ha-discovery", action="store_true",
-                   help="announce each device to Home Assistant (implies --publish)")
+    broker = p.add_argument_group("MQTT source")
+    add_mqtt_options(broker)
+    fleet = p.add_argument_group("devices and workers")
+    add_device_limits(fleet)
+    fleet.add_argument("--shard", metavar="K/N",
+                       help="keep only the devices with crc32(device id) %% N == K (see streamer/shard.py); "
+                       "run N workers, K = 0 .. N-1")
+    fleet.add_argument("--shared-group", metavar="NAME",
+                       help="subscribe through the MQTT 5 shared subscription $share/NAME/TOPIC; needs a "
+                       "broker that keeps a topic on one subscriber (EMQX hash_topic), not mosquitto")
+    out = p.add_argument_group("MQTT output")
+    out.add_argument("--publish", action="store_true", help="publish predictions to har/<device>/activity")
+    out.add_argument("--ha-discovery", action="store_true",
+                     help="announce each device to Home Assistant (implies --publish)")
     add_live_options(p)
     p.set_defaults(run=cmd_mqtt)
 
     p = sub.add_parser("serial", help="recognize the activity of a wearable on a serial port")
-    add_serial_options(p)
+    add_serial_options(p.add_argument_group("serial source"))
     add_live_options(p)
     p.set_defaults(run=cmd_serial)
 
     p = sub.add_parser("publish", help="publish a recording over MQTT as a wearable would")
     p.add_argument("source", nargs="?", default="hapt:2", metavar="SOURCE",
                    help="as in replay: hapt:N, csv:PATH, ... (default hapt:2)")
-    add_mqtt_options(p)
-    p.add_argument("--device", help="device id on the wire (default: the recording's)")
-    p.add_argument("--speed", type=float, default=1.0, help="x real time; 0 = as fast as possible")
-    p.add_argument("--format", default="batch", help="json (a message per sample), batch or binary")
-    p.add_argument("--topic-prefix", default="har", help="messages go to PREFIX/DEVICE/imu")
+    add_mqtt_options(p.add_argument_group("MQTT broker"))
+    wearable = p.add_argument_group("the simulated wearable")
+    wearable.add_argument("--device", help="device id on the wire (default: the recording's)")
+    wearable.add_argument("--speed", type=float, default=1.0, help="x real time; 0 = as fast as possible")
+    wearable.add_argument("--format", default="batch", help="json (a message per sample), batch or binary")
+    wearable.add_argument("--topic-prefix", default="har", help="messages go to PREFIX/DEVICE/imu")
     p.set_defaults(run=cmd_publish)
 
-    p = sub.add_parser("record", help="write what live devices send into CSV recordings")
-    add_mqtt_options(p, required=False)
-    add_serial_options(p, required=False)
-    p.add_argument("--out", type=Path, required=True, help="folder for the recordings (one file per device)")
+    p = sub.add_parser("record", help="write what live devices send into CSV recordings",
+                       description="Record from one source: an MQTT broker (--broker) or a serial "
+                       "port (--port).")
+    add_mqtt_options(p.add_argument_group("MQTT source (with --broker)"), required=False)
+    add_serial_options(p.add_argument_group("serial source (with --port)"), required=False)
+    out = p.add_argument_group("output")
+    out.add_argument("--out", type=Path, required=True,
+                     help="folder for the recordings (one file per device)")
     p.set_defaults(run=cmd_record)

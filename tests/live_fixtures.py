@@ -91,12 +91,13 @@ def short_recording(tmp_path_factory) -> Path:
 def replay_reference(checkpoint: Path, recording: Path, hop: int = 64) -> list[dict]:
     """What ``harstream replay`` predicts for the recording, computed in this process."""
     from replay.sources import Inputs, ReplaySource, parse_source
-    from streamer.cli import build_parser, live_parts, open_checkpoint
+    from streamer.cli import build_parser
+    from streamer.live_command import LiveOptions, live_parts, open_checkpoint
 
     args = build_parser().parse_args(["replay", "--checkpoint", str(checkpoint), "--hop", str(hop)])
     ck = open_checkpoint(checkpoint)
     devices = parse_source(f"csv:{recording}", Inputs(ck.input_channels, ck.classes, ck.rate_hz))
-    pipeline, _ = live_parts(args, ck, [ReplaySource(devices[0], speed=0)])
+    pipeline, _ = live_parts(LiveOptions.from_args(args), ck, [ReplaySource(devices[0], speed=0)])
     return [p.to_json() for p in pipeline.run()]
 
 
@@ -108,8 +109,7 @@ def same_predictions(got: list[dict], want: list[dict]) -> None:
 
 def harstream(*args: str, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    # as the installed ``harstream`` script runs it (``-m streamer.cli`` would load cli.py twice)
-    command = [sys.executable, "-c", "import sys; from streamer.cli import main; sys.exit(main())", *args]
+    command = [sys.executable, "-m", "streamer.cli", *args]  # cli.py as __main__: no module loads twice
     return subprocess.Popen(command, cwd=ROOT, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)  # fmt: skip
 
@@ -143,12 +143,13 @@ def predictions(lines: list[str]) -> list[dict]:
     return out
 
 
-def mqtt_options(url: str, client_id: str = "recognizer", persistent: bool = False):
-    """MQTT options for ``har/+/imu`` on ``url``; ``persistent`` keeps the session on the broker."""
+def mqtt_options(url: str, client_id: str = "recognizer", persistent: bool = False, announce: bool = True):
+    """MQTT options for ``har/+/imu`` on ``url``; ``persistent`` keeps the session on the broker,
+    ``announce`` publishes the recognizer's availability."""
     from streamer.mqtt import MqttOptions, TopicPattern
 
     return MqttOptions(parse_broker(url), TopicPattern.parse("har/+/imu"), client_id=client_id,
-                       persistent=persistent)  # fmt: skip
+                       persistent=persistent, announce=announce)  # fmt: skip
 
 
 class Recognizer:
@@ -157,17 +158,16 @@ class Recognizer:
     def __init__(self, url: str, checkpoint: Path, *extra: str, client_id: str = "recognizer",
                  publish: bool = False, discovery: bool = False,
                  persistent: bool = False) -> None:  # fmt: skip
-        from streamer.cli import build_parser, live_parts, open_checkpoint
+        from streamer.cli import build_parser
+        from streamer.live_command import LiveOptions, live_parts, open_checkpoint
         from streamer.mqtt import MqttSource, PredictionPublisher
 
         argv = ["mqtt", "--broker", url, "--checkpoint", str(checkpoint), "--hop", "64", *extra]
-        args = build_parser().parse_args(argv)
+        live = LiveOptions.from_args(build_parser().parse_args(argv))
         ck = open_checkpoint(checkpoint)
-        options = mqtt_options(url, client_id, persistent)
-        options.announce = publish or discovery
-        self.source = MqttSource(options, ck.input_channels, max_devices=args.max_devices)
-        self.pipeline, _ = live_parts(args, ck, [self.source])
-        self.source.reject = self.pipeline.stats.reject
+        options = mqtt_options(url, client_id, persistent, announce=publish or discovery)
+        self.source = MqttSource(options, ck.input_channels, max_devices=live.max_devices)
+        self.pipeline, _ = live_parts(live, ck, [self.source])  # binds the source to the pipeline's drops
         self.publisher = None
         if publish or discovery:
             self.publisher = PredictionPublisher(self.source, discovery=discovery)

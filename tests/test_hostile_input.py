@@ -24,6 +24,7 @@ from streamer.backends import TorchBackend
 from streamer.engine import Decider, InferenceEngine
 from streamer.pipeline import Pipeline
 from streamer.scheduler import DEVICE_LIMIT, Scheduler
+from streamer.source import SourceBase
 from streamer.types import SampleBatch
 from streamer.wire import ACC, GYRO, HEADER, MAGIC, WireError, decode, encode_binary
 
@@ -181,13 +182,14 @@ def test_a_device_whose_push_fails_is_counted_and_restarted_while_others_flow(mo
     assert len(push(s, *still(40, t0=0.2), device="other")) > 0
 
 
-class Hostile:
+class Hostile(SourceBase):
     """A live source: a well-behaved device and an attacker's device, interleaved."""
 
     name = "hostile"
     status = "playing"
 
     def __init__(self) -> None:
+        super().__init__()
         self.good_samples = 0
 
     def run(self, emit, stop: threading.Event) -> None:

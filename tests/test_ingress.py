@@ -10,8 +10,10 @@ import numpy as np
 from live_fixtures import wait_until
 
 from model.recordings import HAPT_CHANNELS
-from streamer.cli import build_parser, live_parts, open_checkpoint
+from streamer.cli import build_parser
+from streamer.live_command import LiveOptions, live_parts, open_checkpoint
 from streamer.pipeline import NEW_DEVICES, SHED, Ingress, _Finished
+from streamer.source import SourceBase
 from streamer.types import SampleBatch
 
 
@@ -82,7 +84,7 @@ def test_a_replay_put_waits_for_room_and_gives_up_when_stopped() -> None:
     assert ingress.take_shed() == {}
 
 
-class Flood:
+class Flood(SourceBase):
     """A live source that sends as fast as it can and records how long each hand-over took."""
 
     live = True
@@ -90,6 +92,7 @@ class Flood:
     status = "sending"
 
     def __init__(self, devices: int, messages: int) -> None:
+        super().__init__()
         self.devices, self.messages = devices, messages
         self.longest_emit = 0.0
         self.sent = 0
@@ -108,7 +111,7 @@ def test_a_live_source_is_never_blocked_by_a_slow_pipeline_and_every_shed_sample
 ) -> None:
     args = build_parser().parse_args(["mqtt", "--broker", "mqtt://x", "--checkpoint", str(tiny_checkpoint)])
     flood = Flood(devices=20, messages=100)
-    pipeline, _ = live_parts(args, open_checkpoint(tiny_checkpoint), [flood])
+    pipeline, _ = live_parts(LiveOptions.from_args(args), open_checkpoint(tiny_checkpoint), [flood])
     push = pipeline.scheduler.push
 
     def slow_push(item):  # a pipeline a hundred times slower than the source
@@ -119,6 +122,6 @@ def test_a_live_source_is_never_blocked_by_a_slow_pipeline_and_every_shed_sample
     collected = threading.Thread(target=lambda: list(pipeline.run()), daemon=True)
     collected.start()
     assert wait_until(lambda: not collected.is_alive(), 60)
-    shed = sum(reasons[SHED] for reasons in pipeline.stats.bad_input.values())
+    shed = pipeline.dropped()[SHED]
     assert flood.longest_emit < 0.05  # was: blocked while the queue was full, for seconds
     assert shed > 0 and pipeline.stats.samples + shed == flood.sent  # every sample: recognized or counted

@@ -19,6 +19,7 @@ from streamer.dashboard import Dashboard
 from streamer.engine import UNCERTAIN, Decider, InferenceEngine
 from streamer.pipeline import Pipeline
 from streamer.scheduler import Scheduler
+from streamer.source import SourceBase
 from streamer.types import FleetBatch
 
 
@@ -196,12 +197,13 @@ def test_uci_har_folder_windows_are_stitched_back_into_streams(tmp_path, tiny_ch
     assert [p.segment for p in predictions] == [0, 0, 0, 0, 0, 1]
 
 
-class OneFleetTick:
+class OneFleetTick(SourceBase):
     """A gateway that hands over one moment of its devices, then stays connected, silent."""
 
     name, status = "one tick", "sending"
 
     def __init__(self, batch: FleetBatch) -> None:
+        super().__init__()
         self.batch = batch
 
     def run(self, emit, stop) -> None:
@@ -282,9 +284,9 @@ def test_the_command_line_explains_itself(capsys, monkeypatch):
 
 
 def test_headless_without_jsonl_says_how_it_is_going(tiny_checkpoint, capsys, monkeypatch):
-    import streamer.cli as cli
+    import streamer.live_command as live_command
 
-    monkeypatch.setattr(cli, "PROGRESS_S", 0.0)
+    monkeypatch.setattr(live_command, "PROGRESS_S", 0.0)
     argv = ["replay", "hapt:24", "--checkpoint", str(tiny_checkpoint), "--speed", "0", "--headless"]
     assert main(argv) == 0
     err = capsys.readouterr().err

@@ -6,6 +6,7 @@ import json
 import signal
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -130,15 +131,18 @@ def test_bad_input_is_counted_per_device_and_never_disturbs_another(broker, tiny
         recognizer.close()
         bad.loop_stop()
     same_predictions(got, want)
-    reasons = recognizer.pipeline.stats.bad_input
-    assert set(reasons["bad"]) >= {"malformed JSON", "wrong channel count", "not UTF-8", "payload over 1 MB",
-                                   "unknown format", "missing channel gyro_x"}  # fmt: skip
-    assert reasons["(invalid device id)"]["invalid device id"] == 2
-    counters = recognizer.pipeline.scheduler.devices["bad"].counters
-    assert counters.dropped["non-finite value"] == 6
-    assert counters.clock_jumps >= 1  # 100 s back: the device's clock restarted, a new stream
-    assert counters.dropped["timestamp not after the previous one"] >= 3 * 25  # the overlapping batches
-    assert recognizer.pipeline.scheduler.devices["good"].counters.dropped_total == 0
+    pipeline = recognizer.pipeline
+    bad = pipeline.dropped("bad")  # one ledger: what the decoder refused and what the scheduler dropped
+    assert set(bad) >= {"malformed JSON", "wrong channel count", "not UTF-8", "payload over 1 MB",
+                        "unknown format", "missing channel gyro_x"}  # fmt: skip
+    assert pipeline.dropped("(invalid device id)")["invalid device id"] == 2
+    assert bad["non-finite value"] == 6
+    assert pipeline.scheduler.devices["bad"].counters.clock_jumps >= 1  # 100 s back: a new stream
+    assert bad["timestamp not after the previous one"] >= 3 * 25  # the overlapping batches
+    assert pipeline.dropped("good") == {}
+    assert pipeline.dropped() == sum((pipeline.dropped(d) for d in ("bad", "(invalid device id)")), Counter())
+    summary = pipeline.summary()
+    assert summary["dropped"] == sum(bad.values()) + 2 and summary["dropped_by_reason"] == pipeline.dropped()
 
 
 def test_broker_restart_mid_stream_reconnects_resubscribes_and_resumes(broker, tiny_checkpoint,
@@ -261,3 +265,4 @@ def test_record_writes_each_device_into_a_complete_csv(broker, short_recording, 
 def test_topic_patterns_need_exactly_one_device_level(topic: str) -> None:
     with pytest.raises(ValueError):
         TopicPattern.parse(topic)
+

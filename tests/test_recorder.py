@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 
 import numpy as np
-from live_fixtures import Lines, harstream
+from live_fixtures import Lines, harstream, wait_until
 from test_serial import Pty
 
 from model.recordings import HAPT_ACTIVITIES, HAPT_CHANNELS, read_csv_recording
@@ -35,13 +34,6 @@ def lines(t: np.ndarray, values: np.ndarray) -> bytes:
     """The samples as a device prints them: time first, CRLF."""
     rows = zip(t, values, strict=True)
     return b"".join((",".join(repr(float(x)) for x in (ti, *v)) + "\r\n").encode() for ti, v in rows)
-
-
-def wait_until(condition, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return condition()
 
 
 def part_lines(path: Path) -> int:

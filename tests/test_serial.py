@@ -5,15 +5,17 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
-from live_fixtures import Lines, harstream, predictions, replay_reference, same_predictions
+from live_fixtures import Lines, harstream, predictions, replay_reference, same_predictions, wait_until
 
 from model.recordings import HAPT_ACTIVITIES, HAPT_CHANNELS, read_csv_recording
 from streamer import cli
+from streamer.drops import Drops
 from streamer.serial_source import LineParser, SerialSource
 from streamer.wire import WireError
 
@@ -64,16 +66,15 @@ def test_serial_cli_gives_the_same_predictions_as_replay(tiny_checkpoint, short_
 
 
 def test_serial_garbage_is_counted_and_the_stream_continues() -> None:
-    counted: dict[tuple[str, str], int] = {}
+    drops = Drops()  # as a pipeline's: the source counts what it cannot use into it
     source = SerialSource("loop://", CHANNELS, device="band", hz=50.0)
-    source.reject = lambda device, reason, count=1: counted.__setitem__(
-        (device, reason), counted.get((device, reason), 0) + count)  # fmt: skip
+    source.bind(drops)
     good = b"0.1,0.2,0.3,0.4,0.5,0.6\n"
     batches = source.handle(
         good + b"\x00\xff\x13binary\n" + b"hello world 1\n" + b"1,2,3\n" + b"9" * 1000 + b"\n"
         + b"0.1\t0.2 0.3,0.4  0.5\t0.6\r\n" + b"nan,0,0,0,0,0\n" + b"0.7,0.8", arrival=1.0)  # fmt: skip
-    assert counted == {("band", "binary noise"): 1, ("band", "not numeric"): 1,
-                       ("band", "wrong column count"): 1, ("band", "line too long"): 1}  # fmt: skip
+    assert drops.rows() == {("band", "binary noise"): 1, ("band", "not numeric"): 1,
+                            ("band", "wrong column count"): 1, ("band", "line too long"): 1}  # fmt: skip
     assert len(batches) == 1 and batches[0].values.shape == (3, 6)  # NaN goes on: the scheduler counts it
     assert np.allclose(batches[0].values[1], [0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
     (rest,) = source.handle(b",0.9,1.0,1.1,1.2\n", arrival=1.1)  # the partial line completed
@@ -82,19 +83,12 @@ def test_serial_garbage_is_counted_and_the_stream_continues() -> None:
 
 
 def test_a_header_names_columns_and_a_missing_channel_is_counted() -> None:
-    counted: dict[str, int] = {}
     source = SerialSource("loop://", CHANNELS, device="band", hz=50.0)
-    source.reject = lambda device, reason, count=1: counted.__setitem__(
-        reason, counted.get(reason, 0) + count)  # fmt: skip
+    counted = counting(source)
     assert source.handle(b"acc_x,acc_y,acc_z\n1,2,3\n4,5,6\n", arrival=0.0) == []
-    assert counted == {"missing channel gyro_x": 2}
+    assert counted() == {"missing channel gyro_x": 2}
     (batch,) = source.handle(b"gyro_z gyro_y gyro_x acc_z acc_y acc_x\n6 5 4 3 2 1\n", arrival=0.1)
     assert batch.values.tolist() == [[1, 2, 3, 4, 5, 6]]
-
-
-def wait_until(condition, deadline: float) -> None:
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.05)
 
 
 def test_a_port_that_disappears_is_reopened_when_it_comes_back(tmp_path) -> None:
@@ -110,20 +104,18 @@ def test_a_port_that_disappears_is_reopened_when_it_comes_back(tmp_path) -> None
         return sum(len(b.timestamps) for b in received)
 
     try:
-        deadline = time.monotonic() + 5
-        wait_until(lambda: source.status == "open", deadline)
+        wait_until(lambda: source.status == "open", 10)
         first.write(b"0,0,1,0,0,0\n" * 10)
-        wait_until(lambda: samples() >= 10, deadline)
+        wait_until(lambda: samples() >= 10, 10)
         first.close()  # the device is unplugged
-        wait_until(lambda: source.status.startswith(("lost", "waiting")), deadline + 5)
+        wait_until(lambda: source.status.startswith(("lost", "waiting")), 10)
         assert source.status.startswith(("lost", "waiting")), source.status
         second = Pty()  # ...and plugged in again, under the same name
         link.unlink()
         link.symlink_to(second.path)
-        deadline = time.monotonic() + 10
-        wait_until(lambda: source.status == "open", deadline)
+        wait_until(lambda: source.status == "open", 10)
         second.write(b"0,0,1,0,0,0\n" * 10)
-        wait_until(lambda: samples() >= 20, deadline)
+        wait_until(lambda: samples() >= 20, 10)
     finally:
         stop.set()
         thread.join(5)
@@ -152,14 +144,11 @@ def test_untimed_lines_are_timed_at_the_measured_rate() -> None:
     assert np.allclose(np.diff(t), 0.02)
 
 
-def counting(source: SerialSource) -> dict[str, int]:
-    counted: dict[str, int] = {}
-
-    def reject(device: str, reason: str, count: int = 1) -> None:
-        counted[reason] = counted.get(reason, 0) + count
-
-    source.reject = reject
-    return counted
+def counting(source: SerialSource) -> Callable[[], Counter]:
+    """The source bound to a ledger of its own, as a pipeline binds it; what it dropped, by reason."""
+    drops = Drops()
+    source.bind(drops)
+    return lambda: drops.of(source.device)
 
 
 def test_a_line_of_text_mid_stream_is_skipped_and_the_samples_go_on() -> None:
@@ -169,7 +158,7 @@ def test_a_line_of_text_mid_stream_is_skipped_and_the_samples_go_on() -> None:
         row = b"0.1,0.2,0.3,0.4,0.5,0.6\n" if columns is None else b"0.0,0.1,0.2,0.3,0.4,0.5,0.6\n"
         batches = source.handle(row * 3 + b"MPU6050 connection successful\r\n" + row * 3 + b"hello world\n"
                                 + b"calibrating gyro_x gyro_y\n" + row * 3, arrival=1.0)  # fmt: skip
-        assert counted == {"not numeric": 3}
+        assert counted() == {"not numeric": 3}
         assert sum(len(b.timestamps) for b in batches) == 9
         assert source.parser.names == (columns or ("acc_x", "acc_y", "acc_z", "gyro_x", "gyro_y", "gyro_z"))
 
@@ -195,7 +184,7 @@ def test_a_header_that_no_longer_fits_gives_way_to_the_columns_it_replaced() -> 
     assert timed.timestamps.tolist() == [0.5] * 4
     # reflashed: six numbers a line, no header; three lines in a row that fit acc+gyro drop the header
     batches = source.handle(b"0,0,1,0,0,0\n" * 10, arrival=2.0)
-    assert counted == {"wrong column count": 2}
+    assert counted() == {"wrong column count": 2}
     assert sum(len(b.timestamps) for b in batches) == 8 and source.parser.header is None
     assert not source.parser.timed
 
@@ -207,7 +196,7 @@ def test_rows_around_a_header_in_one_read_keep_their_own_columns() -> None:
     data = (b"0.1,0.2,0.3,0.4,0.5,0.6\n" * 2 + b"MPU6050 connection successful\n"
             + b"t,acc_x,acc_y,acc_z,gyro_x,gyro_y,gyro_z\n" + b"7.0,1,2,3,4,5,6\n" * 3)  # fmt: skip
     untimed, timed = source.handle(data, arrival=1.0)
-    assert counted == {"not numeric": 1}
+    assert counted() == {"not numeric": 1}
     assert np.allclose(untimed.values, [[0.1, 0.2, 0.3, 0.4, 0.5, 0.6]] * 2)
     assert timed.values.tolist() == [[1, 2, 3, 4, 5, 6]] * 3 and timed.timestamps.tolist() == [7.0] * 3
 
@@ -227,28 +216,26 @@ def test_a_rebooting_device_on_a_real_port_keeps_streaming(tmp_path) -> None:
         return sum(len(b.timestamps) for b in received)
 
     try:
-        deadline = time.monotonic() + 5
-        wait_until(lambda: source.status == "open", deadline)
+        wait_until(lambda: source.status == "open", 10)
         first.write(b"MPU6050 connection successful\r\nt,acc_x,acc_y,acc_z,gyro_x,gyro_y,gyro_z\r\n")
         first.write(b"".join(b"%.2f,0,0,1,0,0,0\r\n" % (k / 50) for k in range(10)))
         first.write(b"hello world\r\n")
         first.write(b"".join(b"%.2f,0,0,1,0,0,0\r\n" % (k / 50) for k in range(10, 20)))
-        wait_until(lambda: samples() >= 20, deadline)
-        assert samples() == 20 and counted == {"not numeric": 2}
+        wait_until(lambda: samples() >= 20, 10)
+        assert samples() == 20 and counted() == {"not numeric": 2}
         first.close()  # unplugged...
-        wait_until(lambda: source.status.startswith(("lost", "waiting")), deadline + 5)
+        wait_until(lambda: source.status.startswith(("lost", "waiting")), 10)
         second = Pty()  # ...and back, reflashed: a banner, then six untimed numbers a line
         link.unlink()
         link.symlink_to(second.path)
-        deadline = time.monotonic() + 10
-        wait_until(lambda: source.status == "open", deadline)
+        wait_until(lambda: source.status == "open", 10)
         second.write(b"Booting... IMU ok\r\n" + b"0,0,1,0,0,0\r\n" * 30)
-        wait_until(lambda: samples() >= 48, deadline)
+        wait_until(lambda: samples() >= 48, 10)
     finally:
         stop.set()
         thread.join(5)
     assert samples() == 48  # 20, then 30 less the 2 that showed the old header no longer fits
-    assert counted == {"not numeric": 3, "wrong column count": 2}
+    assert counted() == {"not numeric": 3, "wrong column count": 2}
     second.close()
 
 
@@ -259,7 +246,7 @@ def test_untimed_lines_are_held_while_the_rate_is_measured_not_dropped() -> None
     for k in range(30):  # 50 Hz, in bursts of 5 lines every 0.1 s
         out += source.handle(b"".join(b"%d,0,1,0,0,0\n" % (5 * k + i) for i in range(5)), arrival=k * 0.1)
     values = np.concatenate([b.values[:, 0] for b in out])
-    assert values.tolist() == list(range(150)) and not counted  # every line, in order
+    assert values.tolist() == list(range(150)) and not counted()  # every line, in order
     t = np.concatenate([b.timestamps for b in out])
     assert np.allclose(np.diff(t), 0.02)
 
@@ -272,7 +259,7 @@ def test_a_silence_while_measuring_restarts_the_measurement() -> None:
         out += source.handle(b"0,0,1,0,0,0\n" * 5, arrival=30.0 + k * 0.1)
     assert source.parser.measured_hz == 50.0
     assert out and all(b.rate_hz == 50.0 and np.isfinite(b.timestamps).all() for b in out)
-    assert counted == {"rate not measured": 1}  # the stray line: no rate spaces it from the rest
+    assert counted() == {"rate not measured": 1}  # the stray line: no rate spaces it from the rest
 
 
 def test_lines_of_many_channels_fit_the_line_limit() -> None:
@@ -281,9 +268,9 @@ def test_lines_of_many_channels_fit_the_line_limit() -> None:
     counted = counting(source)
     line = ",".join(repr(-0.123456789012345 * i) for i in range(113)).encode()
     (batch,) = source.handle(line + b"\n", arrival=0.0)
-    assert batch.values.shape == (1, 113) and not counted
+    assert batch.values.shape == (1, 113) and not counted()
     source.handle(b"1," * 5000 + b"1\n", arrival=0.1)  # still capped
-    assert counted == {"line too long": 1}
+    assert counted() == {"line too long": 1}
 
 
 @pytest.mark.parametrize(("option", "words"), [
@@ -306,4 +293,4 @@ def test_lines_held_while_measuring_are_counted_when_a_header_changes_the_column
     counted = counting(source)
     assert source.handle(b"0,0,1,0,0,0\n" * 5, arrival=0.0) == []  # held: no rate yet
     (timed,) = source.handle(b"t,acc_x,acc_y,acc_z,gyro_x,gyro_y,gyro_z\n0.0,0,0,1,0,0,0\n", arrival=0.1)
-    assert counted == {"rate not measured": 5} and timed.timestamps.tolist() == [0.0]
+    assert counted() == {"rate not measured": 5} and timed.timestamps.tolist() == [0.0]

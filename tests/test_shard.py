@@ -18,7 +18,7 @@ from model.recordings import HAPT_CHANNELS, load_hapt
 from streamer.cli import CliError, build_parser
 from streamer.mqtt import MqttOptions, MqttSource, TopicPattern, parse_broker
 from streamer.shard import Shard, shard_of
-from streamer.wearables_cli import mqtt_options
+from streamer.wearables_cli import recognizer_mqtt_options
 from streamer.wire import encode_json_batch
 
 DEVICES = [f"wrist-{k:02d}" for k in range(20)]
@@ -74,7 +74,7 @@ def test_other_shards_messages_are_ignored_before_decoding_in_one_counter() -> N
         source.handle(f"har/{device}/imu", b"not a payload at all")  # never decoded, so never bad input
     source.handle(f"har/{mine}/imu", b"garbage")
     assert source.other_shard == len(theirs)
-    assert set(source.rejected) == {(mine, "unknown format")}
+    assert source.drops.rows() == {(mine, "unknown format"): 1}  # its own ledger: no pipeline bound it
     assert source.devices == {mine}  # no state for other shards' devices
     assert source.summary() == {"other_shard": len(theirs)}
 
@@ -127,14 +127,14 @@ def test_two_shard_workers_predict_every_device_exactly_once(broker, short_windo
 def test_shared_group_subscribes_through_share_and_needs_its_own_client_id() -> None:
     parser = build_parser()
     args = parser.parse_args(["mqtt", "--broker", "mqtt://h", "--shared-group", "har", "--client-id", "w1"])
-    assert mqtt_options(args).subscription == "$share/har/har/+/imu"
+    assert recognizer_mqtt_options(args).subscription == "$share/har/har/+/imu"
     args = parser.parse_args(["mqtt", "--broker", "mqtt://h", "--shared-group", "har"])
     with pytest.raises(CliError):
-        mqtt_options(args)
+        recognizer_mqtt_options(args)
     with pytest.raises(ValueError):
         MqttOptions(parse_broker("mqtt://h"), TopicPattern.parse("har/+/imu"), "x", shared_group="a/b")
     args = parser.parse_args(["mqtt", "--broker", "mqtt://h", "--shard", "1/3"])
-    assert mqtt_options(args).client_id.endswith("-shard1of3")  # workers on one host keep apart
+    assert recognizer_mqtt_options(args).client_id.endswith("-shard1of3")  # workers on one host keep apart
 
 
 def test_two_shared_subscribers_together_get_every_message_exactly_once(broker) -> None:
