@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from live_fixtures import (
+    ROOT,
     Lines,
     Recognizer,
     harstream,
@@ -19,12 +21,13 @@ from live_fixtures import (
     predictions,
     replay_reference,
     same_predictions,
+    wait_until,
 )
 from live_fixtures import mqtt_client as client
 
 from model.recordings import HAPT_ACTIVITIES, HAPT_CHANNELS, read_csv_recording
 from replay.sources import Device
-from streamer.mqtt import MqttOptions, TopicPattern, discovery_id
+from streamer.mqtt import MqttOptions, TopicPattern, discovery_id, parse_broker
 from streamer.publisher import Publisher
 from streamer.wire import encode_json_batch
 
@@ -266,3 +269,38 @@ def test_topic_patterns_need_exactly_one_device_level(topic: str) -> None:
     with pytest.raises(ValueError):
         TopicPattern.parse(topic)
 
+
+def readme_mqtt_examples() -> list[str]:
+    """The shell commands of the README's MQTT device protocol, in order."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("### Device protocol (MQTT)") : text.index("### Device protocol (serial)")]
+    return [line.strip() for line in section.splitlines()
+            if line.strip().startswith(("mosquitto_pub ", "python3 -c "))]  # fmt: skip
+
+
+def test_the_readme_s_mqtt_examples_pasted_in_order_drop_nothing(broker, tiny_checkpoint, tmp_path) -> None:
+    """Was: the batch's t0 came before the single sample's t, so its samples were dropped."""
+    commands = readme_mqtt_examples()
+    assert len(commands) == 4 and sum(c.startswith("mosquitto_pub") for c in commands) == 3
+    address = parse_broker(broker.url)
+    recognizer = Recognizer(broker.url, tiny_checkpoint)
+    pipeline = recognizer.pipeline
+
+    def paste() -> None:
+        for command in commands:  # the README's own lines, pointed at the test's broker
+            command = command.replace("mosquitto_pub ", f"mosquitto_pub -h {address.host} -p {address.port} ")
+            subprocess.run(command, shell=True, cwd=tmp_path, check=True, timeout=30)
+
+    try:
+        paste()
+        assert wait_until(lambda: pipeline.stats.samples >= 5, 10), pipeline.stats.samples
+        time.sleep(0.3)
+        assert pipeline.dropped() == {}  # nothing refused, nothing dropped
+        counters = pipeline.scheduler.devices["wrist-01"].counters
+        assert (counters.samples, counters.gaps, counters.clock_jumps) == (5, 0, 0)  # one stream, 50 Hz
+        paste()  # pasted again: the device's time went back, as the README says
+        assert wait_until(lambda: pipeline.stats.samples >= 10, 10), pipeline.stats.samples
+        time.sleep(0.3)
+        assert pipeline.dropped("wrist-01") == {"timestamp not after the previous one": 5}
+    finally:
+        recognizer.close()
