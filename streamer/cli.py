@@ -28,6 +28,8 @@ from streamer.live_command import (
 from streamer.wearables_cli import add_wearable_commands
 
 if TYPE_CHECKING:
+    from rich.table import Table
+
     from model.checkpoint_meta import CheckpointMeta
     from replay.sources import Device
 
@@ -35,12 +37,22 @@ __all__ = ["DEFAULT_CHECKPOINT", "CliError", "build_parser", "main"]
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from rich.console import Console
+    meta, metrics, same_data = evaluation(args)
+    if args.json:
+        keys = ("accuracy", "f1_weighted", "f1_macro", "n_windows", "f1_weighted_no_null", "f1_macro_no_null")
+        summary = {k: metrics[k] for k in keys if k in metrics} | {"split": args.split}
+        print(dumps(summary | {"data_fingerprint_matches": same_data}))
+    else:
+        print_evaluation(meta.classes, metrics, args.split, same_data)
+    return 0
 
+
+def evaluation(args: argparse.Namespace) -> tuple[CheckpointMeta, dict, bool]:
+    """The checkpoint's metadata, its metrics on ``--split`` (the data rebuilt from its config),
+    and whether those windows are the ones it was trained and scored on."""
     from model.config import from_dict, override
     from model.datasets import build_splits, null_class
     from model.metrics import summarise
-    from model.report import confusion_table, per_class_table
 
     meta = open_checkpoint(args.checkpoint)
     if "config" not in meta:  # the live path needs none; evaluation rebuilds the data from it
@@ -56,24 +68,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                        f"{args.split} subjects or runs): try --split test")  # fmt: skip
     predicted = engine.probabilities_of(windows.x).argmax(axis=1)
     metrics = summarise(windows.y, predicted, meta.classes, null_class(config))
-    keys = ("accuracy", "f1_weighted", "f1_macro", "n_windows", "f1_weighted_no_null", "f1_macro_no_null")
-    keys = tuple(k for k in keys if k in metrics)
-    summary = {k: metrics[k] for k in keys} | {"split": args.split}
-    same_data = splits.fingerprint == meta.get("data_fingerprint")
-    if args.json:
-        print(dumps(summary | {"data_fingerprint_matches": same_data}))
-        return 0
+    return meta, metrics, splits.fingerprint == meta.get("data_fingerprint")
+
+
+def print_evaluation(classes: tuple[str, ...], metrics: dict, split: str, same_data: bool) -> None:
+    from rich.console import Console
+
+    from model.report import confusion_table, per_class_table
+
     console = Console()
-    console.print(per_class_table(metrics, meta.classes, title=f"{args.split}, per class"))
-    console.print(confusion_table(metrics, meta.classes))
+    console.print(per_class_table(metrics, classes, title=f"{split}, per class"))
+    console.print(confusion_table(metrics, classes))
     console.print(
-        f"[bold]{args.split}[/]: accuracy {metrics['accuracy']:.4f}, weighted F1 "
+        f"[bold]{split}[/]: accuracy {metrics['accuracy']:.4f}, weighted F1 "
         f"{metrics['f1_weighted']:.4f}, macro F1 {metrics['f1_macro']:.4f} on "
         f"{metrics['n_windows']} windows"
     )
     if not same_data:
         console.print("[yellow]note: these windows differ from the ones the model was trained and scored on")
-    return 0
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -117,25 +129,32 @@ def replay_devices(specs: list[str], checkpoint: CheckpointMeta) -> list[Device]
 def cmd_bench(args: argparse.Namespace) -> int:
     import torch  # the baseline it measures against is the eager PyTorch model
     from rich.console import Console
-    from rich.table import Table
 
     from model.checkpoint import load_checkpoint
     from streamer.bench import run_bench
 
     torch.set_num_threads(args.threads)
     open_checkpoint(args.checkpoint)  # a missing one: the same line as everywhere
+    checkpoint = load_checkpoint(args.checkpoint)
     stderr = Console(stderr=True)
     if stderr.is_terminal:  # minutes of work: say which stage it is at
         with stderr.status("harstream bench: starting") as status:
-            result = run_bench(load_checkpoint(args.checkpoint), quick=args.quick, backend=args.backend,
+            result = run_bench(checkpoint, quick=args.quick, backend=args.backend,
                                progress=lambda stage: status.update(f"harstream bench: {stage}"))  # fmt: skip
     else:  # a log: one line per stage
-        result = run_bench(load_checkpoint(args.checkpoint), quick=args.quick, backend=args.backend,
+        result = run_bench(checkpoint, quick=args.quick, backend=args.backend,
                            progress=lambda stage: stderr.print(f"harstream bench: {stage}"))  # fmt: skip
     if args.json:
         print(dumps(result))
-        return 0
-    table = Table("figure", "value", title=f"harstream bench ({'quick' if args.quick else 'full'})")
+    else:
+        Console().print(bench_table(result, args.quick))
+    return 0
+
+
+def bench_table(result: dict, quick: bool) -> Table:
+    from rich.table import Table
+
+    table = Table("figure", "value", title=f"harstream bench ({'quick' if quick else 'full'})")
     for key, value in result.items():
         if not isinstance(value, (dict, list)):
             table.add_row(key, f"{value:,.4g}" if isinstance(value, float) else str(value))
@@ -144,8 +163,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for run in result["e2e_runs"]:
         table.add_row(f"e2e {run['devices']} devices", f"p99 {run['p99_ms']:.0f} ms, dropped "
                       f"{run['dropped']}, cpu {run['cpu_percent']:.0f}%, held {run['held']}")
-    Console().print(table)
-    return 0
+    return table
 
 
 def cmd_soak(args: argparse.Namespace) -> int:
