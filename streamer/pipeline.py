@@ -25,7 +25,7 @@ from streamer.drops import Drops
 from streamer.source import Deferred, Source
 from streamer.types import FleetBatch, Prediction, SampleBatch, Window
 
-if TYPE_CHECKING:  # annotations only: sources (streamer.mqtt) import this module without torch
+if TYPE_CHECKING:  # annotations only: the engine imports the backends, the scheduler the filters
     from streamer.engine import Decider, InferenceEngine
     from streamer.scheduler import Scheduler
 
