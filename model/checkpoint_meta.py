@@ -359,7 +359,7 @@ def _experiment_config(read: _Reader, data: Mapping[str, Any], spec: Preprocessi
             what = f"must equal {json.dumps(where)} ({_shown(value)})"
             raise read.fail(f"config.{section}.{field}", what, whole[section][field])
         whole[section][field] = value
-    return MappingProxyType(whole)
+    return whole  # plain, as every object inside raw (ONNX metadata and --json write it as JSON)
 
 
 def meta_path(path: Path) -> Path:

@@ -232,6 +232,7 @@ def test_new_metadata_holds_each_fact_once_and_reads_back_the_whole_config(tiny)
     assert config.data.window == meta.window and config.preprocessing == meta.preprocessing
     assert config.model == meta.network and config.classes == meta.classes
     assert dict(meta.raw) == stored and meta.to_json() == tiny.with_suffix(".json").read_text()
+    assert json.loads(json.dumps(dict(meta)))["config"] == whole  # as the ONNX export stores it
 
 
 def test_older_metadata_keeps_loading_with_its_copies(tiny) -> None:
