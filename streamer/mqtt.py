@@ -529,14 +529,3 @@ class PredictionPublisher:
             "device": {"identifiers": [unique], "name": device, "manufacturer": "harstream"},
         }
         client.publish(self.config_topic(device), json.dumps(config, allow_nan=False), qos=1, retain=True)
-
-
-# Only streamer/bench_mqtt.py (its publisher process) still imports this from here; the tests use
-# tests/live_fixtures.wait_until. It goes once bench_mqtt waits on its own (another owner's file).
-def wait_until(condition: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(step)
-    return True
