@@ -91,37 +91,51 @@ def test_a_header_names_columns_and_a_missing_channel_is_counted() -> None:
     assert batch.values.tolist() == [[1, 2, 3, 4, 5, 6]]
 
 
+class Plugged:
+    """A device on a real pseudo-terminal behind a stable name, read by a SerialSource in its own
+    thread; :meth:`replug` unplugs it and plugs a new one in under the same name."""
+
+    def __init__(self, folder: Path) -> None:
+        self.pty, self.link = Pty(), folder / "ttyWEAR"
+        self.link.symlink_to(self.pty.path)
+        self.source = SerialSource(str(self.link), CHANNELS, device="wear", hz=50.0)
+        self.received: list = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.source.run, args=(self.received.append, self.stop),
+                                       daemon=True)  # fmt: skip
+
+    def __enter__(self) -> Plugged:
+        self.thread.start()
+        wait_until(lambda: self.source.status == "open", 10)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        self.pty.close()
+
+    def samples(self) -> int:
+        return sum(len(b.timestamps) for b in self.received)
+
+    def replug(self) -> None:
+        self.pty.close()  # the device is unplugged...
+        wait_until(lambda: self.source.status.startswith(("lost", "waiting")), 10)
+        assert self.source.status.startswith(("lost", "waiting")), self.source.status
+        self.pty = Pty()  # ...and plugged in again, under the same name
+        self.link.unlink()
+        self.link.symlink_to(self.pty.path)
+        wait_until(lambda: self.source.status == "open", 10)
+
+
 def test_a_port_that_disappears_is_reopened_when_it_comes_back(tmp_path) -> None:
-    first, link = Pty(), tmp_path / "ttyWEAR"
-    link.symlink_to(first.path)
-    source = SerialSource(str(link), CHANNELS, device="wear", hz=50.0)
-    received: list = []
-    stop = threading.Event()
-    thread = threading.Thread(target=source.run, args=(received.append, stop), daemon=True)
-    thread.start()
-
-    def samples() -> int:
-        return sum(len(b.timestamps) for b in received)
-
-    try:
-        wait_until(lambda: source.status == "open", 10)
-        first.write(b"0,0,1,0,0,0\n" * 10)
-        wait_until(lambda: samples() >= 10, 10)
-        first.close()  # the device is unplugged
-        wait_until(lambda: source.status.startswith(("lost", "waiting")), 10)
-        assert source.status.startswith(("lost", "waiting")), source.status
-        second = Pty()  # ...and plugged in again, under the same name
-        link.unlink()
-        link.symlink_to(second.path)
-        wait_until(lambda: source.status == "open", 10)
-        second.write(b"0,0,1,0,0,0\n" * 10)
-        wait_until(lambda: samples() >= 20, 10)
-    finally:
-        stop.set()
-        thread.join(5)
-    assert samples() == 20
-    assert received[-1].timestamps[0] > received[0].timestamps[-1]  # the clock went on, never back
-    second.close()
+    with Plugged(tmp_path) as port:
+        port.pty.write(b"0,0,1,0,0,0\n" * 10)
+        wait_until(lambda: port.samples() >= 10, 10)
+        port.replug()
+        port.pty.write(b"0,0,1,0,0,0\n" * 10)
+        wait_until(lambda: port.samples() >= 20, 10)
+    assert port.samples() == 20
+    assert port.received[-1].timestamps[0] > port.received[0].timestamps[-1]  # the clock went on, never back
 
 
 def test_a_port_that_never_opens_fails_in_one_line_when_headless(tiny_checkpoint) -> None:
@@ -203,40 +217,19 @@ def test_rows_around_a_header_in_one_read_keep_their_own_columns() -> None:
 
 def test_a_rebooting_device_on_a_real_port_keeps_streaming(tmp_path) -> None:
     """Banner and debug text on the wire, an unplug, a reflashed device without the old header."""
-    first, link = Pty(), tmp_path / "ttyWEAR"
-    link.symlink_to(first.path)
-    source = SerialSource(str(link), CHANNELS, device="wear", hz=50.0)
-    counted = counting(source)
-    received: list = []
-    stop = threading.Event()
-    thread = threading.Thread(target=source.run, args=(received.append, stop), daemon=True)
-    thread.start()
-
-    def samples() -> int:
-        return sum(len(b.timestamps) for b in received)
-
-    try:
-        wait_until(lambda: source.status == "open", 10)
-        first.write(b"MPU6050 connection successful\r\nt,acc_x,acc_y,acc_z,gyro_x,gyro_y,gyro_z\r\n")
-        first.write(b"".join(b"%.2f,0,0,1,0,0,0\r\n" % (k / 50) for k in range(10)))
-        first.write(b"hello world\r\n")
-        first.write(b"".join(b"%.2f,0,0,1,0,0,0\r\n" % (k / 50) for k in range(10, 20)))
-        wait_until(lambda: samples() >= 20, 10)
-        assert samples() == 20 and counted() == {"not numeric": 2}
-        first.close()  # unplugged...
-        wait_until(lambda: source.status.startswith(("lost", "waiting")), 10)
-        second = Pty()  # ...and back, reflashed: a banner, then six untimed numbers a line
-        link.unlink()
-        link.symlink_to(second.path)
-        wait_until(lambda: source.status == "open", 10)
-        second.write(b"Booting... IMU ok\r\n" + b"0,0,1,0,0,0\r\n" * 30)
-        wait_until(lambda: samples() >= 48, 10)
-    finally:
-        stop.set()
-        thread.join(5)
-    assert samples() == 48  # 20, then 30 less the 2 that showed the old header no longer fits
+    with Plugged(tmp_path) as port:
+        counted = counting(port.source)
+        port.pty.write(b"MPU6050 connection successful\r\nt,acc_x,acc_y,acc_z,gyro_x,gyro_y,gyro_z\r\n")
+        port.pty.write(b"".join(b"%.2f,0,0,1,0,0,0\r\n" % (k / 50) for k in range(10)))
+        port.pty.write(b"hello world\r\n")
+        port.pty.write(b"".join(b"%.2f,0,0,1,0,0,0\r\n" % (k / 50) for k in range(10, 20)))
+        wait_until(lambda: port.samples() >= 20, 10)
+        assert port.samples() == 20 and counted() == {"not numeric": 2}
+        port.replug()  # reflashed: a banner, then six untimed numbers a line
+        port.pty.write(b"Booting... IMU ok\r\n" + b"0,0,1,0,0,0\r\n" * 30)
+        wait_until(lambda: port.samples() >= 48, 10)
+    assert port.samples() == 48  # 20, then 30 less the 2 that showed the old header no longer fits
     assert counted() == {"not numeric": 3, "wrong column count": 2}
-    second.close()
 
 
 def test_untimed_lines_are_held_while_the_rate_is_measured_not_dropped() -> None:
