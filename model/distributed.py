@@ -86,6 +86,10 @@ def setup(device: str = "cpu") -> Context:
 
 def teardown(context: Context) -> None:
     if context.distributed and dist.is_initialized():
+        # Every rank leaves together: a rank that tore its gloo group down while rank 0 was still
+        # scoring test and saving was, now and then, aborted ("terminate called without an active
+        # exception", SIGABRT) and took the whole torchrun down with it.
+        dist.barrier()
         dist.destroy_process_group()
 
 
