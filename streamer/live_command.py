@@ -74,6 +74,11 @@ class LiveOptions:
     jsonl: bool = False
     max_devices: int = limits.MAX_DEVICES
     idle_timeout_s: float = 0.0  # 0: never forget a device (replay, serial); mqtt: limits.IDLE_TIMEOUT_S
+    store: str | None = None  # --store: history kept here (streamer.activity_log, streamer.store)
+    retain: str | None = None
+    events: bool = False
+    episode_hold_s: float = 4.0  # streamer.episodes.HOLD_S
+    episode_confidence: float = 0.6  # streamer.episodes.MIN_CONFIDENCE
 
     def __post_init__(self) -> None:
         checks = (
@@ -149,6 +154,9 @@ def add_live_options(p: argparse.ArgumentParser) -> None:
     out = p.add_argument_group("output")
     out.add_argument("--headless", action="store_true", help="no dashboard")
     out.add_argument("--jsonl", action="store_true", help="one JSON object per prediction on stdout")
+    from streamer.activity_log import add_history_options
+
+    add_history_options(p)
 
 
 def add_device_limits(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
@@ -199,7 +207,11 @@ def live_parts(options: LiveOptions, checkpoint: CheckpointMeta,
                           max_devices=options.max_devices, idle_timeout_s=options.idle_timeout_s,
                           units=tuple(checkpoint.get("input_units", ())))  # fmt: skip
     decider = Decider(checkpoint.classes, smooth=options.smooth, min_confidence=options.min_confidence)
-    return Pipeline(sources, scheduler, engine, decider, max_wait_s=options.max_wait_ms / 1000.0), hop
+    pipeline = Pipeline(sources, scheduler, engine, decider, max_wait_s=options.max_wait_ms / 1000.0)
+    from streamer.activity_log import attach_history
+
+    attach_history(options, pipeline, hop / checkpoint.rate_hz)  # episodes, --store, --events
+    return pipeline, hop
 
 
 # -- the run ---------------------------------------------------------------------------------------
@@ -227,7 +239,9 @@ def run_live(options: LiveOptions, pipeline: Pipeline, classes: tuple[str, ...],
         interrupted = True
     finally:
         pipeline.stop()
-    summary = pipeline.summary() | {"interrupted": interrupted}
+    from streamer.activity_log import finish_history
+
+    summary = pipeline.summary() | finish_history(pipeline) | {"interrupted": interrupted}
     if options.jsonl:
         print(dumps({"summary": summary}), flush=True)
     else:

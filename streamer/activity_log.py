@@ -1,0 +1,83 @@
+"""The live commands' history parts: episodes (always), their events on ``--jsonl`` (``--events``),
+and the store (``--store``, ``--retain``). :mod:`streamer.live_command` attaches them to every
+pipeline it builds (:func:`attach_history`) and finishes them after the run (:func:`finish_history`);
+the MQTT command adds its event publisher (:mod:`streamer.episode_publisher`) to the same
+:class:`~streamer.episodes.Episodes`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TYPE_CHECKING
+
+from model.strict_json import dumps
+from streamer.episodes import HOLD_S, MIN_CONFIDENCE, Episodes, Event
+
+if TYPE_CHECKING:
+    from streamer.live_command import LiveOptions
+    from streamer.pipeline import Pipeline
+    from streamer.store import Store
+
+
+def add_history_options(p: argparse.ArgumentParser) -> None:
+    """``--store``, ``--retain``, ``--events`` and the episodes' hysteresis, for every live command."""
+    group = p.add_argument_group("history")
+    group.add_argument("--store", metavar="PATH_OR_URL",
+                       help="keep every prediction and episode: a SQLite file (history.db) or postgresql://...")
+    group.add_argument("--retain", metavar="AGE", help="prune stored predictions older than this "
+                       "(30d, 12h; episodes are kept; default: keep all)")
+    group.add_argument("--events", action="store_true",
+                       help="with --jsonl, also a line per episode start and end")
+    group.add_argument("--episode-hold", dest="episode_hold_s", type=float, default=HOLD_S,
+                       help="seconds a new label must hold before an episode switches (default %(default)g)")
+    group.add_argument("--episode-confidence", type=float, default=MIN_CONFIDENCE,
+                       help="windows less sure than this never switch an episode (default %(default)g)")
+
+
+def attach_history(options: LiveOptions, pipeline: Pipeline, hop_s: float) -> Episodes:
+    """The pipeline's :class:`Episodes` sink, with the store and the JSON-lines events attached as
+    ``options`` ask; a --store that names no store raises StoreError (one line)."""
+    episodes = Episodes(hop_s, hold_s=options.episode_hold_s, min_confidence=options.episode_confidence)
+    if options.store:
+        from streamer.store import StoreSink, open_store
+
+        sink = StoreSink(open_store(options.store, options.retain), hop_s)
+        episodes.on_prediction.append(sink.prediction)
+        episodes.on_finished.append(sink.episode)
+        episodes.store = sink.store  # type: ignore[attr-defined]  # what finish_history closes
+    if options.jsonl and options.events:
+        episodes.listeners.append(print_event)
+    pipeline.sinks.append(episodes)
+    return episodes
+
+
+def print_event(event: Event) -> None:
+    print(dumps({"device": event.device, **event.to_json()}), flush=True)
+
+
+def episodes_of(pipeline: Pipeline) -> Episodes | None:
+    return next((sink for sink in pipeline.sinks if isinstance(sink, Episodes)), None)
+
+
+def store_of(pipeline: Pipeline) -> Store | None:
+    episodes = episodes_of(pipeline)
+    return getattr(episodes, "store", None)
+
+
+def finish_history(pipeline: Pipeline) -> dict:
+    """After the run: open episodes end (their events go out), the store writes what is queued;
+    their tallies for the summary."""
+    episodes = episodes_of(pipeline)
+    if episodes is None:
+        return {}
+    episodes.close()
+    tallies: dict = {}
+    store = store_of(pipeline)
+    if store is not None:
+        store.close()
+        tallies = store.summary()
+        if store.error:
+            print(f"harstream: store {store.target.display} was not writable at the end: {store.error}",
+                  file=sys.stderr, flush=True)  # fmt: skip
+    return tallies
