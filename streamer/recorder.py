@@ -1,7 +1,8 @@
 """What arrives from live devices, written as generic CSV recordings (one file per device).
 
 The files are those :func:`model.recordings.read_csv_recording` reads: ``timestamp``, one column
-per channel, ``label`` (empty: nobody labelled it live) and ``subject`` (the device). A file is
+per channel, ``label`` (the label in force for the device when the batch arrived, from ``labels``:
+see :mod:`streamer.labelling`; empty when none) and ``subject`` (the device). A file is
 written as ``NAME.csv.part``, flushed at least every second, and renamed to ``NAME.csv`` when the
 recorder closes, so a finished ``.csv`` is always a complete file.
 
@@ -109,13 +110,16 @@ class OpenFile:
 
 class CsvRecorder:
     def __init__(self, folder: Path, channels: tuple[str, ...], note: Callable[[str], None] = log.warning,
-                 max_devices: int = MAX_DEVICES, max_open: int = MAX_OPEN) -> None:  # fmt: skip
+                 max_devices: int = MAX_DEVICES, max_open: int = MAX_OPEN,
+                 labels: Callable[[str], str] | None = None) -> None:  # fmt: skip
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.channels = channels
         self.note = note  # one line for the person running the recorder
         self.max_devices = max_devices
         self.max_open = max(1, max_open)
+        self.labels = labels  # device -> its label now ('' for none)
+        self.labelled: dict[tuple[str, str], int] = {}  # (device, label) -> samples written
         self.parts: dict[str, Path] = {}  # device -> its .part, open or not
         self.files: OrderedDict[str, OpenFile] = OrderedDict()  # the open ones, least recently written first
         self.samples: dict[str, int] = {}
@@ -159,7 +163,8 @@ class CsvRecorder:
         except ValueError:
             self._drop("missing channel", n)
             return
-        rows = [[repr(float(t)), *(repr(float(x)) for x in row), "", batch.device]
+        label = self.labels(batch.device) if self.labels is not None else ""
+        rows = [[repr(float(t)), *(repr(float(x)) for x in row), label, batch.device]
                 for t, row in zip(batch.timestamps, batch.values[:, index], strict=True)]  # fmt: skip
         with self.lock:
             if self.closed:
@@ -177,6 +182,8 @@ class CsvRecorder:
                 return
             file.unflushed += n
             self.samples[batch.device] = self.samples.get(batch.device, 0) + n
+            key = (batch.device, label)
+            self.labelled[key] = self.labelled.get(key, 0) + n
         if time.monotonic() - self.last_flush >= FLUSH_S:
             self.flush()
 

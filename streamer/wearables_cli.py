@@ -11,7 +11,6 @@ import argparse
 import os
 import socket
 import threading
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -80,12 +79,13 @@ def recognizer_mqtt_options(args: argparse.Namespace) -> MqttOptions:
 
 
 def start_mqtt(options: MqttOptions, channels: tuple[str, ...], *, connect_timeout: float, headless: bool,
-               max_devices: int = 10_000) -> MqttSource:  # fmt: skip
-    """An MQTT source, connecting; a refusal for good (credentials, certificate) is an error, and
-    with ``headless`` so is a broker that stays away for ``connect_timeout`` seconds."""
+               max_devices: int = 10_000, source: MqttSource | None = None) -> MqttSource:  # fmt: skip
+    """An MQTT source (``source``, or a plain one), connecting; a refusal for good (credentials,
+    certificate) is an error, and with ``headless`` so is a broker that stays away for
+    ``connect_timeout`` seconds."""
     from streamer.mqtt import MqttSource, unreachable
 
-    source = MqttSource(options, channels, max_devices=max_devices)
+    source = source or MqttSource(options, channels, max_devices=max_devices)
     source.start()
     wait = connect_timeout if headless else min(connect_timeout, 2.0)
     if source.wait_settled(wait) and source.fatal:  # retrying cannot help: one line, exit 1
@@ -289,41 +289,9 @@ def report_publishers(publishers: list[Publisher]) -> bool:
 
 # -- record --------------------------------------------------------------------------------------
 def cmd_record(args: argparse.Namespace) -> int:
-    from model.recordings import HAPT_CHANNELS
-    from streamer.recorder import CsvRecorder
+    from streamer.record_session import cmd_record as record  # labels, guided sessions, the dashboard
 
-    if (args.broker is None) == (args.port is None):
-        raise CliError("record from one of --broker URL or --port DEV")
-    sigterm_as_interrupt()
-    recorder = CsvRecorder(args.out, HAPT_CHANNELS, note=say)  # recovers what a killed run left
-    # no dashboard, so a source that cannot start is an error (headless)
-    if args.broker:
-        source = start_mqtt(mqtt_options(args), HAPT_CHANNELS, connect_timeout=args.connect_timeout,
-                            headless=True)  # fmt: skip
-    else:
-        source = serial_source(args, HAPT_CHANNELS, headless=True)
-    stop = threading.Event()
-    thread = threading.Thread(target=source.run, args=(recorder.write, stop), daemon=True)
-    thread.start()
-    say(f"recording {source.name} into {args.out}; Ctrl-C to stop")
-    interrupted = False
-    try:
-        while thread.is_alive():
-            time.sleep(0.5)
-            recorder.flush()  # at least once a second, also when nothing new arrived
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        stop.set()
-        source.close()
-        thread.join(2.0)
-        for path in recorder.close():
-            say(f"wrote {path}")
-        if recorder.dropped:
-            say("not recorded: " + ", ".join(f"{n} samples ({why})" for why, n in recorder.dropped.items()))
-    if source.fatal:  # refused for good or taken over: said in one line already
-        return 1
-    return 0 if interrupted or not thread.is_alive() else 1
+    return record(args)
 
 
 # -- the parser ----------------------------------------------------------------------------------
@@ -370,4 +338,10 @@ def add_wearable_commands(sub: argparse._SubParsersAction) -> None:
     out = p.add_argument_group("output")
     out.add_argument("--out", type=Path, required=True,
                      help="folder for the recordings (one file per device)")
+    labels = p.add_argument_group("labels (a device's own: publish a class name to har/<device>/label)")
+    labels.add_argument("--protocol", metavar="TOML", help="a guided session that labels itself, e.g. "
+                        "configs/protocols/hapt_six.toml")
+    labels.add_argument("--classes", help="the class names labels may take, comma-separated (default: the "
+                        "protocol's, else HAPT's six); keys 1-9 choose one in the dashboard, 0 clears")
+    labels.add_argument("--headless", action="store_true", help="no dashboard: one line per step")
     p.set_defaults(run=cmd_record)

@@ -1,0 +1,208 @@
+"""Labels while recording: who is doing what right now, set from three places.
+
+* MQTT: a device's label is the class name published to ``har/<device>/label`` (the topic of its
+  samples with ``label`` for the last level); an empty payload clears it. :class:`LabelledMqttSource`
+  reads both topics on one connection, in paho's one thread, so a sample carries the label that was
+  in force when it arrived, in the order the broker delivered them.
+* A guided protocol (:class:`RecordingProtocol`, a TOML file) sets every device's label itself, step
+  by step, leaving ``margin_s`` seconds around each switch unlabelled.
+* Keys in the recording dashboard: 1-9 choose a class by its number, 0 clears.
+
+A device's own label (MQTT) wins over the one that the protocol or the keys give every device.
+An unknown class name is one line (once per name) and a counter, never a traceback.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import tomllib
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from streamer.mqtt import MqttOptions, MqttSource, TopicPattern
+
+CLASS_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_ .-]{0,63}")  # fits a CSV cell and a TOML key
+MAX_STEPS = 1000
+MAX_STEP_S = 3600.0
+
+
+class LabelBoard:
+    """The label in force for each device (thread-safe: paho's thread, keys, the protocol's clock)."""
+
+    def __init__(self, classes: tuple[str, ...], note: Callable[[str], None]) -> None:
+        self.classes = classes
+        self.note = note
+        self.everyone = ""  # from the protocol or the keys
+        self.own: dict[str, str] = {}  # device -> its label from MQTT
+        self.rejected: Counter = Counter()  # reason -> label messages not used
+        self._lock = threading.Lock()
+
+    def current(self, device: str) -> str:
+        with self._lock:
+            return self.own.get(device) or self.everyone
+
+    def set_all(self, name: str) -> None:
+        """The label of every device without one of its own ('' clears); names are checked by the caller."""
+        with self._lock:
+            self.everyone = name
+
+    def set_device(self, device: str, payload: bytes) -> bool:
+        """A label message of ``device``; False (counted, said once per name) when it names no class."""
+        try:
+            name = payload.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            return self._reject("label not UTF-8", f"a label message of {device} is not UTF-8: ignored")
+        if name and name not in self.classes:
+            shown = name if len(name) <= 40 else name[:40] + "..."
+            return self._reject(f"unknown label {shown!r}", f"unknown label {shown!r} from {device}: "
+                                f"not one of {', '.join(self.classes)}; ignored, counted")  # fmt: skip
+        with self._lock:
+            if name:
+                self.own[device] = name
+            else:
+                self.own.pop(device, None)
+        return True
+
+    def _reject(self, reason: str, line: str) -> bool:
+        with self._lock:
+            if len(self.rejected) >= 100:  # a flood of made-up names stays bounded
+                reason = "unknown label (others)"
+            first = reason not in self.rejected
+            self.rejected[reason] += 1
+        if first:
+            self.note(line)
+        return False
+
+
+def label_topic(pattern: TopicPattern) -> TopicPattern | None:
+    """``har/+/imu`` -> ``har/+/label``: the samples' topic with ``label`` for its last level
+    (None when the device is the last level, which leaves nowhere to put it)."""
+    if pattern.device_level == len(pattern.levels) - 1:
+        return None
+    return TopicPattern((*pattern.levels[:-1], "label"), pattern.device_level)
+
+
+class LabelledMqttSource(MqttSource):
+    """An MQTT source that also follows each device's label topic (see the module's docstring)."""
+
+    def __init__(self, options: MqttOptions, channels: tuple[str, ...], board: LabelBoard,
+                 max_devices: int = 10_000) -> None:  # fmt: skip
+        super().__init__(options, channels, max_devices=max_devices)
+        self.board = board
+        self.labels = label_topic(options.topic)
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        super()._on_connect(client, userdata, flags, reason_code, properties)
+        if not reason_code.is_failure and self.labels is not None:  # renewed on every reconnect too
+            client.subscribe(self.labels.text, qos=self.options.qos)
+
+    def handle(self, topic: str, payload: bytes, arrival: float | None = None) -> None:
+        device = self.labels.device_of(topic) if self.labels is not None else None
+        if device is None:
+            super().handle(topic, payload, arrival)
+        else:
+            self.board.set_device(device, payload)
+
+
+# -- guided sessions -----------------------------------------------------------------------------
+class ProtocolError(ValueError):
+    """A protocol file that cannot be run; one line naming the file and the place."""
+
+
+@dataclass(frozen=True)
+class Step:
+    activity: str
+    seconds: float
+    say: str = ""  # what the wearer is told to do
+
+
+@dataclass(frozen=True)
+class Now:
+    """Where a guided session is at a moment."""
+
+    index: int  # the step, 0-based; len(steps) once it is over
+    step: Step | None
+    label: str  # '' in the margins around a switch
+    left_s: float  # of this step
+    done: float  # fraction of the whole session
+    finished: bool
+
+
+@dataclass(frozen=True)
+class RecordingProtocol:
+    """What the wearer does, in order, for how long; ``margin_s`` unlabelled around each switch.
+
+    >>> p = RecordingProtocol("demo", (Step("WALKING", 10), Step("SITTING", 10)), margin_s=2)
+    >>> [p.at(t).label for t in (1, 5, 9, 11, 15, 21)]
+    ['', 'WALKING', '', '', 'SITTING', '']
+    """
+
+    name: str
+    steps: tuple[Step, ...]
+    margin_s: float = 2.0
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(s.activity for s in self.steps))
+
+    @property
+    def seconds(self) -> float:
+        return sum(s.seconds for s in self.steps)
+
+    def at(self, elapsed: float) -> Now:
+        start = 0.0
+        for index, step in enumerate(self.steps):
+            if elapsed < start + step.seconds:
+                into = elapsed - start
+                inside = self.margin_s <= into < step.seconds - self.margin_s
+                return Now(index, step, step.activity if inside else "", start + step.seconds - elapsed,
+                           elapsed / self.seconds, False)  # fmt: skip
+            start += step.seconds
+        return Now(len(self.steps), None, "", 0.0, 1.0, True)
+
+    @classmethod
+    def load(cls, path: str | Path) -> RecordingProtocol:
+        path = Path(path)
+        try:
+            raw = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ProtocolError(f"no protocol file at {path}") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+            raise ProtocolError(f"{path}: not valid TOML: {error}") from None
+        return cls.from_dict(raw, str(path))
+
+    @classmethod
+    def from_dict(cls, raw: dict, where: str) -> RecordingProtocol:
+        unknown = set(raw) - {"name", "margin_s", "step"}
+        if unknown:
+            first = sorted(unknown)[0]
+            raise ProtocolError(f"{where}: unknown key {first!r}; expected name, margin_s, [[step]]")
+        margin = raw.get("margin_s", 2.0)
+        if not isinstance(margin, int | float) or isinstance(margin, bool) or not 0 <= margin <= 60:
+            raise ProtocolError(f"{where}: margin_s must be a number of seconds from 0 to 60, got {margin!r}")
+        steps = raw.get("step")
+        if not isinstance(steps, list) or not steps or len(steps) > MAX_STEPS:
+            raise ProtocolError(f"{where}: needs 1 to {MAX_STEPS} [[step]] tables (activity, seconds, say)")
+        parsed = []
+        for n, step in enumerate(steps, start=1):
+            at = f"{where}: step {n}"
+            if not isinstance(step, dict) or set(step) - {"activity", "seconds", "say"}:
+                raise ProtocolError(f"{at}: a step has activity, seconds and optionally say")
+            activity, seconds, say = step.get("activity"), step.get("seconds"), step.get("say", "")
+            if not isinstance(activity, str) or not CLASS_NAME.fullmatch(activity):
+                raise ProtocolError(f"{at}: activity must be a class name (letters, digits, '_'), "
+                                    f"got {activity!r}")  # fmt: skip
+            number = isinstance(seconds, int | float) and not isinstance(seconds, bool)
+            if not number or not 1 <= seconds <= MAX_STEP_S:
+                raise ProtocolError(f"{at}: seconds must be from 1 to {MAX_STEP_S:g}, got {seconds!r}")
+            if 2 * margin >= seconds:
+                raise ProtocolError(f"{at}: {seconds:g} s leaves nothing labelled inside margins "
+                                    f"of {margin:g} s")  # fmt: skip
+            if not isinstance(say, str):
+                raise ProtocolError(f"{at}: say must be text")
+            parsed.append(Step(activity, float(seconds), say))
+        name = raw.get("name", Path(where).stem)
+        return cls(str(name), tuple(parsed), float(margin))

@@ -1,0 +1,192 @@
+"""``harstream record``: live devices into labelled CSV recordings, guided or not.
+
+Labels come from the devices' label topics (MQTT), from a guided ``--protocol`` that tells the
+wearer what to do and labels the samples itself, or from keys 1-9 (0 clears) in the recording
+dashboard (see :mod:`streamer.labelling`). On a terminal the session is a rich panel (the step,
+its countdown, a progress bar, what each device has recorded under which label); elsewhere (a
+pipe, a test) it is one line per step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import select
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+from streamer.labelling import CLASS_NAME, LabelBoard, LabelledMqttSource, ProtocolError, RecordingProtocol
+from streamer.live_command import CliError, say, sigterm_as_interrupt
+
+
+def session_classes(args: argparse.Namespace, protocol: RecordingProtocol | None) -> tuple[str, ...]:
+    """The class names a label may take: ``--classes``, else the protocol's, else HAPT's six."""
+    from model.recordings import HAPT_ACTIVITIES
+
+    if args.classes:
+        classes = tuple(c.strip() for c in args.classes.split(",") if c.strip())
+        bad = next((c for c in classes if not CLASS_NAME.fullmatch(c)), None)
+        if bad is not None or not classes or len(set(classes)) != len(classes):
+            raise CliError(f"bad --classes {args.classes!r}: distinct names of letters, digits and '_'")
+        if protocol is not None and set(protocol.classes) - set(classes):
+            missing = ", ".join(sorted(set(protocol.classes) - set(classes)))
+            raise CliError(f"the protocol's activities {missing} are not in --classes")
+        return classes
+    return protocol.classes if protocol is not None else HAPT_ACTIVITIES
+
+
+@contextlib.contextmanager
+def keys() -> Iterator[callable]:
+    """A function that returns the keys pressed since it was last called (stdin in cbreak mode,
+    restored on the way out); on a stdin that is not a terminal it always returns ''."""
+    if not sys.stdin.isatty():
+        yield lambda: ""
+        return
+    import termios
+    import tty
+
+    fd = sys.stdin.fileno()
+    saved = termios.tcgetattr(fd)
+    tty.setcbreak(fd)
+
+    def pressed() -> str:
+        out = ""
+        while select.select([fd], [], [], 0)[0]:
+            out += os.read(fd, 32).decode(errors="ignore")
+        return out
+
+    try:
+        yield pressed
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    from model.recordings import HAPT_CHANNELS
+    from streamer.recorder import CsvRecorder
+    from streamer.wearables_cli import mqtt_options, serial_source, start_mqtt
+
+    if (args.broker is None) == (args.port is None):
+        raise CliError("record from one of --broker URL or --port DEV")
+    try:
+        protocol = RecordingProtocol.load(args.protocol) if args.protocol else None
+    except ProtocolError as error:
+        raise CliError(str(error)) from None
+    classes = session_classes(args, protocol)
+    sigterm_as_interrupt()
+    board = LabelBoard(classes, note=say)
+    recorder = CsvRecorder(args.out, HAPT_CHANNELS, note=say, labels=board.current)  # recovers a killed run's
+    # no dashboard to retry behind, so a source that cannot start is an error (headless)
+    if args.broker:
+        options = mqtt_options(args)
+        source = LabelledMqttSource(options, HAPT_CHANNELS, board)
+        start_mqtt(options, HAPT_CHANNELS, connect_timeout=args.connect_timeout, headless=True, source=source)
+    else:
+        source = serial_source(args, HAPT_CHANNELS, headless=True)
+    stop = threading.Event()
+    thread = threading.Thread(target=source.run, args=(recorder.write, stop), daemon=True)
+    thread.start()
+    labels_at = f", labels on {source.labels.text}" if getattr(source, "labels", None) else ""
+    say(f"recording {source.name} into {args.out}{labels_at}; Ctrl-C to stop")
+    interrupted = False
+    finished = False
+    try:
+        finished = session(args, source, thread, recorder, board, protocol)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        stop.set()
+        source.close()
+        thread.join(2.0)
+        for path in recorder.close():
+            say(f"wrote {path}")
+        if recorder.dropped:
+            say("not recorded: " + ", ".join(f"{n} samples ({why})" for why, n in recorder.dropped.items()))
+        if board.rejected:
+            say("label messages ignored: " + ", ".join(f"{n} ({why})" for why, n in board.rejected.items()))
+    if source.fatal:  # refused for good or taken over: said in one line already
+        return 1
+    return 0 if interrupted or finished or not thread.is_alive() else 1
+
+
+def session(args, source, thread, recorder, board: LabelBoard, protocol: RecordingProtocol | None) -> bool:
+    """Run until Ctrl-C, the source's end, or the protocol's; True when the protocol finished."""
+    dashboard = sys.stderr.isatty() and not args.headless
+    started = time.monotonic()
+    shown_step = -1
+    with keys() as pressed, (live_panel() if dashboard else contextlib.nullcontext()) as live:
+        while thread.is_alive():
+            time.sleep(0.1)
+            recorder.flush()  # at least once a second, also when nothing new arrived
+            now = protocol.at(time.monotonic() - started) if protocol else None
+            if now is not None:
+                board.set_all(now.label)
+                if now.index != shown_step and not dashboard:
+                    shown_step = now.index
+                    say(step_line(protocol, now))
+                if now.finished:
+                    return True
+            else:
+                for key in pressed():
+                    if key == "0":
+                        board.set_all("")
+                    elif key.isdigit() and int(key) <= len(board.classes):
+                        board.set_all(board.classes[int(key) - 1])
+            if live is not None:
+                live.update(panel(source, recorder, board, protocol, now))
+    return False
+
+
+def step_line(protocol: RecordingProtocol, now) -> str:
+    if now.finished:
+        return f"protocol {protocol.name!r} done"
+    step = now.step
+    said = f": {step.say}" if step.say else ""
+    return f"step {now.index + 1}/{len(protocol.steps)}: {step.activity} — {step.seconds:g} s{said}"
+
+
+@contextlib.contextmanager
+def live_panel():
+    from rich.console import Console
+    from rich.live import Live
+
+    with Live(console=Console(stderr=True), refresh_per_second=8, transient=False) as live:
+        yield live
+
+
+def panel(source, recorder, board: LabelBoard, protocol: RecordingProtocol | None, now):
+    from rich.console import Group
+    from rich.panel import Panel
+    from rich.progress_bar import ProgressBar
+    from rich.table import Table
+    from rich.text import Text
+
+    parts = []
+    if protocol is not None and now is not None and not now.finished:
+        step = now.step
+        title = Text(f"{step.activity} — {step.seconds:g} s", style="bold")
+        parts.append(title)
+        if step.say:
+            parts.append(Text(step.say))
+        state = "recording as " + now.label if now.label else "get ready (not labelled)"
+        parts.append(Text(f"{now.left_s:4.0f} s left · step {now.index + 1}/{len(protocol.steps)} · {state}"))
+        parts.append(ProgressBar(total=1.0, completed=now.done))
+        following = protocol.steps[now.index + 1] if now.index + 1 < len(protocol.steps) else None
+        upcoming = f"{following.activity} — {following.seconds:g} s" if following else "done"
+        parts.append(Text("next: " + upcoming))
+    else:
+        keys_help = "  ".join(f"{i}={c}" for i, c in enumerate(board.classes[:9], start=1))
+        parts.append(Text(f"label for every device: {board.everyone or '(none)'}", style="bold"))
+        parts.append(Text(f"keys: {keys_help}  0=clear", style="dim"))
+    table = Table("device", "samples", "label now", "labelled (samples)", box=None)
+    for device, n in sorted(recorder.samples.items()):
+        by_label = {lb: k for (d, lb), k in recorder.labelled.items() if d == device and lb}
+        shown = ", ".join(f"{lb} {k}" for lb, k in by_label.items()) or "-"
+        table.add_row(device, f"{n:,}", board.current(device) or "-", shown)
+    parts.append(table)
+    dropped = sum(recorder.dropped.values()) + sum(board.rejected.values())
+    return Panel(Group(*parts), title=f"harstream record · {source.name} · {source.status}",
+                 subtitle=f"ignored {dropped} · Ctrl-C to stop")  # fmt: skip

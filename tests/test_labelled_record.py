@@ -1,0 +1,123 @@
+"""`harstream record` labels what it records: from the device's label topic, a guided protocol."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from live_fixtures import Lines, broker, harstream, mqtt_client, wait_until  # noqa: F401 - broker: fixture
+
+from model.recordings import read_csv_recording
+from streamer.labelling import LabelBoard, ProtocolError, RecordingProtocol
+
+CLASSES = ("UPRIGHT", "SHAKING")
+CHANNELS = ("acc_x", "acc_y", "acc_z", "gyro_x", "gyro_y", "gyro_z")
+
+
+def batch(t0: float, n: int, value: float = 0.0) -> bytes:
+    samples = [[value, -1.0, 0.0, 0.0, 0.0, 0.0]] * n
+    return json.dumps({"t0": t0, "hz": 50, "channels": list(CHANNELS), "samples": samples}).encode()
+
+
+def start_record(url: str, out: Path, *extra: str):
+    process = harstream("record", "--broker", url, "--out", str(out), "--headless", *extra)
+    err = Lines(process.stderr)
+    assert err.wait(lambda ls: any("recording" in x for x in ls), 30), err.lines
+    return process, err
+
+
+def stop(process, err: Lines) -> list[str]:
+    process.send_signal(signal.SIGTERM)
+    process.wait(15)
+    return err.wait(lambda ls: False, 1)
+
+
+def test_every_sample_carries_the_label_in_force_when_it_arrived(broker, tmp_path) -> None:
+    out = tmp_path / "rec"
+    process, err = start_record(broker.url, out, "--classes", ",".join(CLASSES))
+    client = mqtt_client(broker.url)
+    try:
+        sent = [(None, 10), ("UPRIGHT", 20), ("NOT_A_CLASS", 5), ("SHAKING", 30), ("", 15)]
+        t = 1000.0
+        for label, n in sent:
+            if label is not None:
+                client.publish("har/band-1/label", label, qos=1).wait_for_publish(5)
+            client.publish("har/band-1/imu", batch(t, n), qos=1).wait_for_publish(5)
+            t += n / 50
+        part = out / "band-1.csv.part"
+        assert wait_until(lambda: part.exists() and part.read_bytes().count(b"\n") >= 81, 20)
+    finally:
+        client.loop_stop()
+        lines = stop(process, err)
+    assert process.returncode == 0, lines
+    recording = read_csv_recording(out / "band-1.csv", CHANNELS, CLASSES, 50.0)
+    names = ["" if i < 0 else CLASSES[i] for i in recording.labels]
+    # an unknown name changes nothing: the label before it stays in force
+    assert names == [""] * 10 + ["UPRIGHT"] * 25 + ["SHAKING"] * 30 + [""] * 15
+    assert any("unknown label 'NOT_A_CLASS'" in line for line in lines), lines
+    assert any("label messages ignored: 1" in line for line in lines), lines
+    assert not any("Traceback" in line for line in lines)
+
+
+def test_a_guided_protocol_labels_each_step_and_leaves_the_switches_unlabelled(broker, tmp_path) -> None:
+    protocol = tmp_path / "p.toml"
+    protocol.write_text('margin_s = 1\n[[step]]\nactivity = "UPRIGHT"\nseconds = 3\nsay = "stand"\n'
+                        '[[step]]\nactivity = "SHAKING"\nseconds = 3\n')  # fmt: skip
+    out = tmp_path / "rec"
+    process, err = start_record(broker.url, out, "--protocol", str(protocol))
+    client = mqtt_client(broker.url)
+    try:
+        t = 0.0
+        while process.poll() is None and t < 20:  # 0.1 s of samples every 0.1 s until the session ends
+            client.publish("har/band-2/imu", batch(t, 5), qos=1)
+            t += 0.1
+            time.sleep(0.1)
+        process.wait(20)
+    finally:
+        client.loop_stop()
+    lines = err.wait(lambda ls: False, 1)
+    assert process.returncode == 0, lines
+    assert any("step 1/2: UPRIGHT — 3 s: stand" in line for line in lines), lines
+    assert any("step 2/2: SHAKING" in line for line in lines), lines
+    recording = read_csv_recording(out / "band-2.csv", CHANNELS, CLASSES, 50.0)
+    labels = list(recording.labels)
+    runs = [labels[0]] + [b for a, b in zip(labels, labels[1:], strict=False) if a != b]
+    assert runs == [-1, 0, -1, 1, -1], runs  # margin, UPRIGHT, switch, SHAKING, end
+    for cls in (0, 1):  # about a second labelled of each 3 s step (1 s margins at both ends)
+        assert 30 <= labels.count(cls) <= 75, labels.count(cls)
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ("", "needs 1 to"),
+    ('[[step]]\nactivity = "A"\nseconds = -3\n', "seconds must be from 1"),
+    ('[[step]]\nactivity = "A B/C"\nseconds = 5\n', "activity must be a class name"),
+    ('margin_s = 3\n[[step]]\nactivity = "A"\nseconds = 5\n', "leaves nothing labelled"),
+    ('[[step]]\nactivity = "A"\nseconds = 5\nspeed = 2\n', "a step has activity, seconds"),
+    ("steps = [", "not valid TOML"),
+])  # fmt: skip
+def test_an_absurd_protocol_is_one_line(tmp_path, text: str, says: str) -> None:
+    path = tmp_path / "p.toml"
+    path.write_text(text)
+    with pytest.raises(ProtocolError, match=says):
+        RecordingProtocol.load(path)
+
+
+def test_the_shipped_protocol_mirrors_hapt() -> None:
+    from model.recordings import HAPT_ACTIVITIES
+
+    protocol = RecordingProtocol.load(Path(__file__).parent.parent / "configs/protocols/hapt_six.toml")
+    assert set(protocol.classes) == set(HAPT_ACTIVITIES)
+
+
+def test_a_flood_of_made_up_labels_is_counted_in_bounded_memory() -> None:
+    said: list[str] = []
+    board = LabelBoard(CLASSES, said.append)
+    for n in range(500):
+        assert not board.set_device("d", f"X{n}".encode())
+    assert board.set_device("d", b"UPRIGHT") and board.current("d") == "UPRIGHT"
+    assert not board.set_device("d", b"\xff")
+    assert sum(board.rejected.values()) == 501 and len(board.rejected) <= 101
+    assert len(said) <= 101
