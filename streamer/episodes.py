@@ -191,6 +191,10 @@ class Episodes:
         tracker = self.trackers.pop(device, None)
         if tracker is not None:
             self._tell(tracker, tracker._end_current())
+        for listener in self.listeners:  # a listener that keeps something per device (MQTT: retained)
+            forget = getattr(listener, "forget", None)
+            if forget is not None:
+                self._safely(forget, device)
 
     def close(self) -> None:
         """The run ended: every open episode ends where its last window did."""

@@ -118,6 +118,10 @@ def cmd_mqtt(args: argparse.Namespace) -> int:
         pipeline, hop = live_parts(options, checkpoint, [source])
         if args.publish or args.ha_discovery:
             pipeline.sinks.append(PredictionPublisher(source, discovery=args.ha_discovery))
+            from streamer.activity_log import episodes_of
+            from streamer.episode_publisher import EpisodePublisher
+
+            EpisodePublisher(source, episodes_of(pipeline), discovery=args.ha_discovery)  # har/<device>/event
         title = (f"harstream mqtt · {connection.broker.url} {connection.subscription} · "
                  f"window {checkpoint.window} hop {hop} · Ctrl-C to stop")  # fmt: skip
         code = run_live(options, pipeline, checkpoint.classes, title)
