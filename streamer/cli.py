@@ -291,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_bench)
 
     add_wearable_commands(sub)  # mqtt, serial, publish, record
+    from streamer.history import add_history_command
+
+    add_history_command(sub)  # history: from a --store
     return parser
 
 
