@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from model.extras import missing_package
 from model.strict_json import dumps
+from streamer.kit_cli import add_kit_commands
 from streamer.live_command import (
     DEFAULT_CHECKPOINT,
     CliError,
@@ -291,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_bench)
 
     add_wearable_commands(sub)  # mqtt, serial, publish, record
+    add_kit_commands(sub)  # check, init-config: your own wearable
     from streamer.history import add_history_command
 
     add_history_command(sub)  # history: from a --store

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 import time
 from pathlib import Path
 
 import pytest
-from live_fixtures import Lines, broker, harstream, mqtt_client, wait_until  # noqa: F401 - broker: fixture
+from live_fixtures import Lines, harstream, mqtt_client, wait_until
 
 from model.recordings import read_csv_recording
 from streamer.labelling import LabelBoard, ProtocolError, RecordingProtocol
@@ -84,7 +85,7 @@ def test_a_guided_protocol_labels_each_step_and_leaves_the_switches_unlabelled(b
     assert any("step 2/2: SHAKING" in line for line in lines), lines
     recording = read_csv_recording(out / "band-2.csv", CHANNELS, CLASSES, 50.0)
     labels = list(recording.labels)
-    runs = [labels[0]] + [b for a, b in zip(labels, labels[1:], strict=False) if a != b]
+    runs = [labels[0]] + [b for a, b in itertools.pairwise(labels) if a != b]
     assert runs == [-1, 0, -1, 1, -1], runs  # margin, UPRIGHT, switch, SHAKING, end
     for cls in (0, 1):  # about a second labelled of each 3 s step (1 s margins at both ends)
         assert 30 <= labels.count(cls) <= 75, labels.count(cls)

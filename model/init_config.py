@@ -1,0 +1,257 @@
+"""``harstream init-config``: a training config inferred from a folder of labelled CSV recordings.
+
+What the files say is read, not asked: the channels (every column but ``timestamp``, ``label`` and
+``subject``), their units (acceleration whose magnitude sits near 1 is in g, near 9.8 in m/s²;
+angular rate that reaches past 15 is in deg/s, since 15 rad/s is a spin few wrists make), the rate
+(the median time step), the classes (the labels that occur) and the subjects (the ``subject``
+column, else the file name). From them it chooses the window (128 by default, 24 for short gestures
+or short recordings), the preprocessing that suits the rate (UCI HAR's filters, their 20 Hz
+low-pass kept below the rate's Nyquist frequency; raw channels when they are not acc+gyro xyz) and a
+split: one subject held out for test when there are several, else one recording. The config is
+written with a comment on each choice, and ``train.py`` runs it unchanged. No torch here.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from model.config import ConfigError, from_dict
+from model.recordings import ACC, GYRO, HAPT_ACTIVITIES
+
+RESERVED = ("timestamp", "label", "subject")
+MIN_WINDOWS = 10  # per class: fewer and the model has too little to learn a class from
+
+
+@dataclass
+class Survey:
+    """What a folder of recordings holds."""
+
+    folder: Path
+    files: list[Path]
+    channels: tuple[str, ...]
+    units: tuple[str, ...]
+    rate_hz: float
+    classes: tuple[str, ...]
+    subjects: tuple[str, ...]  # in order of first appearance
+    recordings: dict[str, str]  # recording name -> subject
+    labelled_s: Counter = field(default_factory=Counter)  # class -> seconds labelled
+    runs: dict[str, list[int]] = field(default_factory=dict)  # class -> its labelled runs' lengths
+    skipped: Counter = field(default_factory=Counter)  # why -> rows not read
+
+
+def survey(folder: str | Path) -> Survey:
+    """Read every ``*.csv`` in ``folder``; ValueError (one line naming the file) when they disagree."""
+    folder = Path(folder)
+    files = sorted(folder.glob("*.csv"))
+    if not files:
+        raise ValueError(f"no .csv recordings in {folder} (harstream record --out {folder} writes them)")
+    header: list[str] | None = None
+    steps, acc_norms, gyro_abs = [], [], []
+    labels_seen: dict[str, None] = {}
+    subjects: dict[str, None] = {}
+    recordings: dict[str, str] = {}
+    out = Survey(folder, files, (), (), 0.0, (), (), {})
+    for path in files:
+        with open(path, newline="") as stream:
+            reader = csv.reader(stream)
+            names = next(reader, None)
+            if names is None:
+                raise ValueError(f"{path}: empty file")
+            names = [n.strip() for n in names]
+            if "timestamp" not in names or "label" not in names:
+                raise ValueError(f"{path}: needs timestamp and label columns (has {', '.join(names)})")
+            if header is None:
+                header = names
+            elif set(names) != set(header):
+                raise ValueError(f"{path}: columns {', '.join(names)} differ from {files[0].name}'s "
+                                 f"({', '.join(header)}): one kind of recording per folder")  # fmt: skip
+            index = {n: i for i, n in enumerate(names)}
+            channels = [n for n in header if n not in RESERVED]
+            times, values, labels, subject = [], [], [], path.stem
+            for row in reader:
+                try:
+                    times.append(float(row[index["timestamp"]]))
+                    values.append([float(row[index[c]]) for c in channels])
+                except (ValueError, IndexError):
+                    out.skipped["not a number"] += 1
+                    continue
+                labels.append(row[index["label"]].strip())
+                if "subject" in index and row[index["subject"]].strip():
+                    subject = row[index["subject"]].strip()
+        if len(times) < 2:
+            raise ValueError(f"{path}: fewer than two samples")
+        t, x = np.asarray(times), np.asarray(values, dtype=np.float64)
+        dt = np.diff(t)
+        steps.append(dt[dt > 0])
+        subjects[subject] = None
+        recordings[path.stem] = subject
+        acc = [channels.index(c) for c in ACC if c in channels]
+        if len(acc) == 3:
+            acc_norms.append(np.linalg.norm(x[:, acc], axis=1))
+        gyro = [channels.index(c) for c in GYRO if c in channels]
+        if gyro:
+            gyro_abs.append(np.abs(x[:, gyro]).ravel())
+        run_label, run_length = None, 0
+        for label in [*labels, None]:  # runs of one label, for how many windows each class gives
+            if label == run_label:
+                run_length += 1
+                continue
+            if run_label:
+                out.runs.setdefault(run_label, []).append(run_length)
+            run_label, run_length = label, 1
+        for label in labels:
+            if label:
+                labels_seen[label] = None
+    assert header is not None
+    step = float(np.median(np.concatenate(steps))) if any(len(s) for s in steps) else 0.0
+    if step <= 0:
+        raise ValueError(f"{folder}: timestamps do not move forward")
+    rate = 1.0 / step
+    out.rate_hz = float(round(rate)) if abs(rate - round(rate)) < 0.02 * rate else round(rate, 2)
+    out.channels = tuple(n for n in header if n not in RESERVED)
+    out.units = guess_units(out.channels, acc_norms, gyro_abs)
+    known = [c for c in HAPT_ACTIVITIES if c in labels_seen]
+    out.classes = tuple(known + [c for c in labels_seen if c not in known])
+    if len(out.classes) < 2:
+        raise ValueError(f"{folder}: the recordings label {len(out.classes)} class(es); a model needs two "
+                         "or more (record labelled: harstream record --protocol ...)")  # fmt: skip
+    for label, lengths in out.runs.items():
+        out.labelled_s[label] = sum(lengths) / out.rate_hz
+    out.subjects = tuple(subjects)
+    out.recordings = recordings
+    return out
+
+
+def guess_units(channels: tuple[str, ...], acc_norms: list[np.ndarray],
+                gyro_abs: list[np.ndarray]) -> tuple[str, ...]:  # fmt: skip
+    acc_unit = "g"
+    if acc_norms:
+        magnitude = float(np.median(np.concatenate(acc_norms)))
+        acc_unit = "m/s2" if magnitude > 4.0 else "g"  # gravity alone: 1 g = 9.81 m/s²
+    gyro_unit = "rad/s"
+    if gyro_abs and float(np.percentile(np.concatenate(gyro_abs), 99)) > 15.0:
+        gyro_unit = "deg/s"
+    return tuple(acc_unit if c.startswith("acc") else gyro_unit if c.startswith("gyro") else ""
+                 for c in channels)  # fmt: skip
+
+
+def windows_per_class(found: Survey, window: int, step: int) -> dict[str, int]:
+    """Windows of ``window`` samples, every ``step``, that one class covers whole (label rule "all")."""
+    return {c: sum(max(0, (n - window) // step + 1) for n in found.runs.get(c, [])) for c in found.classes}
+
+
+def _toml(value) -> str:
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return repr(value)
+
+
+def write_config(folder: str | Path, out: str | Path, window: int = 128,
+                 step: int | None = None) -> tuple[str, list[str]]:  # fmt: skip
+    """The config's text for the recordings in ``folder`` (to be written to ``out``), and notes."""
+    found = survey(folder)
+    if not 2 <= window <= 10_000:
+        raise ValueError(f"--window must be from 2 to 10000 samples, not {window}")
+    step = step or max(1, window // 2)
+    if not 1 <= step <= window:
+        raise ValueError(f"--step must be from 1 to the window ({window}), not {step}")
+    counts = windows_per_class(found, window, step)
+    notes = []
+    empty = [c for c, n in counts.items() if n == 0]
+    if empty:
+        longest = max(max(found.runs.get(c, [0])) for c in empty)
+        hint = "use --window 24 (short gestures or recordings)" if window > 24 else "record longer"
+        raise ValueError(f"class(es) {', '.join(empty)} have no labelled stretch of {window} samples "
+                         f"(longest {longest}): {hint}")  # fmt: skip
+    few = [f"{c} ({n})" for c, n in counts.items() if n < MIN_WINDOWS]
+    if few:
+        notes.append(f"few windows of {window} samples for {', '.join(few)}: record more of them, "
+                     "or --window 24")  # fmt: skip
+
+    name = Path(out).stem
+    rate = found.rate_hz
+    uci = set(found.channels) >= set(ACC + GYRO)
+    inputs = ACC + GYRO if uci else found.channels
+    units = {c: u for c, u in zip(found.channels, found.units, strict=True)}
+    if len(found.subjects) >= 2:  # hold one subject out; the others train
+        test = found.subjects[-1]
+        split = (f"test_subjects = {_toml([test])}   # one wearer held out: scored once, at the end\n"
+                 "val_subjects = []   # too few wearers to pick an epoch on: the schedule's last is kept\n")
+        why_split = f"{len(found.subjects)} subjects: {test} tests, the rest train"
+    else:
+        names = sorted(found.recordings)
+        if len(names) < 2:
+            raise ValueError(f"{folder}: one recording of one subject leaves nothing to test on: record a "
+                             "second session (harstream record again) into the folder")  # fmt: skip
+        split = (f"test_runs = {_toml([names[-1]])}   # one subject: the last recording tests\n"
+                 "val_runs = []\n")
+        why_split = f"one subject: recording {names[-1]} tests, the rest train"
+    nyquist = rate / 2
+    lowpass = min(20.0, round(0.8 * nyquist, 1))
+    if uci:
+        prep = (f'kind = "uci_har"   # UCI HAR\'s filters: median, low-pass for noise, 0.3 Hz gravity split\n'
+                f"median_kernel = 3\n"
+                f"lowpass_hz = {lowpass!r}   # UCI HAR's 20 Hz, below {nyquist:g} Hz (half the rate)\n"
+                f"lowpass_order = 3\n"
+                f"gravity_hz = 0.3\n"
+                f"inputs = {_toml(list(inputs))}\n")
+    else:
+        prep = ('kind = "identity"   # UCI HAR filters need acc_x..z and gyro_x..z: these go in raw\n'
+                f"inputs = {_toml(list(inputs))}\n")
+    text = f"""# Written by `harstream init-config {folder} --window {window} --step {step} --out {out}`
+# from {len(found.files)} recording(s): {', '.join(f'{c} {found.labelled_s[c]:.0f} s' for c in found.classes)}
+# labelled at {rate:g} Hz; {why_split}. Train: python train.py --config {out}
+# Then: harstream mqtt --broker mqtt://HOST --checkpoint model/weights/{name}.pt
+name = {_toml(name)}
+
+[data]
+dataset = "csv"
+path = {_toml(str(folder))}   # relative to where train.py runs
+classes = {_toml(list(found.classes))}
+channels = {_toml(list(inputs))}
+units = {_toml([units[c] for c in inputs])}   # guessed from the values; the device must send the same
+rate_hz = {rate!r}   # the median time step of the recordings
+window = {window}   # {window / rate:.2f} s
+step = {step}
+label_rule = "all"   # a window is kept when one class covers all of it; switches are left out
+{split}
+[preprocessing]   # at data.rate_hz
+{prep}
+[model]   # smaller than the shipped 3x3: a few minutes of one wearable's data
+n_hidden = 32
+n_stacked = 2
+n_residual = 2
+bidirectional = true
+dropout = 0.15
+
+[train]
+epochs = 30
+batch_size = 32
+lr = 0.003
+optimizer = "adamw"
+l2 = 0.05
+clip = 15.0
+schedule = "onecycle"
+augment_rotate_deg = 15.0   # the wearable sits a little differently each time
+augment_scale = 0.1
+keep = "last"
+seed = 0
+"""
+    try:
+        import tomllib
+
+        from_dict(tomllib.loads(text), str(out))  # what train.py will read must load
+    except ConfigError as error:
+        raise ValueError(f"the inferred config does not load ({error}): please report this") from None
+    if found.skipped:
+        notes.append("rows not read: " + ", ".join(f"{n} ({why})" for why, n in found.skipped.items()))
+    return text, notes
