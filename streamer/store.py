@@ -108,6 +108,8 @@ class Target:
             connection = psycopg.connect(self.where, connect_timeout=max(1, round(timeout_s)))
         try:
             with _cursor(connection) as cursor:
+                if self.kind == "postgresql":  # shards that start together: one creates, the others wait
+                    cursor.execute("SELECT pg_advisory_xact_lock(20140014)")
                 for statement in SCHEMA:
                     cursor.execute(statement)
             connection.commit()

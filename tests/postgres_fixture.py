@@ -1,0 +1,57 @@
+"""A real PostgreSQL 15 server for the tests, on a free loopback port in a temporary folder
+(DESIGN.md, "Services the tests start"): the server refuses to run as root, so the folder is given
+to the ``postgres`` user and ``initdb``/``pg_ctl`` run as that user. A server that cannot start fails
+the test: CI installs PostgreSQL (.ci/run), so a missing one is a broken setup, not a skip."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from streamer.broker import free_port
+
+BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+class Postgres:
+    def __init__(self, folder: Path) -> None:
+        if not (BIN / "pg_ctl").exists():
+            pytest.fail(f"PostgreSQL 15 is not installed ({BIN}): .ci/run installs Debian's postgresql")
+        self.folder = folder
+        self.port = free_port()
+        self.data = folder / "data"
+        self.as_postgres = [] if os.geteuid() != 0 else ["runuser", "-u", "postgres", "--"]
+        if os.geteuid() == 0:
+            user = pwd.getpwnam("postgres")
+            for path in (folder, *folder.parents):  # the server must reach its folder
+                if path == Path("/"):
+                    break
+                os.chmod(path, os.stat(path).st_mode | 0o711)
+            shutil.chown(folder, user.pw_uid, user.pw_gid)
+        self._run(str(BIN / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "har", "--no-sync")
+        options = f"-p {self.port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._run(str(BIN / "pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(folder / "log"), "-w",
+                  "start")  # fmt: skip
+        self.url = f"postgresql://har@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, *command: str) -> None:
+        done = subprocess.run([*self.as_postgres, *command], capture_output=True, text=True, timeout=60)
+        if done.returncode != 0:
+            log = (self.folder / "log").read_text() if (self.folder / "log").exists() else ""
+            pytest.fail(f"{Path(command[0]).name} failed: {done.stderr.strip()} {log[-500:]}")
+
+    def stop(self) -> None:
+        command = [*self.as_postgres, str(BIN / "pg_ctl"), "-D", str(self.data), "-m", "fast", "stop"]
+        subprocess.run(command, capture_output=True, timeout=60)
+
+
+@pytest.fixture
+def postgres(tmp_path_factory):
+    server = Postgres(tmp_path_factory.mktemp("postgres"))
+    yield server
+    server.stop()
