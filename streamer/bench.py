@@ -277,5 +277,11 @@ def run_bench(checkpoint: Checkpoint, quick: bool, backend: str | None = None,
     except (ImportError, FileNotFoundError, OSError) as error:
         out["mqtt"] = {"error": str(error)}
         out["mqtt_samples_per_s"] = None
+    from streamer.bench_store import measure_store
+
+    progress("the history store: 1,000 devices at hop 32 into SQLite")
+    out["store"] = store = measure_store(devices=1000, hop=32, seconds=5.0 if quick else 20.0)
+    out["store_rows_per_s"] = store["rows_written_per_s"] if store["kept_up"] else None
+    out["store_hot_path_us"] = store["hot_path_us_per_prediction_p99"]
     out["torch_threads"] = torch.get_num_threads()
     return out

@@ -235,3 +235,11 @@ def test_episode_events_arrive_on_mqtt_through_a_real_mosquitto(broker, short_re
     assert all(c["state_topic"] == "har/wrist/episode" for c in episode_configs)
     assert len({json.dumps(c["device"]) for c in configs.values()}) == 1  # one HA device, three entities
 
+
+
+def test_the_store_keeps_up_with_a_fleet_and_costs_the_pipeline_microseconds() -> None:
+    from streamer.bench_store import measure_store
+
+    result = measure_store(devices=300, hop=32, seconds=3.0)
+    assert result["kept_up"] and result["rows_written_per_s"] > 0.9 * 300 * 50 / 32
+    assert result["hot_path_us_per_prediction_p50"] < 200  # the queue, not the disk
