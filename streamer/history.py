@@ -156,6 +156,13 @@ def print_history(history: dict) -> None:
 
 def cmd_history(args: argparse.Namespace) -> int:
     target = Target.parse(args.store)
+    if args.agreement:
+        from streamer.episode_agreement import agreement_grid, print_grid
+
+        read_history(target, since=time.time() + 1e9)  # a store that cannot be read: one line
+        grid = agreement_grid(target)
+        print(dumps({"agreement": grid})) if args.json else print_grid(grid)
+        return 0
     since, until = parse_when(args.since), parse_when(args.until)
     history = read_history(target, args.device, since, until, truth=bool(args.plot))
     if args.plot:
@@ -178,5 +185,7 @@ def add_history_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--since", metavar="WHEN", help="an age (2h, 7d), 'today', or an ISO date/time")
     p.add_argument("--until", metavar="WHEN", help="the same forms as --since (default: now)")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p.add_argument("--agreement", action="store_true", help="episodes vs the true segments of a labelled "
+                   "replay, for a grid of --episode-hold and --episode-confidence settings")
     p.add_argument("--plot", type=Path, metavar="FILE.png", help="one timeline per device (needs matplotlib)")
     p.set_defaults(run=cmd_history)
