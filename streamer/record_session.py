@@ -64,10 +64,11 @@ def keys() -> Iterator[callable]:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
-def cmd_record(args: argparse.Namespace) -> int:
+def cmd_record(args: argparse.Namespace, *, mqtt_options, serial_source, start_mqtt) -> int:
+    """``record``; the broker and port plumbing comes from :mod:`streamer.wearables_cli`, which
+    calls this (passed in, so that neither module imports the other back)."""
     from model.recordings import HAPT_CHANNELS
     from streamer.recorder import CsvRecorder
-    from streamer.wearables_cli import mqtt_options, serial_source, start_mqtt
 
     if (args.broker is None) == (args.port is None):
         raise CliError("record from one of --broker URL or --port DEV")

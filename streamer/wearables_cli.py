@@ -295,7 +295,7 @@ def report_publishers(publishers: list[Publisher]) -> bool:
 def cmd_record(args: argparse.Namespace) -> int:
     from streamer.record_session import cmd_record as record  # labels, guided sessions, the dashboard
 
-    return record(args)
+    return record(args, mqtt_options=mqtt_options, serial_source=serial_source, start_mqtt=start_mqtt)
 
 
 # -- the parser ----------------------------------------------------------------------------------
