@@ -290,12 +290,35 @@ def _preprocessing(read: _Reader, d: Mapping[str, Any], rate_hz: float,
         if len(inputs) != 6:
             what = "must name acc x, y, z and gyro x, y, z for uci_har preprocessing"
             raise read.fail("input_channels", what, list(inputs))
+    rotation = d.get("rotation")
+    if rotation is not None:
+        _rotation(read, rotation, kind)
     spec = PreprocessingSpec.from_dict({**d, "inputs": inputs, "params": dict(params), "rate_hz": spec_rate})
     try:  # the last word: what the scheduler will build must build
         build_preprocessor(spec)
     except (ValueError, TypeError, AssertionError) as error:
         raise read.fail("preprocessing", f"cannot be built ({str(error).splitlines()[0]})", kind) from None
     return spec
+
+
+def _rotation(read: _Reader, value: Any, kind: str) -> None:
+    """A calibration's rotation (model/calibration.py): 3 rows of 3 numbers, orthonormal, det +1."""
+    what = "must be 3 rows of 3 numbers, a rotation (orthonormal, determinant +1)"
+    if kind != "uci_har":
+        raise read.fail("preprocessing.rotation", "is for uci_har preprocessing only", shown=False)
+    rows = value if isinstance(value, list) and len(value) == 3 else None
+    if rows is None or not all(isinstance(r, list) and len(r) == 3 for r in rows):
+        raise read.fail("preprocessing.rotation", what, value)
+    numbers = [v for r in rows for v in r]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in numbers):
+        raise read.fail("preprocessing.rotation", what, value)
+    m = [[float(v) for v in r] for r in rows]
+    gram = [[sum(m[i][k] * m[j][k] for k in range(3)) for j in range(3)] for i in range(3)]
+    det = (m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1])
+           - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
+           + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0]))  # fmt: skip
+    if any(abs(gram[i][j] - (i == j)) > 1e-4 for i in range(3) for j in range(3)) or abs(det - 1) > 1e-4:
+        raise read.fail("preprocessing.rotation", what, value)
 
 
 def _network(read: _Reader, d: Mapping[str, Any]) -> NetworkConfig:

@@ -57,6 +57,9 @@ class PreprocessingSpec:
     gravity_hz: float = 0.3  # ...and a 0.3 Hz low-pass that separates gravity from body motion
     inputs: tuple[str, ...] = UCI_HAR_INPUTS
     params: dict[str, Any] = field(default_factory=dict)
+    # uci_har: a 3x3 rotation (rows) applied to acc and to gyro before anything else, mapping a
+    # device's axes onto the model's (a per-wearer calibration, model/calibration.py); () = none
+    rotation: tuple[tuple[float, ...], ...] = ()
 
     @property
     def features(self) -> tuple[str, ...]:
@@ -65,12 +68,17 @@ class PreprocessingSpec:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["inputs"] = list(self.inputs)
+        if self.rotation:  # written only where there is one: older specs' digests stay as they were
+            d["rotation"] = [list(row) for row in self.rotation]
+        else:
+            del d["rotation"]
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PreprocessingSpec:
         d = dict(d)
         d["inputs"] = tuple(d.get("inputs", UCI_HAR_INPUTS))
+        d["rotation"] = tuple(tuple(float(v) for v in row) for row in d.get("rotation") or ())
         return cls(**d)
 
 
@@ -178,6 +186,8 @@ class UciHarPreprocessor:
         self.median = CausalMedian(spec.median_kernel)
         self.noise = CausalButterworth(spec.lowpass_order, spec.lowpass_hz, spec.rate_hz)
         self.gravity = CausalButterworth(spec.lowpass_order, spec.gravity_hz, spec.rate_hz)
+        self.rotation = np.asarray(spec.rotation, dtype=np.float64) if spec.rotation else None
+        assert self.rotation is None or self.rotation.shape == (3, 3), "rotation must be 3x3"
 
     def reset(self) -> None:
         for stage in (self.median, self.noise, self.gravity):
@@ -192,7 +202,11 @@ class UciHarPreprocessor:
         self.median.history, self.noise.state, self.gravity.state = value
 
     def process(self, x: np.ndarray) -> np.ndarray:
-        clean = self.noise.process(self.median.process(np.asarray(x, dtype=np.float64)))
+        x = np.asarray(x, dtype=np.float64)
+        if self.rotation is not None:  # the device's axes onto the model's: acc and gyro alike
+            r = self.rotation.T
+            x = np.concatenate([x[..., :3] @ r, x[..., 3:] @ r], axis=-1)
+        clean = self.noise.process(self.median.process(x))
         total_acc, gyro = clean[..., :3], clean[..., 3:]
         body_acc = total_acc - self.gravity.process(total_acc)
         return np.concatenate([body_acc, gyro, total_acc], axis=-1)

@@ -56,6 +56,42 @@ def cmd_init_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    import time
+
+    import numpy as np
+
+    from model.calibration import calibrate, save
+    from model.checkpoint import load_checkpoint
+    from model.recordings import read_csv_recording
+
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise CliError(f"{out} exists: choose another --out, or --force to replace it")
+    if out.suffix != ".pt":
+        raise CliError(f"--out must name a .pt file (its .json is written beside it), not {out}")
+    t0 = time.perf_counter()
+    base = load_checkpoint(args.checkpoint)
+    recordings = []
+    for path in args.recording:
+        recording = read_csv_recording(Path(path), base.input_channels, base.classes, base.rate_hz)
+        if len(recording.timestamps) > 1:
+            rate = 1.0 / float(np.median(np.diff(recording.timestamps)))
+            if not 0.95 * base.rate_hz <= rate <= 1.05 * base.rate_hz:
+                raise CliError(f"{path}: recorded at {rate:.3g} Hz, the model wants {base.rate_hz:g} Hz")
+        recordings.append(recording)
+    command = "harstream calibrate " + " ".join(
+        [f"--checkpoint {args.checkpoint}", *(f"--recording {p}" for p in args.recording), f"--out {out}"])
+    cal = calibrate(base, recordings, seconds=args.seconds, name=args.name or out.stem, command=command)
+    save(cal, out)
+    counts = ", ".join(f"{k} {v}" for k, v in cal.windows_per_class.items() if v)
+    turned = ""
+    if cal.rotation is not None:
+        turned = f"; axes rotated ({cal.angle_deg:.0f}° from the model's gravity)"
+    say(f"wrote {out} from {counts} windows{turned} in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
 def add_kit_commands(sub: argparse._SubParsersAction) -> None:
     from streamer.wearables_cli import add_mqtt_options, add_serial_options
 
@@ -76,3 +112,15 @@ def add_kit_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--step", type=int, help="samples between training windows (default half the window)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.set_defaults(run=cmd_init_config)
+
+    p = sub.add_parser("calibrate", help="adapt a model to one wearer from labelled CSV recordings "
+                       "(model/calibration.py)")
+    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="the base model")
+    p.add_argument("--recording", action="append", required=True, metavar="CSV",
+                   help="a labelled recording of the wearer (harstream record's CSV); repeatable")
+    p.add_argument("--out", required=True, help="the calibrated checkpoint to write, e.g. wearer.pt")
+    p.add_argument("--seconds", type=float, default=20.0,
+                   help="at most this much of each activity (default 20)")
+    p.add_argument("--name", help="the calibrated model's name (default: --out's stem)")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.set_defaults(run=cmd_calibrate)

@@ -1,0 +1,120 @@
+"""Per-wearer calibration (model/calibration.py, `harstream calibrate`): a real HAPT subject worn
+another way up is recognised after calibration; the calibrated checkpoint loads and its rotation is
+applied by the one preprocessing; bad input is one line."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from model.calibration import calibrate, first_seconds, save, smallest_rotation, windows
+from model.checkpoint import load_checkpoint
+from model.checkpoint_meta import CheckpointError, CheckpointMeta
+from model.preprocessing import PreprocessingSpec, build_preprocessor
+from model.recordings import Recording, load_hapt, write_csv_recording
+from streamer.cli import main
+
+BASE = Path(__file__).resolve().parents[1] / "model" / "weights" / "uci_har_3x3.pt"
+# gravity from +x (the model's) to -y: the README's own MQTT example
+TURN = np.array([[0.0, 1.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+
+
+def rotated(recording: Recording, r: np.ndarray) -> Recording:
+    values = recording.values.copy()
+    values[:, :3] = values[:, :3] @ r.T
+    values[:, 3:] = values[:, 3:] @ r.T
+    return replace(recording, values=values)
+
+
+@pytest.fixture(scope="module")
+def base():
+    return load_checkpoint(BASE)
+
+
+@pytest.fixture(scope="module")
+def subject2():
+    first, second = load_hapt((2,))[:2]
+    return rotated(first, TURN), rotated(second, TURN)
+
+
+def score(model, meta, spec, recording) -> float:
+    import torch
+
+    w = windows([recording], meta, spec, 64)
+    with torch.no_grad():
+        return float((model(torch.from_numpy(w.x)).argmax(1).numpy() == w.y).mean())
+
+
+def test_rotation_in_the_preprocessing_is_the_rotation_of_the_input():
+    x = np.random.default_rng(0).normal(size=(200, 6))
+    r = smallest_rotation(np.array([0.0, -1.0, 0.0]), np.array([1.0, 0.0, 0.0]))
+    assert np.allclose(r @ np.array([0.0, -1.0, 0.0]), [1.0, 0.0, 0.0])
+    spec = PreprocessingSpec(rotation=tuple(map(tuple, r)))
+    turned = np.concatenate([x[:, :3] @ r.T, x[:, 3:] @ r.T], axis=1)
+    plain = build_preprocessor(PreprocessingSpec()).process(turned)
+    assert np.allclose(build_preprocessor(spec).process(x), plain)
+    assert "rotation" not in PreprocessingSpec().to_dict()  # older specs' digests stay as they were
+    assert PreprocessingSpec.from_dict(spec.to_dict()) == spec
+
+
+def test_a_wearer_worn_another_way_up_is_recognised_after_calibration(base, subject2, tmp_path):
+    first, second = subject2
+    before = score(base.model, base.meta, base.preprocessing, second)
+    cal = calibrate(base, [first], name="wearer")
+    assert cal.rotation is not None and cal.angle_deg > 80
+    assert cal.meta["calibration"]["rotated"] and sum(cal.windows_per_class.values()) > 100
+    out = tmp_path / "wearer.pt"
+    save(cal, out)
+    loaded = load_checkpoint(out)  # weights and metadata, checked as any checkpoint is
+    assert loaded.preprocessing.rotation
+    assert CheckpointMeta.from_json(out.with_suffix(".json")).name == "wearer"
+    after = score(loaded.model, loaded.meta, loaded.preprocessing, second)
+    assert before < 0.5 and after > 0.85, (before, after)
+
+
+def test_calibration_takes_at_most_the_first_seconds_of_each_activity(subject2):
+    first, _ = subject2
+    mask = first_seconds([first], 6, 1000)[0]
+    for c in range(6):
+        assert mask[first.labels == c].sum() == min(1000, (first.labels == c).sum())
+        assert not mask[first.labels == -1].any()
+
+
+def test_a_bad_rotation_is_one_line(tmp_path):
+    raw = json.loads(BASE.with_suffix(".json").read_text())
+    raw["preprocessing"]["rotation"] = [[2, 0, 0], [0, 1, 0], [0, 0, 1]]
+    with pytest.raises(CheckpointError, match=r"preprocessing\.rotation"):
+        CheckpointMeta.from_dict(raw, tmp_path / "x.json")
+
+
+def test_the_command_writes_a_calibrated_checkpoint(subject2, tmp_path, capsys):
+    first, _ = subject2
+    csv = tmp_path / "wearer.csv"
+    write_csv_recording(csv, first)
+    out = tmp_path / "w.pt"
+    assert main(["calibrate", "--checkpoint", str(BASE), "--recording", str(csv), "--out", str(out)]) == 0
+    assert "axes rotated" in capsys.readouterr().err
+    assert load_checkpoint(out).meta["calibration"]["recordings"] == ["wearer"]
+
+
+def test_bad_input_is_one_line(subject2, tmp_path, capsys):
+    first, _ = subject2
+    short = replace(first, labels=np.where(np.arange(len(first.labels)) % 100 < 50, first.labels, -1))
+    write_csv_recording(tmp_path / "short.csv", short)
+    (tmp_path / "typo.csv").write_text("timestamp,acc_x,acc_y,acc_z,gyro_x,gyro_y,gyro_z,label\n"
+                                       "0,1,0,0,0,0,0,WALKIN\n")  # fmt: skip
+    (tmp_path / "not.pt").write_text("hello")
+    (tmp_path / "not.json").write_text("{}")
+    cases = [
+        (["--recording", str(tmp_path / "short.csv")], "no labelled windows"),
+        (["--recording", str(tmp_path / "typo.csv")], "unknown class 'WALKIN'"),
+        (["--checkpoint", str(tmp_path / "not.pt"), "--recording", str(tmp_path / "short.csv")], "not.json"),
+    ]
+    for args, why in cases:
+        assert main(["calibrate", *args, "--out", str(tmp_path / "o.pt")]) == 1
+        err = capsys.readouterr().err
+        assert why in err and err.count("\n") == 1, err
