@@ -20,6 +20,7 @@ PACKAGES = {
     "sklearn": ("scikit-learn", TRAIN_INSTALL),
     "pandas": ("pandas", TRAIN_INSTALL),
     "onnxruntime": ("onnxruntime", BASE_INSTALL),
+    "matplotlib": ("matplotlib", "python3 -m pip install -e '.[plot]'"),
 }
 
 

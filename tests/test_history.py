@@ -139,6 +139,13 @@ def test_history_json_totals_match_the_predictions_each_counted_for_its_hop(shor
     # --since in the future: nothing; --device of nobody: nothing
     empty = cli("history", "--store", str(store), "--json", "--since", "2999-01-01")
     assert json.loads(empty.stdout) == {"devices": {}}
+    # --plot: a picture of the model's episodes over the truth (the recording is labelled)
+    picture = tmp_path / "history.png"
+    plotted = cli("history", "--store", str(store), "--plot", str(picture))
+    assert plotted.returncode == 0, plotted.stderr
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and picture.stat().st_size > 5000
+    nothing = cli("history", "--store", str(store), "--plot", str(picture), "--since", "2999-01-01")
+    assert nothing.returncode == 1 and "nothing to plot" in nothing.stderr and "Traceback" not in nothing.stderr
 
 
 @pytest.mark.parametrize(("args", "words"), [
