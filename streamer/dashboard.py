@@ -24,6 +24,7 @@ from streamer.types import Prediction
 
 if TYPE_CHECKING:
     from streamer.pipeline import Pipeline
+    from streamer.today import TodayTotals
 
 PALETTE = ("green3", "dodger_blue1", "medium_purple1", "gold1", "orange1", "deep_pink2", "cyan2",
            "spring_green2", "light_salmon1", "plum2", "khaki1", "sky_blue1", "pale_green1",
@@ -49,10 +50,12 @@ def clock(t: float) -> str:
 class Dashboard:
     """Reads the pipeline's state on every refresh; :meth:`observe` records predictions."""
 
-    def __init__(self, pipeline: Pipeline, classes: tuple[str, ...], title: str) -> None:
+    def __init__(self, pipeline: Pipeline, classes: tuple[str, ...], title: str,
+                 today: TodayTotals | None = None) -> None:  # fmt: skip
         self.pipeline = pipeline
         self.classes = classes
         self.title = title
+        self.today = today  # with --store: what each wearer did since midnight
         self.glyph = glyphs(classes)
         self.history: dict[str, deque[Prediction]] = {}
         self.width = 80  # the console's, at the last refresh
@@ -120,6 +123,20 @@ class Dashboard:
         span = (high - low) or 1.0
         return Text("".join(SPARK[int((v - low) / span * (len(SPARK) - 1))] for v in values), style="grey70")
 
+    def today_line(self, device: str) -> Text | None:
+        """Today's time per activity for a device, longest first, from the store."""
+        if self.today is None:
+            return None
+        seconds = self.today.seconds.get(device)
+        if not seconds:
+            return Text(f"today: {self.today.status if self.today.status != 'ok' else 'nothing yet'}",
+                        style="grey50")  # fmt: skip
+        text = Text("today ", style="grey62")
+        for activity, s in sorted(seconds.items(), key=lambda kv: -kv[1]):
+            text.append(f"{self.glyph.get(activity, '?')} ", style=f"bold {self.style(activity)}")
+            text.append(f"{int(s // 3600)}:{int(s // 60 % 60):02d}:{int(s % 60):02d}  ", style="grey70")
+        return text
+
     def device_panel(self, device: str) -> Panel:
         history = list(self.history.get(device, ()))
         if not history:
@@ -149,7 +166,9 @@ class Dashboard:
         if dropped:
             subtitle += f" · dropped {dropped}"
         bars = max(10, min(50, self.width - 40))
-        return Panel(Group(head, Text(""), self.bars(latest, bars), Text(""), timeline), title=device,
+        today = self.today_line(device)
+        parts = [head, Text(""), self.bars(latest, bars), Text(""), timeline, *([today] if today else [])]
+        return Panel(Group(*parts), title=device,
                      subtitle=subtitle, border_style=self.style(latest.label))  # fmt: skip
 
     def device_table(self) -> Table:

@@ -265,9 +265,18 @@ def _on_dashboard(options: LiveOptions, pipeline: Pipeline, classes: tuple[str, 
 
     from streamer.dashboard import Dashboard
 
-    dashboard = Dashboard(pipeline, classes, title)
-    with Live(dashboard, console=console, refresh_per_second=4, screen=False, transient=False):
-        for prediction in pipeline.run():
-            dashboard.observe(prediction)
-            if options.jsonl:
-                print(dumps(prediction.to_json()), flush=True)
+    today = None
+    if options.store:  # today's totals per wearer, read from the store in a thread of its own
+        from streamer.today import TodayTotals
+
+        today = TodayTotals(options.store).start()
+    dashboard = Dashboard(pipeline, classes, title, today=today)
+    try:
+        with Live(dashboard, console=console, refresh_per_second=4, screen=False, transient=False):
+            for prediction in pipeline.run():
+                dashboard.observe(prediction)
+                if options.jsonl:
+                    print(dumps(prediction.to_json()), flush=True)
+    finally:
+        if today is not None:
+            today.stop()
