@@ -17,7 +17,7 @@ def segments(rows: list[list]) -> list[tuple[float, float, str]]:
     a row ends at its ``t`` and covers its ``seconds`` (the window's hop) before it.
 
     >>> segments([[10, 2, "A"], [12, 2, "A"], [14, 2, "B"], [30, 2, "B"]])
-    [(8, 6, 'A'), (12, 2, 'B'), (28, 2, 'B')]
+    [(8, 4, 'A'), (12, 2, 'B'), (28, 2, 'B')]
     """
     out: list[tuple[float, float, str]] = []
     for t, seconds, label in rows:
