@@ -23,21 +23,39 @@ NON_FINITE = "non-finite model output"  # the drop reason of a window whose prob
 
 
 class InferenceEngine:
-    """Runs a list of windows through a backend as one batch (split at ``max_batch``)."""
+    """Runs a list of windows through a backend as one batch (split at ``max_batch``).
 
-    def __init__(self, backend: Backend, max_batch: int = 256) -> None:
+    ``per_device`` gives some devices a model of their own (a wearer's calibration, see
+    ``harstream calibrate``): their windows are batched together per model, everyone else's on
+    the base ``backend``; the rows come back in the windows' order either way.
+    """
+
+    def __init__(self, backend: Backend, max_batch: int = 256,
+                 per_device: dict[str, Backend] | None = None) -> None:  # fmt: skip
         self.backend = backend
         self.max_batch = max_batch
+        self.per_device = per_device or {}
 
     def probabilities(self, windows: list[Window]) -> np.ndarray:
         """(N, K) class probabilities, row i for ``windows[i]``."""
         if not windows:
             return np.zeros((0, self.backend.n_classes), np.float32)
-        return self.probabilities_of(np.stack([w.features for w in windows]))
+        if not self.per_device:
+            return self.probabilities_of(np.stack([w.features for w in windows]))
+        groups: dict[int, tuple[Backend, list[int]]] = {}
+        for i, window in enumerate(windows):
+            backend = self.per_device.get(window.device, self.backend)
+            groups.setdefault(id(backend), (backend, []))[1].append(i)
+        out = np.empty((len(windows), self.backend.n_classes), np.float32)
+        for backend, rows in groups.values():
+            out[rows] = self.probabilities_of(np.stack([windows[i].features for i in rows]), backend)
+        return out
 
-    def probabilities_of(self, x: np.ndarray) -> np.ndarray:
-        """(N, K) class probabilities for feature windows (N, T, F), N > 0."""
-        return np.concatenate([self.backend.probabilities(x[i : i + self.max_batch])
+    def probabilities_of(self, x: np.ndarray, backend: Backend | None = None) -> np.ndarray:
+        """(N, K) class probabilities for feature windows (N, T, F), N > 0, on ``backend`` (the
+        base one by default)."""
+        backend = backend or self.backend
+        return np.concatenate([backend.probabilities(x[i : i + self.max_batch])
                                for i in range(0, len(x), self.max_batch)])  # fmt: skip
 
 

@@ -74,6 +74,7 @@ class LiveOptions:
     jsonl: bool = False
     max_devices: int = limits.MAX_DEVICES
     idle_timeout_s: float = 0.0  # 0: never forget a device (replay, serial); mqtt: limits.IDLE_TIMEOUT_S
+    calibration: tuple[str, ...] | list[str] | None = None  # --calibration DEVICE=wearer.pt or a folder
     store: str | None = None  # --store: history kept here (streamer.activity_log, streamer.store)
     retain: str | None = None
     events: bool = False
@@ -151,6 +152,9 @@ def add_live_options(p: argparse.ArgumentParser) -> None:
                        help="intra-op threads for inference (default 1; 0: the library's default, all cores, "
                        "or with --shard K/N this host's cores // N)")
     add_backend_option(model)
+    model.add_argument("--calibration", action="append", metavar="DEVICE=WEARER.pt",
+                       help="run DEVICE on its own calibrated model (harstream calibrate), everyone else on "
+                       "--checkpoint; repeat it, or give a folder of DEVICE.pt files")
     out = p.add_argument_group("output")
     out.add_argument("--headless", action="store_true", help="no dashboard")
     out.add_argument("--jsonl", action="store_true", help="one JSON object per prediction on stdout")
@@ -189,6 +193,38 @@ def live_engine(checkpoint: Path, backend: str, threads: int, max_batch: int) ->
     return InferenceEngine(make_backend(backend, checkpoint, threads), max_batch=max_batch)
 
 
+def calibrations(entries: tuple[str, ...] | list[str] | None,
+                 base: CheckpointMeta) -> dict[str, tuple[Path, CheckpointMeta]]:  # fmt: skip
+    """``--calibration`` values (``DEVICE=wearer.pt``, or a folder of ``DEVICE.pt`` files) as
+    device -> (checkpoint, its metadata); each must read the same inputs and give the same classes
+    as the base model, so its windows and predictions mean the same."""
+    from streamer.wire import valid_device_id
+
+    found: dict[str, tuple[Path, CheckpointMeta]] = {}
+    for entry in entries or ():
+        if Path(entry).is_dir():
+            pairs = [(p.stem, p) for p in sorted(Path(entry).glob("*.pt"))]
+            if not pairs:
+                raise CliError(f"--calibration {entry}: no calibrated checkpoints (DEVICE.pt) in that folder")
+        elif "=" in entry:
+            device, _, file = entry.partition("=")
+            pairs = [(device, Path(file))]
+        else:
+            raise CliError(f"--calibration wants DEVICE=wearer.pt or a folder of DEVICE.pt files, "
+                           f"not {entry!r}")
+        for device, path in pairs:
+            if not valid_device_id(device):
+                raise CliError(f"--calibration {entry}: {device!r} is not a device id")
+            meta = open_checkpoint(path)
+            for what in ("classes", "window", "rate_hz", "input_channels"):
+                mine, theirs = getattr(meta, what), getattr(base, what)
+                if mine != theirs:
+                    raise CliError(f"--calibration {device}={path}: its {what} ({mine}) differ from the "
+                                   f"base model's ({theirs})")  # fmt: skip
+            found[device] = (path, meta)
+    return found
+
+
 def live_parts(options: LiveOptions, checkpoint: CheckpointMeta,
                sources: list[Source]) -> tuple[Pipeline, int]:  # fmt: skip
     """The pipeline (scheduler, engine, decider) for ``options.checkpoint``, whose metadata is
@@ -200,12 +236,19 @@ def live_parts(options: LiveOptions, checkpoint: CheckpointMeta,
     # One intra-op thread by default (--threads): the sources and the scheduler need the other
     # core, and OpenMP threads that wait on a busy core spin instead of yielding.
     engine = live_engine(options.checkpoint, options.backend, options.inference_threads, options.max_batch)
+    calibrated = calibrations(options.calibration, checkpoint)
+    if calibrated:  # a wearer's own model (adapted head, maybe its own axes): batched per model
+        from streamer.backends import make_backend
+
+        engine.per_device = {device: make_backend(options.backend, path, options.inference_threads)
+                             for device, (path, _) in calibrated.items()}  # fmt: skip
     window = checkpoint.window
     hop = options.hop or max(1, window // 4)
     label_rule = checkpoint.get("config", {}).get("data", {}).get("label_rule", "all")
     scheduler = Scheduler(checkpoint.preprocessing, window, hop, checkpoint.rate_hz, label_rule=label_rule,
                           max_devices=options.max_devices, idle_timeout_s=options.idle_timeout_s,
-                          units=tuple(checkpoint.get("input_units", ())))  # fmt: skip
+                          units=tuple(checkpoint.get("input_units", ())),
+                          device_specs={d: m.preprocessing for d, (_, m) in calibrated.items()})  # fmt: skip
     decider = Decider(checkpoint.classes, smooth=options.smooth, min_confidence=options.min_confidence)
     pipeline = Pipeline(sources, scheduler, engine, decider, max_wait_s=options.max_wait_ms / 1000.0)
     from streamer.activity_log import attach_history

@@ -81,7 +81,8 @@ class DeviceStream:
     def __init__(self, device: str, scheduler: Scheduler) -> None:
         self.device = device
         self.scheduler = scheduler
-        self.preprocessor = build_preprocessor(scheduler.spec)
+        self.calibrated = device in scheduler.device_specs  # its own axes (a wearer's calibration)
+        self.preprocessor = build_preprocessor(scheduler.device_specs.get(device, scheduler.spec))
         n_features = len(self.preprocessor.features)
         self.ring = RingBuffer(scheduler.window, n_features)
         self.truth = RingBuffer(scheduler.window, 1, dtype=np.int64)
@@ -129,7 +130,7 @@ class DeviceStream:
         """Started, at an announced rate the model takes as it is: the next samples need none of
         the per-device path's special cases if they are finite, in range, in order and without a gap."""
         rate = self.announced_rate
-        return (self.ring.total > 0 and not self._pending and rate is not None
+        return (self.ring.total > 0 and not self._pending and rate is not None and not self.calibrated
                 and abs(rate / self.scheduler.rate_hz - 1.0) <= self.scheduler.rate_tolerance)  # fmt: skip
 
     # -- the path of a batch -----------------------------------------------------------------
@@ -303,9 +304,13 @@ class Scheduler:
         idle_timeout_s: float = 0.0,
         admit_after_s: float = limits.ADMIT_AFTER_SILENCE_S,
         units: tuple[str, ...] = (),
+        device_specs: dict[str, PreprocessingSpec] | None = None,
     ) -> None:
         assert hop > 0, f"hop must be positive, got {hop}"
         self.spec = spec
+        # devices whose preprocessing is their own (a calibration's axes); the fleet path leaves them
+        # to the per-device path, since its stacked filters run one spec
+        self.device_specs = device_specs or {}
         self.window = window
         self.hop = hop
         self.rate_hz = rate_hz

@@ -118,3 +118,43 @@ def test_bad_input_is_one_line(subject2, tmp_path, capsys):
         assert main(["calibrate", *args, "--out", str(tmp_path / "o.pt")]) == 1
         err = capsys.readouterr().err
         assert why in err and err.count("\n") == 1, err
+
+
+def test_the_live_path_runs_a_calibrated_wearer_on_its_own_model_and_the_others_on_the_base(
+        base, subject2, tmp_path, capsys):  # fmt: skip
+    first, second = subject2
+    cal = calibrate(base, [first], name="turned")
+    save(cal, tmp_path / "turned.pt")
+    write_csv_recording(tmp_path / "turned.csv", second)  # worn another way up: gravity on -y
+    write_csv_recording(tmp_path / "plain.csv", load_hapt((4,))[1])  # another wearer, as trained
+
+    def replay(*args: str) -> dict[str, list[dict]]:
+        argv = ["replay", *args, "--speed", "0", "--hop", "64", "--headless", "--jsonl", "--backend", "torch"]
+        assert main(argv) == 0
+        out: dict[str, list[dict]] = {}
+        for line in capsys.readouterr().out.splitlines():
+            row = json.loads(line)
+            if "device" in row:
+                out.setdefault(row["device"], []).append(row)
+        return out
+
+    both = replay(f"csv:{tmp_path / 'turned.csv'}", f"csv:{tmp_path / 'plain.csv'}",
+                  "--calibration", f"turned={tmp_path / 'turned.pt'}")  # fmt: skip
+    alone = replay(f"csv:{tmp_path / 'turned.csv'}", "--checkpoint", str(tmp_path / "turned.pt"))
+    on_base = replay(f"csv:{tmp_path / 'plain.csv'}")
+    for mixed, reference in ((both["turned"], alone["turned"]), (both["plain"], on_base["plain"])):
+        assert [(p["t"], p["label"]) for p in mixed] == [(p["t"], p["label"]) for p in reference]
+        for p, q in zip(mixed, reference, strict=True):
+            assert p["probs"] == pytest.approx(q["probs"], abs=1e-5)
+    judged = [p for p in both["turned"] if p["truth"] is not None]
+    assert sum(p["label"] == p["truth"] for p in judged) / len(judged) > 0.85  # base: < 0.5 (above)
+
+    folder = tmp_path / "wearers"
+    folder.mkdir()
+    (folder / "x.txt").write_text("")
+    assert main(["replay", "csv:" + str(tmp_path / "plain.csv"), "--calibration", str(folder),
+                 "--headless"]) == 1  # fmt: skip
+    assert "no calibrated checkpoints" in capsys.readouterr().err
+    plain = "csv:" + str(tmp_path / "plain.csv")
+    assert main(["replay", plain, "--calibration", "turned", "--headless"]) == 1
+    assert "DEVICE=wearer.pt" in capsys.readouterr().err
