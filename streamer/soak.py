@@ -21,14 +21,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from model.checkpoint_meta import CheckpointMeta
-from model.recordings import load_hapt
+from model.recordings import UCI_HAR_TEST_SUBJECTS, load_hapt
 from model.strict_json import dumps
 from streamer.engine import Decider, InferenceEngine
 from streamer.scheduler import Scheduler
 from streamer.wire import ACC, GYRO, WireError, decode, encode_binary, encode_json_batch
 
 CHANNELS = ACC + GYRO
-TEST_SUBJECTS = (2, 4, 9, 10, 12, 13, 18, 20, 24)  # held out from training: UCI HAR's test subjects
 
 
 @dataclass
@@ -122,7 +121,7 @@ def run_soak(checkpoint: CheckpointMeta, engine: InferenceEngine, hours: float =
              seed: int = 0, progress: Callable[[float], None] | None = None) -> dict:  # fmt: skip
     rng = np.random.default_rng(seed)
     rate = checkpoint.rate_hz
-    recordings = load_hapt(TEST_SUBJECTS)
+    recordings = load_hapt(UCI_HAR_TEST_SUBJECTS)  # held out from training
     values = [r.select(CHANNELS).values for r in recordings]
     goods = [Device(f"good-{k:02d}", values[k % len(values)]) for k in range(good)]
     bads = [Device(f"hostile-{k:02d}", values[(k + 3) % len(values)]) for k in range(hostile)]
