@@ -31,9 +31,9 @@ try:  # PyTorch and the rest of the training stack are the `train` extra: withou
 
     from model import distributed
     from model.checkpoint import save_checkpoint
-    from model.datasets import Splits, build_splits, null_class
+    from model.datasets import Splits, build_splits, null_class, parse_fold
     from model.report import confusion_table, per_class_table, save_confusion_png
-    from model.training import EpochRecord, FitResult, evaluate, fit
+    from model.training import EpochRecord, FitResult, RecipeError, evaluate, fit
 except ModuleNotFoundError as error:
     if __name__ != "__main__" or not missing_package(error):
         raise
@@ -45,7 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--config", required=True, help="experiment TOML file (configs/...)")
     p.add_argument("--epochs", type=int, help="override train.epochs")
     p.add_argument("--seed", type=int, help="override train.seed")
-    p.add_argument("--out", help="checkpoint path (default model/weights/<name>.pt)")
+    p.add_argument("--out", help="checkpoint path (default model/weights/<name>.pt; with --fold, "
+                   "saves the fold's model, test not scored)")
     p.add_argument("--data-dir", help="dataset folder ('UCI HAR Dataset', CSV recordings, OPPORTUNITY)")
     p.add_argument("--data-zip", metavar="FILE", help="dataset zip (OpportunityUCIDataset.zip)")
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1 ...")
@@ -94,16 +95,6 @@ def experiment_config(args: argparse.Namespace) -> ExperimentConfig:
     return config
 
 
-def parse_fold(text: str | None) -> tuple[int, int] | None:
-    """``--fold K/N`` as (K, N); ValueError for anything else."""
-    if text is None:
-        return None
-    k, _, n = text.partition("/")
-    if not (k.isdigit() and n.isdigit()):
-        raise ValueError(f"--fold wants K/N, e.g. 1/3, got {text!r}")
-    return int(k), int(n)
-
-
 def run(args: argparse.Namespace, context: distributed.Context, argv: list[str] | None) -> int:
     console = Console(quiet=not context.is_main)  # under torchrun only rank 0 reports
     try:
@@ -135,7 +126,11 @@ def run(args: argparse.Namespace, context: distributed.Context, argv: list[str] 
         console.print(f"{epoch}  loss {r.loss:.4f}{val}  lr {r.lr:.2e}  {r.seconds:.1f}s")
 
     classes, features = config.classes, config.preprocessing.features
-    result = fit(config, splits.train, splits.val, classes, features, on_epoch, device=context.device)
+    try:
+        result = fit(config, splits.train, splits.val, classes, features, on_epoch, device=context.device)
+    except RecipeError as error:  # a setting these windows cannot train with: one line
+        print(f"train.py: {error}", file=sys.stderr)
+        return 1
     digests = None
     if context.distributed:  # every rank must hold the same weights: compare them byte for byte
         digests = distributed.replica_digests(result.model)
@@ -147,17 +142,20 @@ def run(args: argparse.Namespace, context: distributed.Context, argv: list[str] 
         )
         if not context.is_main:
             return 0
-    if args.no_test or fold:
+    scored = not (args.no_test or fold)
+    if not scored:
         last = result.history[-1]
         console.print(
             f"kept epoch {result.best_epoch}: validation {result.best_val['accuracy']:.4f} "
             f"accuracy, {result.best_val['f1_weighted']:.4f} weighted F1; last epoch {last.epoch}: "
             f"{last.val_accuracy:.4f} accuracy, {last.val_f1:.4f} weighted F1 (test not scored)"
         )
-        return 0
-    test = evaluate(result.model, splits.test, classes, null_class(config))
+        if not args.out:  # a fold's model is kept only when asked for (an ensemble's, a teacher's)
+            return 0
+    test = evaluate(result.model, splits.test, classes, null_class(config)) if scored else {}
     wall = time.perf_counter() - started
-    report_test(console, config, result, test, has_val=len(splits.val) > 0, wall=wall)
+    if scored:
+        report_test(console, config, result, test, has_val=len(splits.val) > 0, wall=wall)
 
     ddp = distributed.run_record(context, config.train.batch_size, digests) if digests else None
     meta = CheckpointMeta.from_training(
@@ -176,8 +174,10 @@ def run(args: argparse.Namespace, context: distributed.Context, argv: list[str] 
         distributed=ddp,
     )  # fmt: skip
     save_checkpoint(out, result.model, meta)
-    out.with_suffix(".report.json").write_text(dumps(test, indent=2) + "\n")
-    png = save_confusion_png(test, classes, out.with_suffix(".confusion.png"))
+    png = None
+    if scored:
+        out.with_suffix(".report.json").write_text(dumps(test, indent=2) + "\n")
+        png = save_confusion_png(test, classes, out.with_suffix(".confusion.png"))
     console.print(f"saved {out} and {out.with_suffix('.json')}" + (f", {png}" if png else ""))
     return 0
 

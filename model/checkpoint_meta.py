@@ -19,7 +19,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from model.config import ExperimentConfig, NetworkConfig
+from model.config import READOUTS, ExperimentConfig, NetworkConfig
 from model.preprocessing import PreprocessingSpec, build_preprocessor
 
 # Bounds on what a checkpoint may ask for. Generous for any wearable model, and small enough that
@@ -326,20 +326,23 @@ def _network(read: _Reader, d: Mapping[str, Any]) -> NetworkConfig:
     unknown = sorted(set(d) - known)
     if unknown:
         raise read.fail(f"network.{unknown[0]}", "is not a network setting", shown=False)
-    missing = sorted(known - {"dropout", "bidirectional"} - set(d))
+    missing = sorted(known - {"dropout", "bidirectional", "readout"} - set(d))
     if missing:
         raise read.fail(f"network.{missing[0]}", "is missing", shown=False)
     bidirectional = d.get("bidirectional", True)
     if not isinstance(bidirectional, bool):
         raise read.fail("network.bidirectional", "must be true or false", bidirectional)
     dropout = read.number(d.get("dropout", 0.0), "network.dropout", 0.0, 0.99)
+    readout = d.get("readout", "last")
+    if readout not in READOUTS:
+        raise read.fail("network.readout", f"must be one of {', '.join(READOUTS)}", readout)
     config = NetworkConfig(
         n_inputs=read.integer(d["n_inputs"], "network.n_inputs", 1, MAX_CHANNELS),
         n_classes=read.integer(d["n_classes"], "network.n_classes", 1, MAX_CLASSES),
         n_hidden=read.integer(d["n_hidden"], "network.n_hidden", *N_HIDDEN),
         n_stacked=read.integer(d["n_stacked"], "network.n_stacked", *N_STACKED),
         n_residual=read.integer(d["n_residual"], "network.n_residual", *N_RESIDUAL),
-        bidirectional=bidirectional, dropout=dropout,
+        bidirectional=bidirectional, dropout=dropout, readout=readout,
     )  # fmt: skip
     if bidirectional and config.n_hidden % 2:
         raise read.fail("network.n_hidden", "must be even for a bidirectional network", config.n_hidden)

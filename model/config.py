@@ -44,6 +44,9 @@ class DataConfig:
     labels: str = "gestures"  # opportunity: "gestures" (18 classes) | "locomotion" (5 classes)
 
 
+READOUTS = ("last", "mean")
+
+
 @dataclass(frozen=True)
 class NetworkConfig:
     """The network's sizes. :mod:`model.network` builds it; this record stays torch-free, so that a
@@ -58,9 +61,19 @@ class NetworkConfig:
     n_residual: int = 3  # bi-LSTM layers summed inside a block (the residual/highway part)
     bidirectional: bool = True  # False: one forward LSTM of n_hidden units per layer
     dropout: float = 0.15  # on the inputs and on the last hidden state, as in the seed
+    # What the classifier reads of the last block's output: "last", the final step (the seed's, where
+    # the backward direction has seen one sample), or "mean", the average over the window's steps
+    readout: str = "last"
+
+    def __post_init__(self) -> None:
+        if self.readout not in READOUTS:
+            raise ValueError(f"model.readout must be one of {', '.join(READOUTS)}, got {self.readout!r}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if self.readout == "last":  # written only where it is not the seed's: older digests stay
+            del d["readout"]
+        return d
 
 
 @dataclass(frozen=True)
@@ -82,6 +95,11 @@ class TrainConfig:
     feature_std: float = 1.0  # features are normalised to this std (OPPORTUNITY's scheme: 0.5)
     seed: int = 0
     threads: int = 0  # torch intra-op threads; 0 = torch's default
+    # Distillation: checkpoints whose averaged, softened predictions on the same augmented windows
+    # the network also learns from; loss = (1 - w) * CE(labels) + w * T² * KL(teachers ‖ network)
+    teachers: tuple[str, ...] = ()
+    distill_weight: float = 0.5
+    distill_temperature: float = 2.0
 
 
 @dataclass(frozen=True)

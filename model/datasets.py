@@ -167,6 +167,16 @@ def cross_validation_fold(subjects: Iterable[str], data: DataConfig, fold: int, 
     return replace(data, val_subjects=tuple(pool[fold - 1 :: folds]))
 
 
+def parse_fold(text: str | None) -> tuple[int, int] | None:
+    """``--fold K/N`` as (K, N); ValueError for anything else."""
+    if text is None:
+        return None
+    k, _, n = text.partition("/")
+    if not (k.isdigit() and n.isdigit()):
+        raise ValueError(f"--fold wants K/N, e.g. 1/3, got {text!r}")
+    return int(k), int(n)
+
+
 def build_splits(config: ExperimentConfig, fold: tuple[int, int] | None = None) -> Splits:
     """Train, validation and test windows for an experiment; ``fold=(k, n)`` validates on the
     k-th of n cross-validation folds of the training subjects instead of the configured ones."""

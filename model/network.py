@@ -1,7 +1,9 @@
 """The deep residual bidirectional LSTM of Zhao, Yang, Chevalier and Gong (2017, arXiv 1708.08989).
 
     window (B, T, C) ─ normalise ─ dropout ─▶ block 1 ─▶ ... ─▶ block n_stacked
-                     ─ last step ─ dropout ─ dense ─▶ logits
+                     ─ readout ─ dropout ─ dense ─▶ logits
+
+readout: the last step (the seed's) or the mean over the window's steps (``NetworkConfig.readout``).
 
     block(x) = norm( Σ_{i < n_residual} BiLSTM_i(x) )      every BiLSTM_i reads the same block input
     BiLSTM(x) = [ LSTM_fw(relu(W_fw x)) ; reverse(LSTM_bw(relu(W_bw reverse(x)))) ]   (concatenated)
@@ -99,7 +101,8 @@ class ResidualBiLSTM(nn.Module):
         h = self.input_dropout((x - self.feature_mean) / self.feature_std)
         for block in self.blocks:
             h = block(h)
-        return self.classifier(self.output_dropout(h[:, -1]))
+        h = h.mean(dim=1) if self.config.readout == "mean" else h[:, -1]
+        return self.classifier(self.output_dropout(h))
 
     def weight_parameters(self) -> list[nn.Parameter]:
         """Weights but not biases or norm gains: what the seed's L2 penalty covers."""

@@ -14,6 +14,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
 from model import distributed
+from model.checkpoint import load_checkpoint
 from model.config import ExperimentConfig, TrainConfig
 from model.datasets import WindowSet
 from model.metrics import summarise
@@ -102,16 +103,54 @@ def augment(
     return x
 
 
+class RecipeError(ValueError):
+    """A training setting that cannot work with these windows: one line, before any training."""
+
+
+class Teachers:
+    """Trained networks whose averaged, softened predictions a network is distilled towards."""
+
+    def __init__(self, config: ExperimentConfig, device: str) -> None:
+        t = config.train
+        self.networks = []
+        for path in t.teachers:
+            try:
+                checkpoint = load_checkpoint(path)
+            except (OSError, ValueError) as error:  # CheckpointError (a ValueError) names the file
+                raise RecipeError(f"train.teachers: {error}") from None
+            meta = checkpoint.meta
+            if (meta.classes, meta.window, meta.preprocessing.features) != (
+                config.classes, config.data.window, config.preprocessing.features
+            ):
+                raise RecipeError(f"teacher {path}: its classes, window or features are not this config's")
+            self.networks.append(checkpoint.model.to(device).eval())
+        self.temperature = t.distill_temperature
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, n_classes) probabilities at the distillation temperature, averaged over teachers."""
+        return torch.stack([torch.softmax(n(x) / self.temperature, 1) for n in self.networks]).mean(0)
+
+
+def distillation_loss(logits: torch.Tensor, taught: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T² · KL(teachers ‖ network) at temperature T (Hinton et al. 2015: T² keeps the gradients'
+    scale independent of T)."""
+    log_p = torch.log_softmax(logits / temperature, 1)
+    return nn.functional.kl_div(log_p, taught, reduction="batchmean") * temperature**2
+
+
 def check_recipe(t: TrainConfig, val: WindowSet) -> None:
     """The training settings that only fit() reads, checked before any work is done."""
     if t.optimizer not in ("adam", "adamw"):
-        raise ValueError(f"unknown optimizer {t.optimizer!r} (adam | adamw)")
+        raise RecipeError(f"unknown optimizer {t.optimizer!r} (adam | adamw)")
     if t.schedule not in ("constant", "onecycle", "cosine"):
-        raise ValueError(f"unknown schedule {t.schedule!r} (constant | onecycle | cosine)")
+        raise RecipeError(f"unknown schedule {t.schedule!r} (constant | onecycle | cosine)")
     if t.keep not in ("best", "last"):
-        raise ValueError(f"unknown train.keep {t.keep!r} (best | last)")
+        raise RecipeError(f"unknown train.keep {t.keep!r} (best | last)")
+    if t.teachers and not (0 <= t.distill_weight <= 1 and t.distill_temperature > 0):
+        raise RecipeError("train.distill_weight must lie in [0, 1] and train.distill_temperature be > 0")
     if t.keep == "best" and not len(val):
-        raise ValueError(
+        raise RecipeError(
             'no validation windows to pick an epoch with: name val subjects or set train.keep="last"'
         )
 
@@ -173,12 +212,12 @@ def fit(
     check_recipe(t, val)
     network = config.model  # its sizes are derived from the config's preprocessing and dataset
     if (train.x.shape[2], len(classes)) != (network.n_inputs, network.n_classes):
-        raise ValueError(f"windows of {train.x.shape[2]} features and {len(classes)} classes, but "
+        raise RecipeError(f"windows of {train.x.shape[2]} features and {len(classes)} classes, but "
                          f"the config's network reads {network.n_inputs} and tells {network.n_classes}")
     rank, world_size = distributed.world()
     per_rank = t.batch_size // world_size
     if per_rank < 1:
-        raise ValueError(f"train.batch_size {t.batch_size} is smaller than the {world_size} processes")
+        raise RecipeError(f"train.batch_size {t.batch_size} is smaller than the {world_size} processes")
     # The order of what draws random numbers below is what makes a seed reproduce a run exactly.
     torch.manual_seed(t.seed)
     generator = torch.Generator().manual_seed(t.seed)
@@ -203,6 +242,7 @@ def fit(
     steps_per_epoch = math.ceil(len(distributed.shard(torch.arange(len(train)), rank, world_size)) / per_rank)
     scheduler = make_schedule(optimizer, t, steps_per_epoch * t.epochs)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
+    teachers = Teachers(config, device) if t.teachers else None
     groups = xyz_groups(features)
     weights = model.weight_parameters()
     kept = Kept(t.keep, t.select_on)
@@ -218,7 +258,11 @@ def fit(
             index = mine[i : i + per_rank]
             xb = augment(x_train[index], config, groups, augment_generator).to(device)
             yb = y_train[index].to(device)
-            loss = loss_fn(net(xb), yb)
+            logits = net(xb)
+            loss = loss_fn(logits, yb)
+            if teachers is not None:
+                w, taught = t.distill_weight, teachers(xb)
+                loss = (1 - w) * loss + w * distillation_loss(logits, taught, t.distill_temperature)
             total_loss += loss.item() * len(index)
             if t.optimizer == "adam" and t.l2 > 0:  # the seed's L2 term: l2 * Σ w² / 2
                 loss = loss + t.l2 * sum((w**2).sum() for w in weights) / 2

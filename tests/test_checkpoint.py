@@ -74,6 +74,7 @@ BAD_METADATA = [
     ("inputs unlike the preprocessing's features", lambda m: m["network"].update(n_inputs=6),
      ['"network.n_inputs"', "(9)"]),
     ("unknown network setting", lambda m: m["network"].update(n_heads=4), ['"network.n_heads"']),
+    ("unknown readout", lambda m: m["network"].update(readout="max"), ['"network.readout"', "last, mean"]),
     ("network missing", lambda m: m.pop("network"), ['"network" is missing']),
     ("unknown preprocessing", lambda m: m["preprocessing"].update(kind="fft"), ['"preprocessing"', "fft"]),
     ("low-pass above Nyquist", lambda m: m["preprocessing"].update(lowpass_hz=30.0), ["lowpass_hz"]),

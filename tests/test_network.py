@@ -57,3 +57,21 @@ def test_normalisation_uses_the_stored_training_statistics():
         before = model(x)
         model.set_normalisation(torch.full((9,), 2.0), torch.full((9,), 3.0))
         torch.testing.assert_close(model(x * 3.0 + 2.0), before)
+
+
+def test_the_mean_readout_classifies_the_average_over_the_window_and_the_last_the_final_step():
+    torch.manual_seed(0)
+    x = torch.randn(3, 24, 9)
+    for readout in ("last", "mean"):
+        model = ResidualBiLSTM(NetworkConfig(readout=readout)).eval()
+        with torch.no_grad():
+            h = x
+            for block in model.blocks:
+                h = block(h)
+            read = h.mean(1) if readout == "mean" else h[:, -1]
+            assert torch.allclose(model(x), model.classifier(read), atol=1e-6)
+    # a config names the seed's readout only by leaving it out: older checkpoints' digests stay
+    assert "readout" not in NetworkConfig().to_dict()
+    assert NetworkConfig(readout="mean").to_dict()["readout"] == "mean"
+    with pytest.raises(ValueError, match=r"model\.readout must be one of last, mean"):
+        NetworkConfig(readout="max")

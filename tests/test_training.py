@@ -94,14 +94,24 @@ def tiny_csv_run(csv_dataset, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
+def tiny_ensemble(csv_dataset) -> list[str]:
+    """model.ensemble's arguments for the windows of tiny_csv_run."""
+    sets = tiny_csv_run(csv_dataset)[6:]  # from the first --set on
+    return ["--config", "configs/uci_har_3x3.toml", "--set", f'data.path="{csv_dataset}"', *sets]
+
+
 def test_a_fold_run_validates_on_its_fold_and_never_scores_test(csv_dataset, tmp_path, capsys):
+    import json
+
     import train
 
     out = tmp_path / "fold.pt"
     assert train.main(tiny_csv_run(csv_dataset, "--fold", "2/3", "--out", str(out))) == 0
     log = capsys.readouterr().out
     assert "fold 2/3: validation subjects 3\n" in log  # training subjects 1 3 5: the second
-    assert "test not scored" in log and "test accuracy" not in log and not out.exists()
+    assert "test not scored" in log and "test accuracy" not in log
+    meta = json.loads(out.with_suffix(".json").read_text())  # kept for an ensemble or a teacher
+    assert meta["metrics"]["test"] == {} and not out.with_suffix(".report.json").exists()
     assert train.main(tiny_csv_run(csv_dataset, "--fold", "2-3")) == 1
     assert "--fold wants K/N" in capsys.readouterr().err
 
@@ -126,3 +136,50 @@ def test_a_refit_on_every_training_subject_keeps_the_last_epoch(csv_dataset, tmp
     scores = json.loads(capsys.readouterr().out)
     assert scores["accuracy"] == meta["metrics"]["test"]["accuracy"]
     assert scores["data_fingerprint_matches"]  # the config read back whole: the same windows
+
+
+def test_distillation_learns_the_teachers_answers_and_refuses_unlike_teachers(csv_dataset, tmp_path, capsys):
+    import json
+
+    import train
+    from model.ensemble import main as ensemble
+
+    teacher = tmp_path / "teacher.pt"
+    assert train.main(tiny_csv_run(csv_dataset, "--fold", "1/3", "--out", str(teacher))) == 0
+    # all weight on the teacher: the labels are never seen, yet the student scores like its teacher
+    student = tmp_path / "student.pt"
+    taught = ["--set", f'train.teachers=["{teacher}"]', "--set", "train.distill_weight=1.0"]
+    assert train.main(tiny_csv_run(csv_dataset, "--fold", "1/3", "--out", str(student), "--epochs", "4",
+                                   *taught)) == 0  # fmt: skip
+    capsys.readouterr()
+    args = [*tiny_ensemble(csv_dataset), "--fold", "1/3", "--json"]
+    assert ensemble([*args, str(teacher), str(student)]) == 0
+    scores = json.loads(capsys.readouterr().out)["members"]
+    assert scores[str(student)]["accuracy"] > 0.3  # chance is 1/6: it learnt from the teacher alone
+    # a teacher reading other windows is refused in one line, before any training
+    assert train.main(tiny_csv_run(csv_dataset, "--set", "data.window=64", *taught)) == 1
+    assert "train.py: teacher" in capsys.readouterr().err
+    assert train.main(tiny_csv_run(csv_dataset, "--set", 'train.teachers=["no/such.pt"]')) == 1
+    assert "train.py: train.teachers: " in capsys.readouterr().err
+
+
+def test_an_ensemble_scores_the_average_of_its_members(csv_dataset, tmp_path, capsys):
+    import json
+
+    import train
+    from model.ensemble import main as ensemble
+
+    paths = [tmp_path / f"seed{seed}.pt" for seed in (0, 1)]
+    for seed, path in enumerate(paths):
+        run = tiny_csv_run(csv_dataset, "--fold", "1/3", "--seed", str(seed), "--out", str(path))
+        assert train.main(run) == 0
+    capsys.readouterr()
+    args = [*tiny_ensemble(csv_dataset), "--fold", "1/3", "--json"]
+    assert ensemble([*args, str(paths[0]), str(paths[0])]) == 0  # a model averaged with itself is itself
+    same = json.loads(capsys.readouterr().out)
+    assert same["average"] == same["members"][str(paths[0])]
+    assert ensemble([*args, *map(str, paths)]) == 0
+    both = json.loads(capsys.readouterr().out)
+    assert both["average"]["n_windows"] == same["average"]["n_windows"] > 0
+    assert ensemble([*args, str(tmp_path / "missing.pt")]) == 1
+    assert capsys.readouterr().err.startswith("model.ensemble: ")
