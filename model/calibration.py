@@ -138,7 +138,7 @@ def _head(model: nn.Module, adapt: str) -> tuple[nn.Module, list[str]]:
         return model.classifier, ["classifier.bias"]
     if adapt == "norm":
         last = len(model.blocks) - 1
-        head = nn.Sequential(model.blocks[last].norm, model.classifier)
+        head = nn.Sequential(model.blocks[last].norm, model.readout, model.classifier)
         return head, [f"blocks.{last}.norm.weight", f"blocks.{last}.norm.bias", "classifier.weight",
                       "classifier.bias"]  # fmt: skip
     raise CalibrationError(f"--adapt must be classifier, bias or norm, not {adapt!r}")
@@ -155,8 +155,7 @@ def _features(model: nn.Module, x: np.ndarray, adapt: str) -> torch.Tensor:
     y = last.layers[0](h)
     for layer in last.layers[1:]:
         y = y + layer(h)
-    y = y[:, -1]
-    return y if adapt == "norm" else last.norm(y)
+    return y if adapt == "norm" else model.readout(last.norm(y))
 
 
 def adapt_model(base: nn.Module, x: np.ndarray, y: np.ndarray, *, adapt: str = ADAPT, steps: int = STEPS,

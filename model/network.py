@@ -72,6 +72,17 @@ class ResidualBlock(nn.Module):
         return self.norm(y)
 
 
+class Readout(nn.Module):
+    """What the classifier reads of the last block's (B, T, H) output: the final step or the mean."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:  # (B, T, H) -> (B, H)
+        return h.mean(dim=1) if self.kind == "mean" else h[:, -1]
+
+
 class ResidualBiLSTM(nn.Module):
     def __init__(self, config: NetworkConfig) -> None:
         super().__init__()
@@ -86,6 +97,7 @@ class ResidualBiLSTM(nn.Module):
             ResidualBlock(n_in, config.n_hidden, config.n_residual, config.bidirectional)
             for n_in in widths[:-1]
         )
+        self.readout = Readout(config.readout)  # no parameters: the state_dict is the same either way
         self.output_dropout = nn.Dropout(config.dropout)
         self.classifier = nn.Linear(config.n_hidden, config.n_classes)
 
@@ -101,8 +113,7 @@ class ResidualBiLSTM(nn.Module):
         h = self.input_dropout((x - self.feature_mean) / self.feature_std)
         for block in self.blocks:
             h = block(h)
-        h = h.mean(dim=1) if self.config.readout == "mean" else h[:, -1]
-        return self.classifier(self.output_dropout(h))
+        return self.classifier(self.output_dropout(self.readout(h)))
 
     def weight_parameters(self) -> list[nn.Parameter]:
         """Weights but not biases or norm gains: what the seed's L2 penalty covers."""

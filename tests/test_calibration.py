@@ -158,3 +158,20 @@ def test_the_live_path_runs_a_calibrated_wearer_on_its_own_model_and_the_others_
     plain = "csv:" + str(tmp_path / "plain.csv")
     assert main(["replay", plain, "--calibration", "turned", "--headless"]) == 1
     assert "DEVICE=wearer.pt" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("readout", ["last", "mean"])
+@pytest.mark.parametrize("adapt", ["classifier", "bias", "norm"])
+def test_the_adapted_head_on_its_cached_features_is_the_whole_network(readout, adapt):
+    import torch
+
+    from model.calibration import _features, _head
+    from model.config import NetworkConfig
+    from model.network import ResidualBiLSTM
+
+    torch.manual_seed(0)
+    model = ResidualBiLSTM(NetworkConfig(n_hidden=8, readout=readout)).eval()
+    x = np.random.default_rng(0).normal(size=(4, 32, 9)).astype(np.float32)
+    head, _ = _head(model, adapt)
+    with torch.no_grad():
+        assert torch.allclose(head(_features(model, x, adapt)), model(torch.from_numpy(x)), atol=1e-5)
