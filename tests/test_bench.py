@@ -44,3 +44,28 @@ def test_bench_takes_a_backend_and_defaults_to_onnx_when_installed():
     assert build_parser().parse_args(["bench", "--backend", "torch"]).backend == "torch"
     assert build_parser().parse_args(["bench"]).backend is None  # run_bench picks default_backend()
     assert default_backend() == "onnx"  # the test extra installs onnxruntime
+
+
+def test_models_are_compared_side_by_side_with_their_cost_and_recorded_scores(tmp_path, capsys):
+    import json
+
+    import torch
+    from live_fixtures import write_tiny_checkpoint
+
+    from model.config import NetworkConfig
+    from model.network import ResidualBiLSTM
+    from streamer.bench_models import main as bench_models
+
+    small = write_tiny_checkpoint(tmp_path / "small.pt")
+    large = write_tiny_checkpoint(tmp_path / "large.pt")
+    meta = json.loads(large.with_suffix(".json").read_text())
+    meta["network"]["n_hidden"] = 16  # the same layers, twice as wide: about 3x the FLOPs
+    torch.save(ResidualBiLSTM(NetworkConfig(**meta["network"])).state_dict(), large)
+    large.with_suffix(".json").write_text(json.dumps(meta))
+    assert bench_models([str(small), str(large), "--rounds", "2", "--seconds", "0.05", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["checkpoint"] for r in rows] == [str(small), str(large)]
+    assert 2.5 < rows[1]["mflop_per_window"] / rows[0]["mflop_per_window"] < 4
+    assert all(r["windows_per_s"] > 0 and r["test_accuracy"] is None for r in rows)  # untrained: no scores
+    assert bench_models([str(tmp_path / "missing.pt")]) == 1
+    assert capsys.readouterr().err.startswith("bench_models: ")
