@@ -69,6 +69,9 @@ class ReplaySource:
     def summary(self) -> dict[str, int]:
         return {}
 
+    def released(self) -> list[str]:  # a recording's one device is never handed elsewhere
+        return []
+
     def timeline(self) -> list[tuple[Recording, np.ndarray]]:
         """Each recording with its timestamps on one clock, sessions separated by a gap."""
         offset, out = 0.0, []

@@ -128,6 +128,8 @@ def replay_devices(specs: list[str], checkpoint: CheckpointMeta) -> list[Device]
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.fleet:
+        return cmd_bench_fleet(args)
     import torch  # the baseline it measures against is the eager PyTorch model
     from rich.console import Console
 
@@ -149,6 +151,30 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(dumps(result))
     else:
         Console().print(bench_table(result, args.quick))
+    return 0
+
+
+def cmd_bench_fleet(args: argparse.Namespace) -> int:
+    """``bench --fleet``: recognizer processes through mosquitto and RabbitMQ (streamer/bench_fleet.py)."""
+    from rich.console import Console
+
+    from streamer.bench_fleet import fleet_figures, fleet_table
+    from streamer.rabbitmq import rabbitmq_installed
+
+    if not rabbitmq_installed():
+        raise CliError("bench --fleet starts a private RabbitMQ: apt-get install -y rabbitmq-server")
+    open_checkpoint(args.checkpoint)
+    try:
+        sizes = tuple(int(s) for s in args.fleet_sizes.split(","))
+    except ValueError:
+        raise CliError(f"--fleet-sizes wants device counts like 100,200, not {args.fleet_sizes!r}") from None
+    stderr = Console(stderr=True)
+    result = fleet_figures(args.checkpoint, sizes, args.fleet_seconds, backend=args.backend or "onnx",
+                           progress=lambda stage: stderr.print(f"harstream bench: {stage}"))  # fmt: skip
+    if args.json:
+        print(dumps({"fleet": result}))
+    else:
+        Console().print(fleet_table(result))
     return 0
 
 
@@ -289,9 +315,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=("torch", "onnx"), default=None,
                    help="backend of the end-to-end runs (default: onnx when onnxruntime is installed)")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p.add_argument("--fleet", action="store_true", help="instead: recognizer processes through a private "
+                   "mosquitto (harstream mqtt) and RabbitMQ (harstream fleet, 1 and 2 workers), side by side")
+    p.add_argument("--fleet-sizes", default="100,200,300,400,500",
+                   help="with --fleet: fleet sizes to step through, in devices (default %(default)s)")
+    p.add_argument("--fleet-seconds", type=float, default=30.0,
+                   help="with --fleet: seconds of real-time traffic per run (default %(default)g)")
     p.set_defaults(run=cmd_bench)
 
     add_wearable_commands(sub)  # mqtt, serial, publish, record
+    from streamer.fleet_cli import add_fleet_command
+
+    add_fleet_command(sub)  # fleet: recognizers sharing devices through RabbitMQ
     add_kit_commands(sub)  # check, init-config: your own wearable
     from streamer.history import add_history_command
 

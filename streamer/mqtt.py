@@ -156,6 +156,8 @@ class MqttOptions:
     persistent: bool = False  # keep the session on the broker while away (an explicit --client-id)
     announce: bool = True  # publish the recognizer's availability at status_topic (and a last will)
     name: str = ""  # the recognizer's stable name in status_topic (default: the client id)
+    listen: bool = True  # subscribe to the topic; False: a client that only publishes (harstream fleet)
+    protocol: int = 5  # MQTT 5, or 4 (3.1.1) for a broker without 5: RabbitMQ's plugin before 3.13
 
     def __post_init__(self) -> None:
         group = self.shared_group
@@ -177,7 +179,8 @@ class MqttOptions:
 
 
 def new_client(options: MqttOptions, client_id: str, will: str | None = None) -> mqtt.Client:
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    protocol = mqtt.MQTTv5 if options.protocol == 5 else mqtt.MQTTv311
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol)
     paho_log = logging.getLogger("harstream.paho")
     if not logging.getLogger().isEnabledFor(logging.DEBUG):
         # paho logs each failed reconnect as an error; the source's status line says it once, and
@@ -227,16 +230,49 @@ def unreachable(broker: Broker, timeout: float = 2.0) -> str | None:
     return None
 
 
-class MqttSource(SourceBase):
-    """Every device that publishes to the topic pattern, as one source (see :class:`Source`)."""
+class WireSource(SourceBase):
+    """What a broker's source does with a message (MQTT here, AMQP in :mod:`streamer.fleet`):
+    decode it with :mod:`streamer.wire`, in the pipeline's thread once bound (a :class:`Deferred`),
+    and count what is unusable per device, under at most ``max_devices`` device keys."""
 
-    live = True  # paho's network thread hands over: never blocked (the pipeline sheds instead)
+    live = True  # a network thread hands over: never blocked (the pipeline sheds instead)
 
-    def __init__(self, options: MqttOptions, channels: tuple[str, ...], max_devices: int = 10_000) -> None:
+    def __init__(self, channels: tuple[str, ...], max_devices: int = 10_000) -> None:
         super().__init__()
-        self.options = options
         self.channels = channels  # what the model reads; the wire maps message channels to these
         self.max_devices = max_devices
+        self.devices: set[str] = set()  # devices counted under their own id, bounded by max_devices
+        self._count_lock = threading.Lock()
+
+    def _decode(self, device: str, payload: bytes, arrival: float) -> SampleBatch | None:
+        """The message's batch, or None when it is unusable (counted); never raises, since it
+        also runs as a :class:`Deferred` in the pipeline's thread."""
+        try:
+            return decode(payload, device, self.channels, arrival)
+        except WireError as error:
+            self._count(device, error.reason)
+        except Exception as error:  # a decoder bug costs one message, never the pipeline
+            log.debug("message of %s failed", device, exc_info=True)
+            self._count(device, f"internal error ({type(error).__name__})")
+        return None
+
+    def _count(self, device: str, reason: str) -> None:
+        """Count an unusable message (from the network thread, or the pipeline's for a Deferred)."""
+        with self._count_lock:
+            if device not in self.devices:  # a flood of new ids must not grow the counters without bound
+                if len(self.devices) >= self.max_devices and device not in (INVALID_DEVICE, OTHER_DEVICES):
+                    device = OTHER_DEVICES
+                elif device not in (INVALID_DEVICE, OTHER_DEVICES):
+                    self.devices.add(device)
+        self.reject(device, reason)
+
+
+class MqttSource(WireSource):
+    """Every device that publishes to the topic pattern, as one source (see :class:`Source`)."""
+
+    def __init__(self, options: MqttOptions, channels: tuple[str, ...], max_devices: int = 10_000) -> None:
+        super().__init__(channels, max_devices)
+        self.options = options
         self.name = f"mqtt {options.broker.host}:{options.broker.port}"
         self.status = "connecting"
         self.connected = threading.Event()
@@ -246,7 +282,6 @@ class MqttSource(SourceBase):
         self._connected_at = 0.0
         self._short_lived = 0  # connections in a row that the broker closed right after they were made
         self.retries = 0
-        self.devices: set[str] = set()  # devices counted under their own id, bounded by max_devices
         self.other_shard = 0  # messages of devices that another shard owns; one number, no per-device state
         self.on_connected: list[Callable[[mqtt.Client], None]] = []  # sinks that publish on connect
         self.publishers: list[PredictionPublisher] = []  # the sinks that publish through this client
@@ -257,7 +292,6 @@ class MqttSource(SourceBase):
         # reads too slowly makes the broker drop its messages ("Outgoing messages are being dropped").
         self.defer_decoding = False
         self._lock = threading.Lock()
-        self._count_lock = threading.Lock()
         will = options.status_topic if options.announce else None
         self.client = new_client(options, options.client_id, will=will)
         self.client.on_connect = self._on_connect
@@ -337,7 +371,8 @@ class MqttSource(SourceBase):
             else:  # e.g. Server unavailable, Server busy: paho tries again
                 self.status = f"refused by the broker: {reason_code}; retrying"
             return
-        client.subscribe(self.options.subscription, qos=self.options.qos)
+        if self.options.listen:
+            client.subscribe(self.options.subscription, qos=self.options.qos)
         if self.options.announce:
             client.publish(self.options.status_topic, "online", qos=1, retain=True)
         for callback in self.on_connected:
@@ -414,18 +449,6 @@ class MqttSource(SourceBase):
                 return
         self._emit(item)
 
-    def _decode(self, device: str, payload: bytes, arrival: float) -> SampleBatch | None:
-        """The message's batch, or None when it is unusable (counted); never raises, since it
-        also runs as a :class:`Deferred` in the pipeline's thread."""
-        try:
-            return decode(payload, device, self.channels, arrival)
-        except WireError as error:
-            self._count(device, error.reason)
-        except Exception as error:  # a decoder bug costs one message, never the pipeline
-            log.debug("mqtt: message of %s failed", device, exc_info=True)
-            self._count(device, f"internal error ({type(error).__name__})")
-        return None
-
     def summary(self) -> dict:
         """The source's own tallies, for the pipeline's summary."""
         tallies = {"other_shard": self.other_shard} if self.options.shard is not None else {}
@@ -435,16 +458,6 @@ class MqttSource(SourceBase):
             if publisher.unpublishable:
                 tallies["predictions_not_published"] = sum(publisher.unpublishable.values())
         return tallies
-
-    def _count(self, device: str, reason: str) -> None:
-        """Count an unusable message (from paho's thread, or the pipeline's for a Deferred)."""
-        with self._count_lock:
-            if device not in self.devices:  # a flood of new ids must not grow the counters without bound
-                if len(self.devices) >= self.max_devices and device not in (INVALID_DEVICE, OTHER_DEVICES):
-                    device = OTHER_DEVICES
-                elif device not in (INVALID_DEVICE, OTHER_DEVICES):
-                    self.devices.add(device)
-        self.reject(device, reason)
 
 
 def discovery_id(device: str) -> str:

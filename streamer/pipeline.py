@@ -225,6 +225,8 @@ class Ingress:
         else:
             reason = SHED_MESSAGES if isinstance(item, Deferred) else SHED
             self._shed[NEW_DEVICES if entry.new else entry.key, reason] += entry.samples
+            if isinstance(item, Deferred) and item.taken is not None:
+                item.taken()  # refused (counted): nothing to redeliver
         return True
 
 
@@ -351,9 +353,12 @@ class Pipeline:
     def _schedule(self, item: Batch) -> tuple[list[Window], bool]:
         """The windows that ``item`` makes ready, and whether they are a fleet's whole moment."""
         if isinstance(item, Deferred):
-            item = item.decode()  # None: the source counted why
-            if item is None:
-                return [], False
+            try:
+                batch = item.decode()  # None: the source counted why (or it is no longer ours)
+                return self._schedule(batch) if batch is not None else ([], False)
+            finally:
+                if item.taken is not None:  # in the device's stream now: a broker may be acknowledged
+                    item.taken()
         if isinstance(item, FleetBatch):
             windows = self.scheduler.push_fleet(item)
             whole = bool(windows)
@@ -365,9 +370,14 @@ class Pipeline:
         return windows, whole
 
     def _chores(self, now: float) -> None:
-        """Forget idle devices (and tell the decider and the sinks); count what the queue shed."""
+        """Forget idle devices and those a source let go (and tell the decider and the sinks); count
+        what the queue shed."""
         for device in self.scheduler.evict_idle(now):
             self._forget(device)
+        for source in self.sources:
+            for device in source.released():
+                if self.scheduler.forget(device):
+                    self._forget(device)
         self._count_shed(now)
 
     def _count_shed(self, now: float) -> None:

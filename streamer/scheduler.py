@@ -444,6 +444,14 @@ class Scheduler:
         stream = self.devices[device] = DeviceStream(device, self)
         return stream
 
+    def forget(self, device: str) -> bool:
+        """Forget ``device`` now (its source no longer carries it: a fleet partition that another
+        worker took); whether it was served. Its tallies stay in the totals."""
+        if device not in self.devices:
+            return False
+        self._forget(device)
+        return True
+
     def _forget(self, device: str) -> None:
         counters = self.devices.pop(device).counters
         self.retired.add(counters.without_drops())

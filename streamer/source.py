@@ -25,7 +25,12 @@ class Deferred:
     least work per message, and what an overload sheds was never paid for."""
 
     device: str
-    decode: Callable[[], SampleBatch | None]  # run in the pipeline's thread; None: unusable (counted)
+    # run in the pipeline's thread; None: unusable (counted), or no longer this worker's to take
+    # (a fleet partition handed to another worker: the broker redelivers it there)
+    decode: Callable[[], SampleBatch | None]
+    # told, in the pipeline's thread, once the message has been taken into the device's stream (or
+    # refused): when a broker that redelivers (AMQP, streamer.fleet) may be acknowledged
+    taken: Callable[[], None] | None = None
 
 
 Emit = Callable[[SampleBatch | FleetBatch | Deferred], None]
@@ -60,6 +65,11 @@ class Source(Protocol):
         """The source's own tallies for the run's summary (an MQTT shard: other shards' messages)."""
         ...
 
+    def released(self) -> list[str]:
+        """Devices the source no longer carries since the last call (a fleet partition that another
+        worker took): the pipeline forgets them, as it forgets idle ones."""
+        ...
+
 
 class SourceBase:
     """The defaults of :class:`Source`, and :meth:`reject`: a source's one way to count bad input."""
@@ -91,3 +101,6 @@ class SourceBase:
 
     def summary(self) -> dict[str, int]:
         return {}
+
+    def released(self) -> list[str]:
+        return []

@@ -39,12 +39,12 @@ def test_every_source_declares_what_the_pipeline_and_the_commands_use(short_reco
         SerialSource("loop://", HAPT_CHANNELS): True,
         Fleet(1, 0.1): False,
     }
-    declared = {name for name in Source.__annotations__} | {"bind", "run", "close", "summary"}
-    assert declared == {"name", "status", "live", "fatal", "bind", "run", "close", "summary"}
+    declared = {name for name in Source.__annotations__} | {"bind", "run", "close", "summary", "released"}
+    assert declared == {"name", "status", "live", "fatal", "bind", "run", "close", "summary", "released"}
     for source, live in sources.items():
         assert all(hasattr(source, name) for name in declared), type(source).__name__
         assert source.live is live and source.fatal is None and isinstance(source.status, str)
-        assert source.summary() == {}
+        assert source.summary() == {} and source.released() == []
         source.close()  # safe for every source, started or not
         source.close()
 

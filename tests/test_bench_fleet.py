@@ -1,0 +1,32 @@
+"""The fleet benchmark that ``harstream bench --fleet`` reports, run small: recognizer processes
+through a real mosquitto and a real RabbitMQ (1 and 2 workers), side by side."""
+
+from __future__ import annotations
+
+import pytest
+from live_fixtures import write_tiny_checkpoint
+
+from streamer.bench_fleet import SETUPS, Brokers, fleet_figures, fleet_table
+from streamer.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+def test_every_setup_predicts_every_window_and_reports_its_latency(rabbitmq, broker, tmp_path) -> None:
+    checkpoint = write_tiny_checkpoint(tmp_path / "tiny64.pt", window=64)
+    brokers = Brokers("127.0.0.1", broker.port, rabbitmq.mqtt_port, rabbitmq.amqp_url)
+    result = fleet_figures(checkpoint, sizes=(6,), seconds=4.0, brokers=brokers)
+    assert tuple(result) == SETUPS
+    for setup, figures in result.items():
+        (run,) = figures["runs"]
+        # 4 s of 50 Hz in messages of 25: windows of 64 end at samples 63, 95, ..., 191
+        assert run["windows"] == run["windows_expected"] == 6 * 5, (setup, run)
+        assert run["dropped"] == 0 and 0 < run["p50_ms"] <= run["p99_ms"] < 5000, (setup, run)
+        assert run["workers"] == {"mosquitto": 1, "rabbitmq_1": 1, "rabbitmq_2": 2}[setup]
+        assert figures["max_devices"] in (0, 6)  # held or not: the machine's load decides, not the test
+    assert fleet_table(result).row_count == 3
+
+
+def test_bench_fleet_refuses_bad_sizes_in_one_line(capsys) -> None:
+    assert main(["bench", "--fleet", "--fleet-sizes", "ten"]) == 1
+    assert "--fleet-sizes wants device counts" in capsys.readouterr().err
