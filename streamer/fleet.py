@@ -52,6 +52,7 @@ import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 
+from streamer.limits import FLEET_MAX_PARTITIONS, FLEET_UNACKED
 from streamer.mqtt import INVALID_DEVICE, TopicPattern, WireSource
 from streamer.shard import Shard
 from streamer.source import Deferred, Emit
@@ -60,8 +61,6 @@ from streamer.wire import valid_device_id
 log = logging.getLogger(__name__)
 
 OWNER_PRIORITY, STANDBY_PRIORITY = 10, 0  # x-priority of a worker's own share, and of the rest
-PREFETCH_TOTAL = 192  # unacknowledged messages a worker holds in all: below the pipeline's queue (256)
-MAX_PARTITIONS = 128  # so that every partition's channel may hold at least one
 PROBE_S = 1.0  # how often a worker looks up the owners of the partitions outside its share
 ACK_S = 0.02  # how long the connection's loop waits for traffic before acknowledging what was taken
 BACKOFF_S = (1.0, 30.0)  # reconnection back-off, as the MQTT source's (paho's reconnect_delay_set)
@@ -139,8 +138,8 @@ class FleetOptions:
     topic: TopicPattern = field(default_factory=lambda: TopicPattern.parse("har/+/imu"))
 
     def __post_init__(self) -> None:
-        if not 1 <= self.partitions <= MAX_PARTITIONS:
-            raise ValueError(f"--partitions must be from 1 to {MAX_PARTITIONS}, not {self.partitions}")
+        if not 1 <= self.partitions <= FLEET_MAX_PARTITIONS:
+            raise ValueError(f"--partitions must be from 1 to {FLEET_MAX_PARTITIONS}, not {self.partitions}")
         if not NAME.fullmatch(self.name) or self.name.startswith("amq."):
             raise ValueError(f"bad fleet name {self.name!r}: letters, digits, '_', '.', '-', not amq.*")
 
@@ -151,7 +150,7 @@ class FleetOptions:
 
     @property
     def prefetch(self) -> int:
-        return max(1, PREFETCH_TOTAL // self.partitions)
+        return max(1, FLEET_UNACKED // self.partitions)
 
     def queue(self, partition: int) -> str:
         return f"{self.name}.{partition}"

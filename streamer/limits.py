@@ -42,6 +42,13 @@ MAX_DEVICES = 1000  # streams kept at once (`--max-devices`)
 ADMIT_AFTER_SILENCE_S = 5.0
 IDLE_TIMEOUT_S = 300.0  # a device silent this long is forgotten (`--idle-timeout`)
 
+# -- a worker of `harstream fleet` on RabbitMQ (streamer.fleet) -------------------------------------
+# Messages a worker holds unacknowledged, all partitions together (each partition's channel gets
+# FLEET_UNACKED // partitions as its prefetch): below the pipeline's queue (256), so a worker never
+# sheds what the broker would otherwise keep for it; the broker holds the rest in the queue.
+FLEET_UNACKED = 192
+FLEET_MAX_PARTITIONS = 128  # `--partitions`: at most this many, so each channel may hold one
+
 
 def value_limits(units: tuple[str, ...] | list[str], n: int) -> np.ndarray:
     """The largest |value| of each of ``n`` channels, by unit (unknown units: OTHER_UNIT_LIMIT).

@@ -89,10 +89,10 @@ def publish(clients: list[mqtt.Client], messages: list[tuple[str, bytes]]) -> No
         info.wait_for_publish(10)
 
 
-def worker(node: RabbitMQ, name: str, k: int, checkpoint: Path, hop: int, timed: bool = False):
+def worker(node: RabbitMQ, name: str, k: int, checkpoint: Path, hop: int, *extra: str, timed: bool = False):
     process = harstream("fleet", "--amqp", node.amqp_url, "--partitions", str(PARTITIONS), "--worker",
                         f"{k}/2", "--fleet-name", name, "--checkpoint", str(checkpoint), "--hop", str(hop),
-                        "--headless", "--jsonl", "--max-wait-ms", "5")  # fmt: skip
+                        "--headless", "--jsonl", "--max-wait-ms", "5", *extra)  # fmt: skip
     return process, (TimedLines if timed else Lines)(process.stdout), Lines(process.stderr)
 
 
@@ -165,9 +165,18 @@ def test_rabbitmq_hands_a_free_queue_to_the_highest_priority_waiting_consumer_an
 def test_two_workers_serve_each_device_once_and_predict_what_one_mqtt_recognizer_does(
         rabbitmq, broker, fleet, tiny64) -> None:  # fmt: skip
     reference = Recognizer(broker.url, tiny64, "--hop", "32", "--max-wait-ms", "5")
-    workers = [worker(rabbitmq, fleet, k, tiny64, hop=32) for k in range(2)]  # both at once: any may be first
+    publish_out = ("--publish", "--mqtt-port", str(rabbitmq.mqtt_port))  # through the MQTT plugin
+    workers = [worker(rabbitmq, fleet, k, tiny64, 32, *publish_out) for k in range(2)]  # any may be first
     clients = [device_client(rabbitmq.mqtt_url), device_client(broker.url)]
     windows = 1 + (4 * 50 - 64) // 32  # 4 s of each device: windows end at samples 63, 95, ..., 191
+    watcher = device_client(rabbitmq.mqtt_url)  # an MQTT subscriber, as Home Assistant would be
+    seen: list[tuple[str, str]] = []
+    watcher.on_message = lambda c, u, m: seen.append((m.topic, json.loads(m.payload)["label"]))
+    watcher.subscribe("har/+/activity", qos=1)
+    amqp = pika.BlockingConnection(parse_amqp(rabbitmq.amqp_url).parameters("test listener"))
+    listener = amqp.channel()  # and an AMQP consumer of amq.topic
+    queue = listener.queue_declare("", exclusive=True).method.queue
+    listener.queue_bind(queue, "amq.topic", routing_key="har.*.activity")
     try:
         for _, _, err in workers:
             assert any("connected" in x for x in err.wait(lambda ls: any("connected" in x for x in ls), 60))
@@ -176,11 +185,16 @@ def test_two_workers_serve_each_device_once_and_predict_what_one_mqtt_recognizer
         outs = [out for _, out, _ in workers]
         assert wait_until(lambda: sum(len(predictions(o.lines)) for o in outs) >= len(DEVICES) * windows, 60)
         assert wait_until(lambda: len(reference.predictions) >= len(DEVICES) * windows, 30)
+        assert wait_until(lambda: len(seen) >= len(DEVICES) * windows, 10)
         time.sleep(0.5)  # a duplicate would come by now
+        keys = []
+        while (message := listener.basic_get(queue, auto_ack=True))[0] is not None:
+            keys.append(message[0].routing_key)
     finally:
         stop(*(process for process, _, _ in workers))
         reference.close()
-        for client in clients:
+        amqp.close()
+        for client in (*clients, watcher):
             client.loop_stop()
     served = [by_device(predictions(out.lines)) for _, out, _ in workers]
     assert not set(served[0]) & set(served[1]), "a device was served by both workers"
@@ -192,6 +206,10 @@ def test_two_workers_serve_each_device_once_and_predict_what_one_mqtt_recognizer
         assert [p["label"] for p in got] == [p["label"] for p in want[device]]
         for a, b in zip(got, want[device], strict=True):
             assert np.allclose(list(a["probs"].values()), list(b["probs"].values()), atol=1e-5)
+    labels = by_device([{"device": topic.split("/")[1], "label": label} for topic, label in seen])
+    assert {d: [p["label"] for p in ps] for d, ps in labels.items()} == {
+        d: [p["label"] for p in want[d]] for d in DEVICES}  # fmt: skip
+    assert sorted(keys) == sorted(f"har.{topic.split('/')[1]}.activity" for topic, _ in seen)
     for k, (_, out, err) in enumerate(workers):
         summary = summary_of(out)
         assert summary["dropped"] == 0 and summary["devices"] == len(served[k])
@@ -204,7 +222,7 @@ def test_a_killed_worker_s_devices_are_served_again_by_the_other_one_window_late
     """SIGKILL one of two workers while 40 devices stream in real time: the survivor becomes each of
     its partitions' consumer and serves its devices afresh (window 128 at 50 Hz, as the shipped
     model's); a device is never served by both."""
-    workers = [worker(rabbitmq, fleet, k, tiny_checkpoint, hop=32, timed=True) for k in range(2)]
+    workers = [worker(rabbitmq, fleet, k, tiny_checkpoint, 32, timed=True) for k in range(2)]
     client = device_client(rabbitmq.mqtt_url)
     stop_sending = threading.Event()
     per_message, rounds = 25, 40  # a message every 0.5 s, as a wearable sends, for 20 s at most
