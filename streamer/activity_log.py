@@ -53,7 +53,8 @@ def attach_history(options: LiveOptions, pipeline: Pipeline, hop_s: float) -> Ep
 
 
 def print_event(event: Event) -> None:
-    print(dumps({"device": event.device, **event.to_json()}), flush=True)
+    sys.stdout.write(dumps({"device": event.device, **event.to_json()}) + "\n")  # one call: see json_line
+    sys.stdout.flush()
 
 
 def episodes_of(pipeline: Pipeline) -> Episodes | None:

@@ -340,8 +340,9 @@ class FleetSource(WireSource):
                     self.status = f"connecting (retry in {delay:g} s): {why(error)}"
                 finally:
                     self._let_go()
-                if stop.wait(delay) or self._closing.is_set():
-                    return
+                deadline = time.monotonic() + delay
+                while not self._stopping(stop) and time.monotonic() < deadline:
+                    stop.wait(0.1)
                 delay = min(BACKOFF_S[1], delay * 2)
         finally:
             self._finished.set()

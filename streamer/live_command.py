@@ -40,6 +40,14 @@ def say(message: str) -> None:
     print(f"harstream: {message}", file=sys.stderr, flush=True)
 
 
+def json_line(record: dict) -> None:
+    """One JSON line on stdout, written in one call: print() writes the text and its newline
+    separately, and a SIGTERM (a KeyboardInterrupt, below) between the two glued the summary onto
+    the last prediction's line."""
+    sys.stdout.write(dumps(record) + "\n")
+    sys.stdout.flush()
+
+
 def sigterm_as_interrupt() -> None:
     """SIGTERM stops as Ctrl-C does: sources stop, files close, the summary prints."""
 
@@ -286,7 +294,7 @@ def run_live(options: LiveOptions, pipeline: Pipeline, classes: tuple[str, ...],
 
     summary = pipeline.summary() | finish_history(pipeline) | {"interrupted": interrupted}
     if options.jsonl:
-        print(dumps({"summary": summary}), flush=True)
+        json_line({"summary": summary})
     else:
         console.print(summary_table(summary))
     return 130 if interrupted and not options.headless else 0
@@ -296,7 +304,7 @@ def _headless(options: LiveOptions, pipeline: Pipeline) -> None:
     next_report = time.monotonic() + PROGRESS_S
     for prediction in pipeline.run():
         if options.jsonl:
-            print(dumps(prediction.to_json()), flush=True)
+            json_line(prediction.to_json())
         elif time.monotonic() >= next_report:  # a service's log: a line now and then
             next_report = time.monotonic() + PROGRESS_S
             print(progress_line(pipeline.summary()), file=sys.stderr, flush=True)
@@ -319,7 +327,7 @@ def _on_dashboard(options: LiveOptions, pipeline: Pipeline, classes: tuple[str, 
             for prediction in pipeline.run():
                 dashboard.observe(prediction)
                 if options.jsonl:
-                    print(dumps(prediction.to_json()), flush=True)
+                    json_line(prediction.to_json())
     finally:
         if today is not None:
             today.stop()

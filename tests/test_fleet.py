@@ -217,15 +217,17 @@ def test_two_workers_serve_each_device_once_and_predict_what_one_mqtt_recognizer
         assert summary["fleet_partitions_taken"] == sum("is served here now" in x for x in err.lines) == 2
 
 
-def test_a_killed_worker_s_devices_are_served_again_by_the_other_one_window_later(
+def test_a_killed_worker_s_devices_are_served_by_the_other_one_window_later_and_given_back(
         rabbitmq, fleet, tiny_checkpoint) -> None:  # fmt: skip
-    """SIGKILL one of two workers while 40 devices stream in real time: the survivor becomes each of
-    its partitions' consumer and serves its devices afresh (window 128 at 50 Hz, as the shipped
-    model's); a device is never served by both."""
+    """SIGKILL one of two workers while 40 devices stream in real time: the survivor becomes the
+    consumer of its partitions and serves its devices afresh (window 128 at 50 Hz, as the shipped
+    model's); when the worker comes back, the survivor hands them back. A device is never served
+    by two workers at once."""
     workers = [worker(rabbitmq, fleet, k, tiny_checkpoint, 32, timed=True) for k in range(2)]
+    (_, survivor_out, survivor_err), (victim, victim_out, _) = workers
     client = device_client(rabbitmq.mqtt_url)
     stop_sending = threading.Event()
-    per_message, rounds = 25, 40  # a message every 0.5 s, as a wearable sends, for 20 s at most
+    per_message, rounds = 25, 80  # a message every 0.5 s, as a wearable sends, for 40 s at most
     t0 = time.time()
     messages = traffic(DEVICES, rounds, per_message, t0)
 
@@ -236,37 +238,44 @@ def test_a_killed_worker_s_devices_are_served_again_by_the_other_one_window_late
                 return
             publish([client], messages[m * len(DEVICES) : (m + 1) * len(DEVICES)])
 
+    def served(lines: Lines) -> dict[str, list[dict]]:
+        return by_device(predictions(list(lines.lines)))
+
     try:
         for _, _, err in workers:
             assert any("connected" in x for x in err.wait(lambda ls: any("connected" in x for x in ls), 60))
         settled(rabbitmq, fleet)
         sender = threading.Thread(target=send, daemon=True)
         sender.start()
-        (_, survivor_out, survivor_err), (victim, victim_out, _) = workers
-        # both serve before the kill
-        assert wait_until(lambda: predictions(victim_out.lines) and predictions(survivor_out.lines), 20)
+        assert wait_until(lambda: len(served(victim_out)) + len(served(survivor_out)) == len(DEVICES), 20)
         time.sleep(1.0)
         victim.send_signal(signal.SIGKILL)
         killed_at = time.monotonic()
         victim.wait(10)
-        time.sleep(TAKEOVER_BOUND_S + 1.0)
-        stop_sending.set()
-        sender.join(10)
+        assert wait_until(lambda: len(served(survivor_out)) == len(DEVICES), TAKEOVER_BOUND_S + 2)
+        workers.append(worker(rabbitmq, fleet, 1, tiny_checkpoint, 32, timed=True))  # the owner returns
+        _, back_out, back_err = workers[-1]
+        assert any("connected" in x for x in back_err.wait(lambda ls: any("connected" in x for x in ls), 60))
+        handed_back = lambda: sum("handed back" in x for x in survivor_err.lines) == 2  # noqa: E731
+        assert wait_until(handed_back, 10), survivor_err.lines
+        assert wait_until(lambda: len(served(back_out)) == len(served(victim_out)), TAKEOVER_BOUND_S + 2)
+        time.sleep(1.0)
     finally:
         stop_sending.set()
         stop(*(process for process, _, _ in workers))
         client.loop_stop()
-    before = by_device(predictions(victim_out.lines))
-    after = by_device(predictions(survivor_out.lines))
-    assert before and set(before) | set(after) == set(DEVICES)
+    killed, survivor, back = served(victim_out), served(survivor_out), served(back_out)
+    assert killed and set(killed) == set(back) and set(killed) | set(survivor) == set(DEVICES)
     first_after: list[float] = []
-    for device, theirs in before.items():
-        mine = after.get(device)
-        assert mine, f"{device} was not served again after the kill"
-        last, first = (round((p["t"] - t0) * RATE) for p in (theirs[-1], mine[0]))  # sample indices
-        assert last < first, f"{device} was served by both"
-        # afresh: the survivor's first window ends 128 samples into the first message it was given
-        assert (first + 1 - 128) % per_message == 0 and (last + 1 - 128) % 32 == 0, (first, last)
+    for device, theirs in killed.items():
+        stood_in = survivor[device]
+        # sample indices of the windows' last samples: each worker's after the one before it
+        last, first, stood_last, back_first = (round((p["t"] - t0) * RATE) for p in (
+            theirs[-1], stood_in[0], stood_in[-1], back[device][0]))  # fmt: skip
+        assert last < first and stood_last < back_first, f"{device} was served by two workers at once"
+        # afresh: a new consumer's first window ends 128 samples into the first message it was given
+        assert (first + 1 - 128) % per_message == 0 and (back_first + 1 - 128) % per_message == 0
+        assert (last + 1 - 128) % 32 == 0  # the killed worker's, from the stream's start
         at = min(survivor_out.times[i] for i, line in enumerate(survivor_out.lines)
                  if f'"device": "{device}"' in line)  # fmt: skip
         first_after.append(at - killed_at)
@@ -274,9 +283,9 @@ def test_a_killed_worker_s_devices_are_served_again_by_the_other_one_window_late
           f"{np.median(first_after):.2f} s, max {max(first_after):.2f} s")
     assert max(first_after) < TAKEOVER_BOUND_S
     taken = [x for x in survivor_err.lines if "standing in" in x]
-    assert taken and all("worker 1's share" in x for x in taken), survivor_err.lines
+    assert len(taken) == 2 and all("worker 1's share" in x for x in taken), survivor_err.lines
     summary = summary_of(survivor_out)
-    assert summary["fleet_partitions_taken"] == sum("is served here now" in x for x in survivor_err.lines)
+    assert summary["fleet_partitions_taken"] == 4 and summary["fleet_partitions_handed_back"] == 2
     assert summary["dropped"] == 0
 
 
