@@ -317,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.add_argument("--fleet", action="store_true", help="instead: recognizer processes through a private "
                    "mosquitto (harstream mqtt) and RabbitMQ (harstream fleet, 1 and 2 workers), side by side")
-    p.add_argument("--fleet-sizes", default="100,200,300,400,500",
+    p.add_argument("--fleet-sizes", default="100,200,300,400,500,600,800",
                    help="with --fleet: fleet sizes to step through, in devices (default %(default)s)")
     p.add_argument("--fleet-seconds", type=float, default=30.0,
                    help="with --fleet: seconds of real-time traffic per run (default %(default)g)")
