@@ -53,7 +53,7 @@ import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 
 from streamer.limits import FLEET_MAX_PARTITIONS, FLEET_UNACKED
-from streamer.mqtt import INVALID_DEVICE, TopicPattern, WireSource
+from streamer.mqtt import INVALID_DEVICE, OTHER_DEVICES, TopicPattern, WireSource
 from streamer.shard import Shard
 from streamer.source import Deferred, Emit
 from streamer.wire import valid_device_id
@@ -329,6 +329,8 @@ class FleetSource(WireSource):
                     self._give_up(str(error))
                     return
                 except (pika.exceptions.AMQPError, OSError) as error:
+                    if self._stopping(stop):  # e.g. closing a connection the broker had already dropped
+                        return
                     if refusal(error):
                         self._give_up(refusal(error))
                         return
@@ -435,6 +437,16 @@ class FleetSource(WireSource):
 
     def _on_message(self, part: Partition, generation: int, channel: BlockingChannel,
                     method, properties, body: bytes) -> None:  # fmt: skip
+        part.pending.append(method.delivery_tag)  # acknowledged in order, whatever becomes of it
+        try:
+            self._take(part, generation, method, body)
+        except Exception as error:  # never into pika's loop: count it, acknowledge it, keep consuming
+            log.debug("fleet: message on %s failed", method.routing_key, exc_info=True)
+            self._count(OTHER_DEVICES, f"internal error ({type(error).__name__})")
+            with self._lock:
+                part.done.add(method.delivery_tag)
+
+    def _take(self, part: Partition, generation: int, method, body: bytes) -> None:
         arrival = time.monotonic()
         tag = method.delivery_tag
         if not part.active:  # the broker made this worker the partition's consumer
@@ -443,11 +455,11 @@ class FleetSource(WireSource):
             whose = "" if part.owned else f" (worker {self.options.owner(part.index)}'s share, standing in)"
             log.warning("fleet: partition %d is served here now%s", part.index, whose)
         self.tallies["redelivered"] += bool(method.redelivered)
-        part.pending.append(tag)
         device = self.options.device_of(method.routing_key)
         if device is None or not valid_device_id(device):  # checked before it names anything
             self._count(INVALID_DEVICE, "invalid device id")
-            part.done.add(tag)
+            with self._lock:
+                part.done.add(tag)
             return
         if device not in part.devices and sum(len(p.devices) for p in self.parts) < self.max_devices:
             part.devices.add(device)  # forgotten when the partition goes (beyond max_devices: when idle)

@@ -129,6 +129,25 @@ def by_device(records: list[dict]) -> dict[str, list[dict]]:
     return out
 
 
+def test_the_fleet_source_is_a_source_and_each_worker_owns_every_nth_partition() -> None:
+    from streamer.source import Source
+
+    options = FleetOptions(parse_amqp("amqp://u:p@127.0.0.1:1/v"), 8, Shard(1, 3), name="f")
+    source = FleetSource(options, HAPT_CHANNELS)  # never started
+    declared = {name for name in Source.__annotations__} | {"bind", "run", "close", "summary", "released"}
+    assert all(hasattr(source, name) for name in declared) and source.live and source.fatal is None
+    assert options.share == [1, 4, 7] and [p.owned for p in source.parts] == [p % 3 == 1 for p in range(8)]
+    assert options.prefetch * options.partitions <= 192 and options.binding == "har.*.imu"
+    assert source.released() == [] and source.summary()["fleet_broker_losses"] == 0
+    source.close()  # safe, started or not, twice
+    source.close()
+    for partitions in (0, 129):
+        with pytest.raises(ValueError, match="--partitions"):
+            FleetOptions(options.broker, partitions)
+    with pytest.raises(ValueError, match="fleet name"):
+        FleetOptions(options.broker, 2, name="amq.mine")
+
+
 # -- the broker behaviour the fleet relies on ------------------------------------------------------
 def test_rabbitmq_hands_a_free_queue_to_the_highest_priority_waiting_consumer_and_never_preempts(
         rabbitmq) -> None:  # fmt: skip
