@@ -9,6 +9,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -51,7 +52,11 @@ class Postgres:
 
 
 @pytest.fixture
-def postgres(tmp_path_factory):
-    server = Postgres(tmp_path_factory.mktemp("postgres"))
+def postgres():
+    # A folder of its own, not under pytest's: another pytest run resets its base folder to 0700,
+    # which would lock the postgres user out of a running server's files.
+    folder = Path(tempfile.mkdtemp(prefix="harstream-postgres-"))
+    server = Postgres(folder)
     yield server
     server.stop()
+    shutil.rmtree(folder, ignore_errors=True)
