@@ -5,7 +5,9 @@ on a private RabbitMQ (:mod:`streamer.rabbitmq`), the devices speaking MQTT to e
 For each setup and each fleet size: the recognizers start as real processes (``--headless
 --jsonl``, one inference thread each), a publisher in another process sends every device's real
 HAPT samples at real time (a JSON batch of ``per_message`` samples each time the last of them is
-due, QoS 1, wall-clock timestamps), and each prediction is timed as the recognizer prints it. The
+due, QoS 1, wall-clock timestamps; the devices switched on at moments spread over one message's
+period, as real wearables are, so as in ``harstream bench`` their messages do not all come in one
+burst), and each prediction is timed as the recognizer prints it. The
 latency of a window is from the moment the message that completed it was due to be sent, to its
 prediction: the broker, the recognizer's queue, scheduler and inference. A fleet size holds when
 every window expected came, none was dropped, and p99 ≤ 250 ms; sizes step up until one does not.
@@ -44,9 +46,16 @@ def quiet(stage: str) -> None:
 
 
 # -- the devices (another process) --------------------------------------------------------------
+def phase(device: int, devices: int, per_message: int) -> float:
+    """When device ``device`` starts (s after t0): the fleet spread over one message's period, as
+    real wearables switched on at different moments are, so that their messages do not all come
+    in one burst."""
+    return device / devices * per_message / RATE_HZ
+
+
 def _publish(host: str, port: int, devices: int, rounds: int, per_message: int, t0: float,
              values: np.ndarray, late) -> None:  # fmt: skip
-    """Every device's messages, round by round, each round when its last sample is due."""
+    """Every device's messages, each when its last sample is due."""
     import paho.mqtt.client as mqtt
 
     from model.recordings import HAPT_CHANNELS
@@ -57,15 +66,15 @@ def _publish(host: str, port: int, devices: int, rounds: int, per_message: int, 
     client.connect(host, port)
     client.loop_start()
     info = None
-    for m in range(rounds):
-        due = t0 + (m + 1) * per_message / RATE_HZ
+    period = per_message / RATE_HZ
+    schedule = sorted((t0 + phase(d, devices, per_message) + (m + 1) * period, m, d)
+                      for m in range(rounds) for d in range(devices))  # fmt: skip
+    for due, m, d in schedule:
         time.sleep(max(0.0, due - time.time()))
         late.value = max(late.value, time.time() - due)
-        for d in range(devices):
-            start = (997 * d + m * per_message) % (len(values) - per_message)
-            payload = encode_json_batch(t0 + m * per_message / RATE_HZ, RATE_HZ, HAPT_CHANNELS,
-                                        values[start : start + per_message])  # fmt: skip
-            info = client.publish(f"har/bench-{d:04d}/imu", payload, qos=1)
+        start = (997 * d + m * per_message) % (len(values) - per_message)
+        payload = encode_json_batch(due - period, RATE_HZ, HAPT_CHANNELS, values[start : start + per_message])
+        info = client.publish(f"har/bench-{d:04d}/imu", payload, qos=1)
     if info is not None:
         info.wait_for_publish(30)
     client.disconnect()
@@ -200,8 +209,9 @@ def _figures(setup: str, workers: list[Worker], devices: int, expected: int, t0:
     for worker in workers:
         for read_at, p in worker.predictions:
             read.append(read_at)
-            last = round((p["t"] - t0) * RATE_HZ)  # the window's last sample
-            sent = t0 + (last // per_message + 1) * per_message / RATE_HZ  # its message was due then
+            start = t0 + phase(int(p["device"].removeprefix("bench-")), devices, per_message)
+            last = round((p["t"] - start) * RATE_HZ)  # the window's last sample
+            sent = start + (last // per_message + 1) * per_message / RATE_HZ  # its message was due then
             latencies.append(1000 * (read_at - sent))
     windows = len(latencies)
     dropped = sum(w.summary.get("dropped", 0) for w in workers)
