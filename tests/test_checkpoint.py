@@ -237,8 +237,10 @@ def test_new_metadata_holds_each_fact_once_and_reads_back_the_whole_config(tiny)
 
 
 def test_older_metadata_keeps_loading_with_its_copies(tiny) -> None:
-    shipped = CheckpointMeta.from_json(SHIPPED.with_suffix(".json"))
-    assert shipped["config"] == shipped.raw["config"]  # its copies agree: the same config as before
+    # the previously shipped model's metadata, as written then: the config whole, copies included
+    older = CheckpointMeta.from_json(Path(__file__).parent / "data" / "older_metadata.json")
+    assert older["config"] == older.raw["config"]  # its copies agree: the same config as before
+    assert older.network.readout == "last"  # it records no readout: the seed's, as it was trained
     edit(tiny, lambda m: (m.update(config={**m["config"], "name": "tiny"}),
                           m["config"]["data"].update(window=128, step=64, rate_hz=50.0),
                           m["config"].update(model=dict(m["network"])),

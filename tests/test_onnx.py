@@ -1,4 +1,4 @@
-"""The ONNX backend: the shipped model exported by `harstream export` and run by onnxruntime gives
+"""The ONNX backend: each shipped model exported by `harstream export` and run by onnxruntime gives
 the same answers as PyTorch on the held-out test split, and drives the live commands."""
 
 import json
@@ -23,10 +23,10 @@ from streamer.engine import InferenceEngine
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """The shipped model, exported with the command line."""
+def exported(shipped, tmp_path_factory):  # noqa: F811 - the imported fixture
+    """Each shipped model, exported with the command line."""
     path = tmp_path_factory.mktemp("onnx") / "shipped.onnx"
-    command = ["export", "--checkpoint", str(DEFAULT_CHECKPOINT), "--format", "onnx", "--out", str(path)]
+    command = ["export", "--checkpoint", str(shipped.path), "--format", "onnx", "--out", str(path)]
     assert main(command) == 0
     return path
 
