@@ -46,14 +46,14 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from functools import partial
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, unquote
 
 import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 
 from streamer.limits import FLEET_MAX_PARTITIONS, FLEET_UNACKED
-from streamer.mqtt import INVALID_DEVICE, OTHER_DEVICES, TopicPattern, WireSource
+from streamer.mqtt import INVALID_DEVICE, OTHER_DEVICES, TopicPattern, WireSource, split_url
 from streamer.shard import Shard
 from streamer.source import Deferred, Emit
 from streamer.wire import valid_device_id
@@ -116,17 +116,10 @@ def parse_amqp(url: str) -> AmqpBroker:
     >>> b = parse_amqp("amqps://[::1]:5000"); (b.vhost, b.user, b.port, b.url)
     ('/', 'guest', 5000, 'amqps://::1:5000/%2F')
     """
-    parts = urlsplit(url)
-    if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
-        raise ValueError(f"bad --amqp {url!r}: expected amqp://USER:PASS@HOST[:PORT]/VHOST")
-    try:
-        port = parts.port
-    except ValueError:
-        raise ValueError(f"bad --amqp {url!r}: the port is not a number from 1 to 65535") from None
-    tls = parts.scheme == "amqps"
+    parts, port = split_url(url, {"amqp": 5672, "amqps": 5671}, "--amqp", "amqp://USER:PASS@HOST[:PORT]/VHOST")
     vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
     user, password = unquote(parts.username or "guest"), unquote(parts.password or "guest")
-    return AmqpBroker(parts.hostname, port or (5671 if tls else 5672), user, password, vhost, tls)
+    return AmqpBroker(parts.hostname, port, user, password, vhost, parts.scheme == "amqps")
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -92,15 +92,22 @@ def parse_broker(url: str) -> Broker:
     >>> parse_broker("mqtt://localhost"), parse_broker("mqtts://[::1]:9000").port
     (Broker(host='localhost', port=1883, tls=False), 9000)
     """
-    parts = urlsplit(url if "://" in url else f"mqtt://{url}")
-    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-        raise ValueError(f"bad broker {url!r}: expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
+    parts, port = split_url(url if "://" in url else f"mqtt://{url}", {"mqtt": 1883, "mqtts": 8883},
+                            "broker", "mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")  # fmt: skip
+    return Broker(parts.hostname, port, parts.scheme == "mqtts")
+
+
+def split_url(url: str, schemes: dict[str, int], what: str, expected: str) -> tuple[SplitResult, int]:
+    """``url`` split, checked to have one of ``schemes`` and a host, and its port (the scheme's
+    default where none is given); ValueError, in words, for anything else."""
+    parts = urlsplit(url)
+    if parts.scheme not in schemes or not parts.hostname:
+        raise ValueError(f"bad {what} {url!r}: expected {expected}")
     try:
         port = parts.port
     except ValueError:
-        raise ValueError(f"bad broker {url!r}: the port is not a number from 1 to 65535") from None
-    tls = parts.scheme == "mqtts"
-    return Broker(parts.hostname, port or (8883 if tls else 1883), tls)
+        raise ValueError(f"bad {what} {url!r}: the port is not a number from 1 to 65535") from None
+    return parts, port or schemes[parts.scheme]
 
 
 @dataclass(frozen=True)
