@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from model.strict_json import dumps
+from streamer.bench_mqtt import wait_until
 
 RATE_HZ = 50.0
 PARTITIONS = 4  # the fleet's partition queues, with one worker or two
@@ -189,9 +190,7 @@ def run_setup(setup: str, brokers: Brokers, checkpoint: Path, devices: int, seco
         publisher.start()
         publisher.join(seconds + 120)
         expected = devices * max(0, (rounds * per_message - window) // hop + 1)
-        deadline = time.monotonic() + 10
-        while sum(len(w.predictions) for w in workers) < expected and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_until(lambda: sum(len(w.predictions) for w in workers) >= expected, 10, step=0.1)
         wall = time.time() - t0
         cpu = [w.cpu_s() - c for w, c in zip(workers, cpu0, strict=True)]
     finally:

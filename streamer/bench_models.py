@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 import numpy as np
 
 from model.checkpoint import load_checkpoint
 from model.strict_json import dumps
 from streamer.backends import OnnxBackend
-from streamer.bench import flops_per_window
+from streamer.bench import flops_per_window, time_calls
 
 
 def compare(paths: list[str], batch: int = 64, rounds: int = 5, seconds: float = 1.0,
@@ -45,11 +44,7 @@ def compare(paths: list[str], batch: int = 64, rounds: int = 5, seconds: float =
         })  # fmt: skip
     for _ in range(rounds):
         for row, run in zip(rows, runners, strict=True):
-            calls, started = 0, time.perf_counter()
-            while (elapsed := time.perf_counter() - started) < seconds or calls < 2:
-                run()
-                calls += 1
-            row["rates"].append(calls * batch / elapsed)
+            row["rates"].append(batch / float(np.mean(time_calls(run, seconds, min_runs=2))))
     for row in rows:
         row["windows_per_s"] = float(np.median(row.pop("rates")))
     return rows

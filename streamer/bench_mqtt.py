@@ -45,7 +45,8 @@ BLOCKS = 64  # distinct sample blocks the publisher cycles through (encoded once
 
 
 # -- the publisher (another process) --------------------------------------------------------------
-def _wait_until(condition: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:
+def wait_until(condition: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:
+    """Whether ``condition()`` came true within ``timeout`` seconds (the benchmarks' and the tests')."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
@@ -81,7 +82,7 @@ def _publish(url: str, fmt: str, devices: int, seconds: float, n: int, values: n
     client.max_queued_messages_set(0)
     client.connect(broker.host, broker.port)
     client.loop_start()
-    _wait_until(client.is_connected, 10)
+    wait_until(client.is_connected, 10)
     topics = [f"har/dev-{d:04d}/imu" for d in range(devices)]
     ready.set()
     go.wait(30)

@@ -17,6 +17,7 @@ import pytest
 
 from model.recordings import Recording, load_hapt, write_csv_recording
 from streamer import broker as broker_module
+from streamer.bench_mqtt import wait_until  # noqa: F401 - the tests import it from here
 from streamer.broker import free_port  # noqa: F401 - the tests import it from here
 from streamer.mqtt import parse_broker
 
@@ -35,9 +36,9 @@ class Mosquitto(broker_module.Mosquitto):
             pytest.fail(str(error))
 
 
-def mqtt_client(url: str) -> mqtt.Client:
+def mqtt_client(url: str, protocol: int = mqtt.MQTTv5) -> mqtt.Client:
     """A plain paho client connected to ``url``, its network loop running in a thread."""
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=protocol)
     address = parse_broker(url)
     client.connect(address.host, address.port)
     client.loop_start()
@@ -195,16 +196,6 @@ class Recognizer:
         self.pipeline.stop()
         self.thread.join(5)
         self.source.close()
-
-
-def wait_until(condition, timeout: float, step: float = 0.05) -> bool:
-    """Whether ``condition()`` came true within ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(step)
-    return True
 
 
 class TimedLines(Lines):

@@ -21,6 +21,7 @@ from live_fixtures import (
     Recognizer,
     TimedLines,
     harstream,
+    mqtt_client,
     predictions,
     wait_until,
     write_tiny_checkpoint,
@@ -30,7 +31,6 @@ from rabbitmq_fixture import active_consumers
 from model.recordings import HAPT_CHANNELS, load_hapt
 from streamer.cli import main
 from streamer.fleet import FleetOptions, FleetRefused, FleetSource, parse_amqp, preflight
-from streamer.mqtt import parse_broker
 from streamer.rabbitmq import RabbitMQ
 from streamer.shard import Shard
 from streamer.wire import encode_json_batch
@@ -63,11 +63,7 @@ def fleet(rabbitmq: RabbitMQ):
 
 def device_client(url: str) -> mqtt.Client:
     """A wearable's MQTT client: 3.1.1, as RabbitMQ 3.10's plugin speaks it."""
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
-    broker = parse_broker(url)
-    client.connect(broker.host, broker.port)
-    client.loop_start()
-    return client
+    return mqtt_client(url, protocol=mqtt.MQTTv311)
 
 
 def traffic(devices: list[str], messages: int, per_message: int, t0: float) -> list[tuple[str, bytes]]:
