@@ -8,9 +8,8 @@ bounded by the bytes it carries, never by what it claims (a rate, a sample count
 
 from __future__ import annotations
 
-import math
-
-import numpy as np
+# the bounds training shares with the live path live in model/ (which never imports streamer/)
+from model.input_limits import GAP_PERIODS, OTHER_UNIT_LIMIT, VALUE_LIMITS, value_limits  # noqa: F401
 
 # -- one message (streamer.wire, streamer.serial_source) ------------------------------------------
 MAX_PAYLOAD_BYTES = 1 << 20  # a bigger message is refused before it is parsed: "payload over 1 MB"
@@ -24,16 +23,15 @@ MAX_ABS_TIME_S = 1e10  # |t| of a timestamp (year 2286 as Unix time): "t out of 
 # resampling from multiplying samples: with at most GAP_PERIODS of the slowest rate between two
 # samples, one input sample becomes at most GAP_PERIODS / RATE_RATIO[0] = 20 resampled ones.
 RATE_RATIO = (0.25, 8.0)
-GAP_PERIODS = 5.0  # a silence longer than this many sample periods restarts the stream ("gap")
+# GAP_PERIODS (model.input_limits): a silence longer than this many sample periods restarts the
+# stream ("gap"); training splits a recording at a lost reading by the same number
 # A timestamp this far behind the device's latest (a reboot that restarted its clock, a spoofed
 # message from the future before it) restarts the stream instead of being dropped as out of order;
 # so does a step forward this much longer than the time that passed here ("clock jump").
 CLOCK_JUMP_S = 5.0
-# |value| of a raw channel by its unit (acc in g, gyro in rad/s: 64 g and 100 rad/s are beyond
-# any wearable's range); other units get OTHER_UNIT_LIMIT. Outside: "value out of range". Bounded
-# input keeps the filters' state finite; a state that turns non-finite anyway restarts the stream.
-VALUE_LIMITS = {"g": 64.0, "m/s2": 64.0 * 9.80665, "rad/s": 100.0, "deg/s": 100.0 * 180.0 / math.pi}
-OTHER_UNIT_LIMIT = 1e6
+# |value| of a raw channel by its unit, VALUE_LIMITS / OTHER_UNIT_LIMIT / value_limits
+# (model.input_limits, shared with training, which refuses a recording holding one). Outside:
+# "value out of range". A filter state that turns non-finite anyway restarts the stream.
 
 # -- the fleet (streamer.scheduler, streamer.pipeline) ----------------------------------------------
 MAX_DEVICES = 1000  # streams kept at once (`--max-devices`)
@@ -48,13 +46,3 @@ IDLE_TIMEOUT_S = 300.0  # a device silent this long is forgotten (`--idle-timeou
 # sheds what the broker would otherwise keep for it; the broker holds the rest in the queue.
 FLEET_UNACKED = 192
 FLEET_MAX_PARTITIONS = 128  # `--partitions`: at most this many, so each channel may hold one
-
-
-def value_limits(units: tuple[str, ...] | list[str], n: int) -> np.ndarray:
-    """The largest |value| of each of ``n`` channels, by unit (unknown units: OTHER_UNIT_LIMIT).
-
-    >>> value_limits(("g", "rad/s"), 2).tolist(), value_limits((), 1).tolist()
-    ([64.0, 100.0], [1000000.0])
-    """
-    units = tuple(units) if len(units) == n else ("",) * n
-    return np.array([VALUE_LIMITS.get(u, OTHER_UNIT_LIMIT) for u in units], dtype=np.float64)
