@@ -111,6 +111,7 @@ class Decider:
                     latency_ms=(now - window.arrival) * 1000.0,
                     index=window.index,
                     segment=window.segment,
+                    clock=window.clock,
                 )
             )
         return predictions

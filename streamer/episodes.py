@@ -13,6 +13,12 @@ Times: a window's ``t`` is its last sample's; each window stands for the ``hop_s
 (the time it adds to the stream), so an episode runs from its first window's ``t - hop_s`` to its last
 window's ``t``, and the windows of one label add up to the time spent in it.
 
+An episode ends at its last window when the device falls silent for ``gap_s``, and when its clock
+breaks: the scheduler restarts a stream whose clock jumps back (or far ahead) by more than
+:data:`streamer.limits.CLOCK_JUMP_S` and numbers the windows of each new clock (``Prediction.clock``);
+the tracker ends the episode where that number changes. One rule, the scheduler's, so an episode
+never spans two clocks and never ends before it starts.
+
 >>> tracker = EpisodeTracker("w", hop_s=1.0, hold_s=3.0, min_confidence=0.5)
 >>> labels = ["sit"] * 5 + ["walk"] + ["sit"] * 3 + ["walk"] * 4
 >>> events = [e for k, a in enumerate(labels) for e in tracker.observe(float(k + 1), a, 0.9)]
@@ -94,13 +100,18 @@ class EpisodeTracker:
         self.candidate: Episode | None = None  # a new label, not yet held long enough
         self.finished: list[Episode] = []  # ended since the last take_finished()
         self.last_t: float | None = None
+        self.clock = 0  # the scheduler's number of the device's clock (Prediction.clock)
 
-    def observe(self, t: float, label: str, confidence: float) -> list[Event]:
-        """The events that the window ending at ``t`` causes (none, mostly)."""
+    def observe(self, t: float, label: str, confidence: float, clock: int = 0) -> list[Event]:
+        """The events that the window ending at ``t`` causes (none, mostly); ``clock``: the number
+        the scheduler gave the device's clock (a new one restarts the stream and ends the episode)."""
         events: list[Event] = []
-        if self.last_t is not None and (t - self.last_t > self.gap_s or t <= self.last_t - self.gap_s):
-            events += self._end_current()  # a gap, or a clock that restarted
-        self.last_t = t
+        last = self.last_t
+        if last is not None and (clock != self.clock or t < last or t - last > self.gap_s):
+            # a new clock, or a silence; time that runs back without a new clock (a caller other
+            # than the scheduler, which never sends it) is a new clock too: never an episode backwards
+            events += self._end_current()
+        self.last_t, self.clock = t, clock
         current = self.current
         if current is None:
             self.current = Episode(self.device, label, t - self.hop_s, t, confidence, 1)
@@ -180,7 +191,7 @@ class Episodes:
         if tracker is None:
             tracker = self.trackers[prediction.device] = EpisodeTracker(
                 prediction.device, self.hop_s, self.hold_s, self.min_confidence)
-        events = tracker.observe(prediction.t, prediction.label, prediction.confidence)
+        events = tracker.observe(prediction.t, prediction.label, prediction.confidence, prediction.clock)
         self._tell(tracker, events)
 
     def current(self, device: str) -> Episode | None:

@@ -276,6 +276,7 @@ class DeviceStream:
             truth=truth if truth >= 0 else None,
             index=self.ring.total - 1,
             segment=self.segment,
+            clock=self.counters.clock_jumps,  # what ends an episode (streamer.episodes): one rule
         )
 
 

@@ -62,6 +62,9 @@ class Window:
     truth: int | None  # the class covering the window (per the checkpoint's label rule), if known
     index: int  # samples since the device's stream (re)started, at the window's last sample
     segment: int  # how many times the device's stream restarted (gaps) before this window
+    # how many times the device's clock jumped (back, or far ahead) before this window: a new clock,
+    # whose times do not continue the old one's (the scheduler's rule; episodes end on it)
+    clock: int = 0
 
 
 @dataclass
@@ -75,6 +78,7 @@ class Prediction:
     latency_ms: float  # last sample's arrival -> this prediction
     index: int = 0
     segment: int = 0
+    clock: int = 0  # the window's (Window.clock)
 
     def to_json(self) -> dict:
         return {

@@ -63,6 +63,19 @@ def test_a_gap_restarts_the_stream_and_is_counted():
     assert all(np.ptp(w.features[:, 0]) == 3 for w in windows)
 
 
+def test_windows_after_a_clock_jump_carry_a_new_clock_and_after_a_gap_the_same_one():
+    """The scheduler's restart rule flows down with the data: episodes end where ``clock`` changes."""
+    scheduler = Scheduler(IDENTITY, window=4, hop=4, rate_hz=50.0)
+    first = np.arange(8) / 50.0 + 100.0
+    gap = first[-1] + 1.0 + np.arange(8) / 50.0  # a silence of a second: a gap, the same clock
+    back = gap[-1] - 7.0 + np.arange(8) / 50.0  # 7 s back: the device's clock restarted
+    windows = [w for t in (first, gap, back) for w in scheduler.push(batch(t, rate=50.0))]
+    counters = scheduler.devices["d"].counters
+    assert (counters.gaps, counters.clock_jumps) == (1, 1)
+    assert [w.clock for w in windows] == [0, 0, 0, 0, 1, 1]
+    assert [w.segment for w in windows] == [0, 0, 1, 1, 2, 2]
+
+
 def test_a_100_hz_device_is_resampled_for_a_50_hz_model():
     scheduler = Scheduler(IDENTITY, window=50, hop=50, rate_hz=50.0)
     t = np.arange(400) / 100.0  # 4 s at 100 Hz; the signal is 50 * t, linear in time
