@@ -21,7 +21,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from model.checkpoint_meta import CheckpointMeta, meta_path
+from model.checkpoint_meta import CheckpointError, CheckpointMeta, meta_path
 from model.config import ConfigError, ExperimentConfig, load_config, override, with_train
 from model.extras import missing_package
 from model.strict_json import dumps
@@ -33,7 +33,7 @@ try:  # PyTorch and the rest of the training stack are the `train` extra: withou
     from model.checkpoint import save_checkpoint
     from model.datasets import Splits, build_splits, null_class, parse_fold
     from model.report import confusion_table, per_class_table, save_confusion_png
-    from model.training import EpochRecord, FitResult, RecipeError, evaluate, fit
+    from model.training import EpochRecord, FitResult, NonFiniteError, RecipeError, evaluate, fit
 except ModuleNotFoundError as error:
     if __name__ != "__main__" or not missing_package(error):
         raise
@@ -128,7 +128,7 @@ def run(args: argparse.Namespace, context: distributed.Context, argv: list[str] 
     classes, features = config.classes, config.preprocessing.features
     try:
         result = fit(config, splits.train, splits.val, classes, features, on_epoch, device=context.device)
-    except RecipeError as error:  # a setting these windows cannot train with: one line
+    except (RecipeError, NonFiniteError) as error:  # a setting these windows cannot train with, or a NaN
         print(f"train.py: {error}", file=sys.stderr)
         return 1
     digests = None
@@ -173,7 +173,11 @@ def run(args: argparse.Namespace, context: distributed.Context, argv: list[str] 
         torch_version=torch.__version__,
         distributed=ddp,
     )  # fmt: skip
-    save_checkpoint(out, result.model, meta)
+    try:
+        save_checkpoint(out, result.model, meta)
+    except CheckpointError as error:  # non-finite weights: refused, where a NaN model used to exit 0
+        print(f"train.py: {error}", file=sys.stderr)
+        return 1
     png = None
     if scored:
         out.with_suffix(".report.json").write_text(dumps(test, indent=2) + "\n")

@@ -14,7 +14,7 @@ What it does, in order:
    difference is how this wearer stands and sits, which is what step 3 learns: rotating it away
    would erase it.
 2. **Data.** At most ``seconds`` (20) of each activity, the first labelled samples of each class in
-   the order given, cut into windows with the training code (:func:`model.datasets.cut_windows`) at
+   the order given, cut into windows with the training code (:func:`model.datasets.stream_windows`) at
    a step of 16; a window counts only when every one of its samples is among those seconds.
 3. **Adaptation.** Only the classifier layer (and, with ``--adapt norm``, the last block's
    LayerNorm) is trained, full batch, Adam, ``steps`` steps, on cross-entropy plus an L2 pull toward
@@ -46,8 +46,8 @@ from torch import nn
 from model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from model.checkpoint_meta import CheckpointMeta, meta_path
 from model.config import DataConfig
-from model.datasets import WindowSet, cut_windows
-from model.preprocessing import PreprocessingSpec, build_preprocessor
+from model.datasets import WindowSet, stream_windows
+from model.preprocessing import PreprocessingSpec
 from model.recordings import UCI_HAR_TEST_SUBJECTS, Recording
 
 SECONDS = 20.0  # per activity, at most
@@ -95,17 +95,12 @@ def first_seconds(recordings: Sequence[Recording], n_classes: int, samples: int)
 
 def windows(recordings: Sequence[Recording], meta: CheckpointMeta, spec: PreprocessingSpec, step: int,
             masks: Sequence[np.ndarray] | None = None, exclude: bool = False) -> WindowSet:  # fmt: skip
-    """Labelled windows cut as training cuts them; with ``masks``, only windows wholly inside the
-    mask (or, ``exclude``, wholly outside it)."""
+    """Labelled windows cut as training cuts them (lost readings as the live path treats them:
+    :func:`model.datasets.live_streams`); with ``masks``, only windows wholly inside the mask (or,
+    ``exclude``, wholly outside it)."""
     data = _data(meta, step)
-    parts = []
-    for i, r in enumerate(recordings):
-        features = build_preprocessor(spec).process(r.select(spec.inputs).values)
-        w = cut_windows(features, r, data)
-        if masks is not None:
-            inside = np.lib.stride_tricks.sliding_window_view(masks[i], meta.window)[w.ends - meta.window + 1]
-            w = w.subset(~inside.any(axis=1) if exclude else inside.all(axis=1))
-        parts.append(w)
+    parts = [stream_windows(r, data, spec, None if masks is None else masks[i], exclude)
+             for i, r in enumerate(recordings)]  # fmt: skip
     return WindowSet.concat(parts, meta.window, len(spec.features))
 
 
@@ -169,12 +164,14 @@ def adapt_model(base: nn.Module, x: np.ndarray, y: np.ndarray, *, adapt: str = A
     params = [model.classifier.bias] if adapt == "bias" else list(head.parameters())
     anchors = [p.detach().clone() for p in params]
     optimiser = torch.optim.Adam(params, lr=lr)
-    for _ in range(steps):
+    for step in range(steps):
         optimiser.zero_grad()
         loss = nn.functional.cross_entropy(head(features), target)
         loss = loss + l2 * sum(((p - a) ** 2).sum() for p, a in zip(params, anchors, strict=True))
         loss.backward()
         optimiser.step()
+        if not torch.isfinite(loss):  # a NaN bias would be saved and then refused by every live command
+            raise CalibrationError(f"calibration step {step + 1}: the loss is {float(loss)}; nothing saved")
     return model.eval()
 
 

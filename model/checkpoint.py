@@ -54,8 +54,12 @@ def save_checkpoint(path: str | Path, model: ResidualBiLSTM, meta: CheckpointMet
     if meta.network != model.config:  # the network is rebuilt from the metadata: it must be this one
         raise ValueError(f"the metadata's network {meta.network} is not the model's {model.config}")
     path = Path(path)
+    state = model.state_dict()
+    unusable = _unusable(state)
+    if unusable:  # a NaN model would be written, exit 0, and then be refused by every live command
+        raise CheckpointError(f"{path} not saved: {unusable} (training diverged, or its data was not finite)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), path)
+    torch.save(state, path)
     meta_path(path).write_text(meta.to_json())
 
 
@@ -109,13 +113,21 @@ def _fit(state: dict[str, torch.Tensor], model: ResidualBiLSTM, path: Path) -> N
     if shaped:
         k = shaped[0]
         raise fail(f"{k} has shape {list(state[k].shape)}, the network wants {list(want[k])}")
+    unusable = _unusable(state)
+    if unusable:
+        raise CheckpointError(f"checkpoint {path}: {unusable}")
+
+
+def _unusable(state: dict[str, torch.Tensor]) -> str | None:
+    """Why these weights cannot run (saved or loaded, the same rule), or None."""
     for k, tensor in state.items():
         if not tensor.is_floating_point():
-            raise CheckpointError(f"checkpoint {path}: tensor {k} holds {tensor.dtype}, not floating point")
+            return f"tensor {k} holds {tensor.dtype}, not floating point"
         if not bool(torch.isfinite(tensor).all()):
-            raise CheckpointError(f"checkpoint {path}: tensor {k} holds NaN or infinite values")
-    if not bool((state["feature_std"] > 0).all()):  # windows are divided by it
-        raise CheckpointError(f"checkpoint {path}: tensor feature_std must be positive")
+            return f"tensor {k} holds NaN or infinite values"
+    if "feature_std" in state and not bool((state["feature_std"] > 0).all()):  # windows are divided by it
+        return "tensor feature_std must be positive"
+    return None
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:

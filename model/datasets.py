@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from model.config import DataConfig, ExperimentConfig
+from model.input_limits import GAP_PERIODS
 from model.labels import window_labels
 from model.preprocessing import PreprocessingSpec, build_preprocessor
 from model.recordings import Recording
@@ -75,13 +76,53 @@ def cut_windows(features: np.ndarray, recording: Recording, data: DataConfig) ->
     )
 
 
-def recording_windows(recordings: list[Recording], data: DataConfig, spec: PreprocessingSpec) -> WindowSet:
-    """Each recording through a fresh causal preprocessor, then cut into labelled windows."""
+def live_streams(recording: Recording, spec: PreprocessingSpec,
+                 gap_periods: float = GAP_PERIODS) -> list[np.ndarray]:  # fmt: skip
+    """The rows of ``recording`` as the live path would run them: one index array per stream.
+
+    The live scheduler's rule, shared rather than copied: a lost reading (a non-finite value, or a
+    non-finite time) is dropped, as the live path drops a "non-finite value" (for a preprocessing
+    that fills gaps, a NaN is its to fill and only infinities are dropped), and where the readings
+    kept are more than ``gap_periods`` sample periods apart the stream restarts, as live restarts
+    at a "gap". So a few lost readings are stepped over and a long dropout splits the recording:
+    training never sees a NaN, and a replay of the recording cuts the windows training cut.
+    Elsewhere the recording's timestamps are not read (as before): only lost readings split it.
+    """
+    values = recording.select(spec.inputs).values
+    bad = np.isinf(values) if build_preprocessor(spec).fills_gaps else ~np.isfinite(values)
+    lost = bad.any(axis=1) | ~np.isfinite(recording.timestamps)
+    kept = np.flatnonzero(~lost)
+    if not lost.any():
+        return [kept]
+    dt = np.diff(recording.timestamps[kept])
+    across = np.diff(kept) > 1  # a lost reading lies between these two kept rows
+    restart = np.flatnonzero(across & (dt > gap_periods / recording.rate_hz)) + 1
+    return [rows for rows in np.split(kept, restart) if len(rows)]
+
+
+def stream_windows(recording: Recording, data: DataConfig, spec: PreprocessingSpec,
+                   mask: np.ndarray | None = None, exclude: bool = False) -> WindowSet:  # fmt: skip
+    """``recording``'s labelled windows: each of its :func:`live_streams` through a fresh causal
+    preprocessor, then cut. ``ends`` index the recording's rows. With ``mask`` (one bool per row),
+    only windows wholly inside it (``exclude``: wholly outside it)."""
     parts = []
-    for recording in recordings:
-        preprocessor = build_preprocessor(spec)
-        features = preprocessor.process(recording.select(spec.inputs).values)
-        parts.append(cut_windows(features, recording, data))
+    for rows in live_streams(recording, spec):
+        if len(rows) < data.window:  # too short for a window, as a stream restarted too soon is
+            continue
+        stream = recording.take(rows)
+        w = cut_windows(build_preprocessor(spec).process(stream.select(spec.inputs).values), stream, data)
+        if mask is not None:
+            starts = w.ends - data.window + 1
+            inside = np.lib.stride_tricks.sliding_window_view(mask[rows], data.window)[starts]
+            w = w.subset(~inside.any(axis=1) if exclude else inside.all(axis=1))
+        w.ends = rows[w.ends]
+        parts.append(w)
+    return WindowSet.concat(parts, data.window, len(spec.features))
+
+
+def recording_windows(recordings: list[Recording], data: DataConfig, spec: PreprocessingSpec) -> WindowSet:
+    """Each recording's streams through a fresh causal preprocessor, then cut into labelled windows."""
+    parts = [stream_windows(recording, data, spec) for recording in recordings]
     return WindowSet.concat(parts, data.window, len(spec.features))
 
 

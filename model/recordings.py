@@ -10,12 +10,15 @@ from __future__ import annotations
 import csv
 import gzip
 import importlib.util
+import math
 import os
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from model.input_limits import first_out_of_range, value_limits
 from model.safe_pickle import frame_columns, restricted_load
 
 # The channel names of an inertial wearable, everywhere (recordings, preprocessing, the wire).
@@ -59,6 +62,11 @@ class Recording:
     @property
     def duration_s(self) -> float:
         return len(self.timestamps) / self.rate_hz
+
+    def take(self, rows: np.ndarray) -> Recording:
+        """The same recording holding only ``rows`` (indices, in order)."""
+        return replace(self, timestamps=self.timestamps[rows], values=self.values[rows],
+                       labels=self.labels[rows])  # fmt: skip
 
     def select(self, channels: tuple[str, ...]) -> Recording:
         """The same recording with its columns reordered to ``channels``."""
@@ -142,12 +150,19 @@ def read_csv_recording(
     channels: tuple[str, ...],
     classes: tuple[str, ...],
     rate_hz: float,
+    units: Sequence[str] = (),
 ) -> Recording:
     """One recording in the generic CSV format.
 
     Columns: ``timestamp`` (seconds), one per channel, ``label`` (a class name, or empty) and
     optionally ``subject`` (else the file name is the subject). Unknown labels are an error:
     a typo in a class name would otherwise silently drop samples.
+
+    A lost reading (``nan``, as ``harstream record`` writes one, or an empty cell) is kept as NaN:
+    whoever cuts windows treats it as the live path does (:func:`model.datasets.live_streams`). A
+    finite value beyond its unit's limit (``units``, one per channel; unknown: OTHER_UNIT_LIMIT) is
+    no reading at all and refuses the file, naming the line: the live path would drop it, training
+    would be poisoned by it (1e308 through the filters is inf, then NaN weights).
     """
     with open(path, newline="") as stream:
         reader = csv.DictReader(stream)
@@ -155,25 +170,35 @@ def read_csv_recording(
         missing = [c for c in ("timestamp", *channels) if c not in header]
         if missing:
             raise ValueError(f"{path}: missing column(s) {', '.join(missing)}")
-        times, rows, labels, subject = [], [], [], path.stem
+        times, rows, labels, lines, subject = [], [], [], [], path.stem
         class_index = {name: i for i, name in enumerate(classes)}
         for line, row in enumerate(reader, start=2):
             try:
                 times.append(float(row["timestamp"]))
-                rows.append([float(row[c]) for c in channels])
-            except (TypeError, ValueError) as error:
+                rows.append([float(row[c]) if row[c].strip() else math.nan for c in channels])
+            except (AttributeError, TypeError, ValueError) as error:  # AttributeError: a short row
                 raise ValueError(f"{path}:{line}: not a number ({error})") from None
             label = (row.get("label") or "").strip()
             if label and label not in class_index:
                 raise ValueError(f"{path}:{line}: unknown class {label!r}")
             labels.append(class_index.get(label, -1))
+            lines.append(line)
             if row.get("subject"):
                 subject = row["subject"]
+    values = np.asarray(rows, dtype=np.float64).reshape(-1, len(channels))
+    limits = value_limits(tuple(units), len(channels))
+    beyond = first_out_of_range(values, limits)
+    if beyond is not None:
+        at, column = beyond
+        unit = f" {units[column]}" if len(units) == len(channels) and units[column] else ""
+        value = float(values[at, column])
+        raise ValueError(f"{path}:{lines[at]}: {channels[column]} {value!r} is beyond any wearable's range "
+                         f"(|value| above {limits[column]:g}{unit}); a lost reading is nan")
     return Recording(
         name=path.stem,
         subject=subject,
         timestamps=np.asarray(times, dtype=np.float64),
-        values=np.asarray(rows, dtype=np.float64).reshape(-1, len(channels)),
+        values=values,
         labels=np.asarray(labels, dtype=np.int64),
         channels=channels,
         classes=classes,
@@ -181,14 +206,13 @@ def read_csv_recording(
     )
 
 
-def read_csv_folder(
-    folder: Path, channels: tuple[str, ...], classes: tuple[str, ...], rate_hz: float
-) -> list[Recording]:
+def read_csv_folder(folder: Path, channels: tuple[str, ...], classes: tuple[str, ...], rate_hz: float,
+                    units: Sequence[str] = ()) -> list[Recording]:  # fmt: skip
     """Every ``*.csv`` recording in ``folder``, in name order."""
     paths = sorted(Path(folder).glob("*.csv"))
     if not paths:
         raise FileNotFoundError(f"no .csv recordings in {folder}")
-    return [read_csv_recording(p, channels, classes, rate_hz) for p in paths]
+    return [read_csv_recording(p, channels, classes, rate_hz, units) for p in paths]
 
 
 def write_csv_recording(path: Path, recording: Recording) -> None:

@@ -107,6 +107,26 @@ class RecipeError(ValueError):
     """A training setting that cannot work with these windows: one line, before any training."""
 
 
+class NonFiniteError(ValueError):
+    """Training met a NaN or an infinity (in its windows' normalisation, or in its loss): one line,
+    and nothing is saved, since a NaN model would be refused by every live command anyway."""
+
+
+def normalisation(x: torch.Tensor, features: tuple[str, ...],
+                  feature_std: float) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Each feature's mean and spread (over ``feature_std``) across the training windows ``x``
+    (N, T, F); :class:`NonFiniteError` naming the first feature where either is not finite."""
+    flat = x.reshape(-1, x.shape[2]).double()
+    mean, std = flat.mean(0).float(), flat.std(0).float() / feature_std
+    finite = torch.isfinite(mean) & torch.isfinite(std)
+    if not bool(finite.all()):
+        i = int((~finite).nonzero()[0])
+        name = features[i] if i < len(features) else f"feature {i}"
+        raise NonFiniteError(f"the training windows' {name} has mean {float(mean[i])} and spread "
+                             f"{float(std[i])}: they hold non-finite values; nothing trained")  # fmt: skip
+    return mean, std
+
+
 class Teachers:
     """Trained networks whose averaged, softened predictions a network is distilled towards."""
 
@@ -230,8 +250,7 @@ def fit(
     model = ResidualBiLSTM(network)
     x_train = torch.from_numpy(train.x)
     y_train = torch.from_numpy(train.y)
-    flat = x_train.reshape(-1, x_train.shape[2]).double()
-    model.set_normalisation(flat.mean(0).float(), flat.std(0).float() / t.feature_std)
+    model.set_normalisation(*normalisation(x_train, features, t.feature_std))
     model.to(device)
     net = distributed.wrap(model, device)  # DDP under torchrun, else the model itself
     if world_size > 1:
@@ -276,9 +295,12 @@ def fit(
         record = EpochRecord(epoch, mean_loss, val_metrics["accuracy"], val_metrics["f1_weighted"],
                              time.perf_counter() - epoch_start, optimizer.param_groups[0]["lr"])  # fmt: skip
         history.append(record)
-        kept.offer(epoch, val_metrics, model)
         if on_epoch:
             on_epoch(record)
+        if not math.isfinite(mean_loss):  # the same on every rank: the loss is summed over them
+            raise NonFiniteError(f"epoch {epoch}: the training loss is {mean_loss}, nothing saved: "
+                                 "lower train.lr, or check the recordings for absurd values")  # fmt: skip
+        kept.offer(epoch, val_metrics, model)
     assert kept.state is not None
     model.load_state_dict(kept.state)
     model.eval()

@@ -22,7 +22,8 @@ def _classes(data: DataConfig) -> tuple[str, ...]:
 
 
 def _recordings(data: DataConfig) -> list[Recording]:
-    return read_csv_folder(Path(data.path), data.channels, data.classes, data.rate_hz)
+    # with the units: a value beyond any wearable's range refuses the file, naming its line
+    return read_csv_folder(Path(data.path), data.channels, data.classes, data.rate_hz, data.units)
 
 
 def _replay(rest: str, inputs: Inputs) -> dict[str, list[Recording]]:
