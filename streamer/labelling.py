@@ -17,32 +17,70 @@ from __future__ import annotations
 import re
 import threading
 import tomllib
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from streamer import limits
 from streamer.mqtt import MqttOptions, MqttSource, TopicPattern
+from streamer.wire import valid_device_id
 
 CLASS_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_ .-]{0,63}")  # fits a CSV cell and a TOML key
 MAX_STEPS = 1000
 MAX_STEP_S = 3600.0
+MAX_NAMES = 100  # distinct unknown label names counted each under its own name; the rest together
+# why a label message is not used (LabelBoard.rejected), besides an unknown name
+INVALID_DEVICE = "invalid device id"
+FORGOTTEN_WAITING = "device sent no samples (oldest label forgotten)"
+FORGOTTEN_SENDING = "device over the device limit (least recent label forgotten)"
 
 
 class LabelBoard:
-    """The label in force for each device (thread-safe: paho's thread, keys, the protocol's clock)."""
+    """The label in force for each device (thread-safe: paho's thread, keys, the protocol's clock).
 
-    def __init__(self, classes: tuple[str, ...], note: Callable[[str], None]) -> None:
+    Bounded whatever arrives: a label's device id follows the device-id rule (else refused and
+    counted); labels of devices that have sent no samples yet wait in a list of at most
+    ``max_waiting`` (the oldest forgotten), those of devices that send in one of at most
+    ``max_devices`` (the least recently heard forgotten). Every label not used is counted in
+    :attr:`rejected` by reason, and each reason is said once."""
+
+    def __init__(self, classes: tuple[str, ...], note: Callable[[str], None],
+                 max_devices: int = limits.MAX_DEVICES,
+                 max_waiting: int = limits.MAX_WAITING_LABELS) -> None:  # fmt: skip
         self.classes = classes
         self.note = note
         self.everyone = ""  # from the protocol or the keys
-        self.own: dict[str, str] = {}  # device -> its label from MQTT
+        self.max_devices = max_devices
+        self.max_waiting = max_waiting
+        # device -> its label from MQTT: of devices that sent samples (least recently heard first),
+        # and of those that have not yet (oldest first); a device is in one or neither
+        self.own: OrderedDict[str, str] = OrderedDict()
+        self.waiting: OrderedDict[str, str] = OrderedDict()
         self.rejected: Counter = Counter()  # reason -> label messages not used
+        self._names = 0  # distinct unknown names counted under their own reason
         self._lock = threading.Lock()
 
-    def current(self, device: str) -> str:
+    def __len__(self) -> int:
         with self._lock:
-            return self.own.get(device) or self.everyone
+            return len(self.own) + len(self.waiting)
+
+    def current(self, device: str) -> str:
+        """The label in force for ``device``, whose samples have just arrived (which is what moves
+        its label, if it waited, among the labels of devices that send)."""
+        said: list[str] = []
+        with self._lock:
+            name = self.own.get(device)
+            if name is not None:
+                self.own.move_to_end(device)
+            else:
+                name = self.waiting.pop(device, None)
+                if name is not None:
+                    self.own[device] = name
+                    said += self._bound(self.own, self.max_devices, FORGOTTEN_SENDING)
+            label = name or self.everyone
+        self._say(said)
+        return label
 
     def set_all(self, name: str) -> None:
         """The label of every device without one of its own ('' clears); names are checked by the caller."""
@@ -50,7 +88,12 @@ class LabelBoard:
             self.everyone = name
 
     def set_device(self, device: str, payload: bytes) -> bool:
-        """A label message of ``device``; False (counted, said once per name) when it names no class."""
+        """A label message of ``device``; False (counted, said once per reason) when its device id
+        is not valid or it names no class."""
+        if not valid_device_id(device):  # checked before it is kept or shown: it may be 10,000 characters
+            shown = device[:40] + ("..." if len(device) > 40 else "")
+            return self._reject(INVALID_DEVICE, f"a label message for {shown!r}, not a valid device id "
+                                "(1-64 of A-Z a-z 0-9 _ . -): ignored, counted")  # fmt: skip
         try:
             name = payload.decode("utf-8").strip()
         except UnicodeDecodeError:
@@ -59,22 +102,54 @@ class LabelBoard:
             shown = name if len(name) <= 40 else name[:40] + "..."
             return self._reject(f"unknown label {shown!r}", f"unknown label {shown!r} from {device}: "
                                 f"not one of {', '.join(self.classes)}; ignored, counted")  # fmt: skip
+        said: list[str] = []
         with self._lock:
-            if name:
-                self.own[device] = name
-            else:
+            if not name:
                 self.own.pop(device, None)
+                self.waiting.pop(device, None)
+            elif device in self.own:
+                self.own[device] = name
+                self.own.move_to_end(device)
+            else:
+                self.waiting[device] = name
+                self.waiting.move_to_end(device)
+                said = self._bound(self.waiting, self.max_waiting, FORGOTTEN_WAITING)
+        self._say(said)
         return True
+
+    def forget(self, device: str) -> None:
+        """The device is no longer recorded: its label goes with it."""
+        with self._lock:
+            self.own.pop(device, None)
+            self.waiting.pop(device, None)
+
+    def _bound(self, labels: OrderedDict[str, str], limit: int, reason: str) -> list[str]:
+        """Forget the oldest of ``labels`` beyond ``limit`` (with the lock held); the line to say."""
+        said = []
+        while len(labels) > max(limit, 0):
+            labels.popitem(last=False)
+            if not self.rejected[reason]:
+                whose = "that have sent no samples" if reason == FORGOTTEN_WAITING else "that send"
+                said.append(f"labels are kept for {limit} devices {whose}: the oldest is forgotten, counted")
+            self.rejected[reason] += 1
+        return said
 
     def _reject(self, reason: str, line: str) -> bool:
         with self._lock:
-            if len(self.rejected) >= 100:  # a flood of made-up names stays bounded
-                reason = "unknown label (others)"
+            if reason.startswith("unknown label") and reason not in self.rejected:
+                if self._names >= MAX_NAMES:  # a flood of made-up names stays bounded
+                    reason = "unknown label (others)"
+                else:
+                    self._names += 1
             first = reason not in self.rejected
             self.rejected[reason] += 1
         if first:
             self.note(line)
         return False
+
+    def _say(self, lines: list[str]) -> None:
+        for line in lines:  # outside the lock: a note may take its time
+            self.note(line)
 
 
 def label_topic(pattern: TopicPattern) -> TopicPattern | None:

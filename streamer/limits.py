@@ -46,3 +46,10 @@ IDLE_TIMEOUT_S = 300.0  # a device silent this long is forgotten (`--idle-timeou
 # sheds what the broker would otherwise keep for it; the broker holds the rest in the queue.
 FLEET_UNACKED = 192
 FLEET_MAX_PARTITIONS = 128  # `--partitions`: at most this many, so each channel may hold one
+
+# -- labels while recording (streamer.labelling) ----------------------------------------------------
+# A device's label (har/<device>/label) may come before its first samples, so the labels of devices
+# that have sent nothing are kept, at most this many: the oldest is forgotten (counted) when another
+# comes. Labels of devices that send are kept for MAX_DEVICES of them (the recorder's limit), the
+# least recently heard forgotten first. A label's device id follows streamer.wire.valid_device_id.
+MAX_WAITING_LABELS = MAX_DEVICES

@@ -5,14 +5,17 @@ from __future__ import annotations
 import itertools
 import json
 import signal
+import threading
 import time
 from pathlib import Path
 
 import pytest
-from live_fixtures import Lines, harstream, mqtt_client, wait_until
+from live_fixtures import Lines, harstream, mqtt_client, mqtt_options, wait_until
 
 from model.recordings import read_csv_recording
-from streamer.labelling import LabelBoard, ProtocolError, RecordingProtocol
+from streamer import limits
+from streamer.labelling import MAX_NAMES, LabelBoard, LabelledMqttSource, ProtocolError, RecordingProtocol
+from streamer.recorder import CsvRecorder
 
 CLASSES = ("UPRIGHT", "SHAKING")
 CHANNELS = ("acc_x", "acc_y", "acc_z", "gyro_x", "gyro_y", "gyro_z")
@@ -120,5 +123,82 @@ def test_a_flood_of_made_up_labels_is_counted_in_bounded_memory() -> None:
         assert not board.set_device("d", f"X{n}".encode())
     assert board.set_device("d", b"UPRIGHT") and board.current("d") == "UPRIGHT"
     assert not board.set_device("d", b"\xff")
-    assert sum(board.rejected.values()) == 501 and len(board.rejected) <= 101
-    assert len(said) <= 101
+    # at most MAX_NAMES names each under its own, the rest together; other reasons keep their own
+    assert sum(board.rejected.values()) == 501 and len(board.rejected) == MAX_NAMES + 2
+    assert board.rejected["label not UTF-8"] == 1 and len(said) == MAX_NAMES + 2
+
+
+def test_labels_of_devices_that_never_send_are_bounded_and_counted(broker, tmp_path) -> None:
+    """Label messages for thousands of made-up devices, and ids of 10,000 characters: the board
+    holds at most its limits, counts every label it refuses or forgets, and real devices' labels
+    still apply (one labelled before the flood, one after)."""
+    said: list[str] = []
+    board = LabelBoard(CLASSES, said.append)
+    delivered = [0]
+    set_device = board.set_device
+
+    def counted(device: str, payload: bytes) -> bool:  # the test's own count of deliveries
+        delivered[0] += 1
+        return set_device(device, payload)
+
+    board.set_device = counted  # type: ignore[method-assign]
+    source = LabelledMqttSource(mqtt_options(broker.url, "recorder", announce=False), CHANNELS, board)
+    recorder = CsvRecorder(tmp_path / "rec", CHANNELS, note=said.append, labels=board.current)
+    stop = threading.Event()
+    thread = threading.Thread(target=source.run, args=(recorder.write, stop), daemon=True)
+    source.start()
+    assert source.connected.wait(10), source.status
+    thread.start()
+    client = mqtt_client(broker.url)
+    ghosts = [f"ghost-{n}" for n in range(limits.MAX_WAITING_LABELS + 500)]
+    long_ids = ["d" * 10_000 + str(n) for n in range(100)]
+    try:
+        def labelled() -> bool:  # once the label topic's subscription is in place
+            client.publish("har/band-1/label", "UPRIGHT", qos=1).wait_for_publish(5)
+            return delivered[0] > 0
+
+        assert wait_until(labelled, 10, step=0.2)
+        sent = delivered[0]
+        client.publish("har/band-1/imu", batch(1000.0, 10), qos=1).wait_for_publish(5)
+        assert wait_until(lambda: recorder.samples.get("band-1") == 10, 10)
+        flood = [*ghosts, *long_ids]
+        for start in range(0, len(flood), 250):  # within what the broker queues for one client
+            chunk = flood[start : start + 250]
+            infos = [client.publish(f"har/{device}/label", "SHAKING", qos=1) for device in chunk]
+            infos[-1].wait_for_publish(5)
+            sent += len(chunk)
+            assert wait_until(lambda want=sent: delivered[0] == want, 20), (delivered[0], sent)
+        client.publish("har/band-2/label", "SHAKING", qos=1).wait_for_publish(5)
+        for device in ("band-1", "band-2"):
+            client.publish(f"har/{device}/imu", batch(1000.2, 10), qos=1).wait_for_publish(5)
+        assert wait_until(lambda: recorder.samples.get("band-1") == 20 and recorder.samples.get("band-2"), 10)
+    finally:
+        client.loop_stop()
+        stop.set()
+        source.close()
+        thread.join(5)
+        recorder.close()
+    assert board.rejected["invalid device id"] == len(long_ids)
+    assert len(board) <= limits.MAX_WAITING_LABELS + 2  # the devices that send, and the bounded rest
+    # every valid label message is either held or counted as forgotten: nothing grows, nothing silent
+    forgotten = sum(n for why, n in board.rejected.items() if "forgotten" in why)
+    assert forgotten >= 500 and len(board) + forgotten == len(ghosts) + 2
+    assert sum(1 for line in said if "forgotten" in line) == 1 and sum("not a valid" in x for x in said) == 1
+    assert all(len(line) < 300 for line in said)  # one line each, never the 10,000-character id
+    for device, label in (("band-1", "UPRIGHT"), ("band-2", "SHAKING")):
+        recording = read_csv_recording(tmp_path / "rec" / f"{device}.csv", CHANNELS, CLASSES, 50.0)
+        assert {CLASSES[i] for i in recording.labels} == {label}, device
+
+
+def test_a_forgotten_device_s_label_is_forgotten_and_an_invalid_id_is_refused() -> None:
+    said: list[str] = []
+    board = LabelBoard(CLASSES, said.append, max_devices=2, max_waiting=2)
+    assert board.set_device("band-1", b"UPRIGHT") and board.current("band-1") == "UPRIGHT"
+    board.forget("band-1")
+    assert board.current("band-1") == "" and len(board) == 0
+    assert not board.set_device("../etc", b"UPRIGHT") and board.current("../etc") == ""
+    for n in range(3):  # three devices that send: the least recently heard one's label goes
+        board.set_device(f"s{n}", b"SHAKING")
+        board.current(f"s{n}")
+    assert len(board) == 2 and board.current("s0") == "" and board.current("s2") == "SHAKING"
+    assert board.rejected["invalid device id"] == 1 and sum(board.rejected.values()) == 2
