@@ -9,7 +9,9 @@
 * Keys in the recording dashboard: 1-9 choose a class by its number, 0 clears.
 
 A device's own label (MQTT) wins over the one that the protocol or the keys give every device.
-An unknown class name is one line (once per name) and a counter, never a traceback.
+An unknown class name is one line (once per name) and a counter, never a traceback; so is a label
+for an id that breaks the device-id rule, and a label forgotten at the board's bounds
+(:data:`streamer.limits.MAX_WAITING_LABELS` devices that have sent nothing, ``MAX_DEVICES`` that send).
 """
 
 from __future__ import annotations
