@@ -171,7 +171,7 @@ def adapt_model(base: nn.Module, x: np.ndarray, y: np.ndarray, *, adapt: str = A
         loss.backward()
         optimiser.step()
         if not torch.isfinite(loss):  # a NaN bias would be saved and then refused by every live command
-            raise CalibrationError(f"calibration step {step + 1}: the loss is {float(loss)}; nothing saved")
+            raise CalibrationError(f"calibration step {step + 1}: the loss is {loss.item()}; nothing saved")
     return model.eval()
 
 

@@ -175,3 +175,52 @@ def test_the_adapted_head_on_its_cached_features_is_the_whole_network(readout, a
     head, _ = _head(model, adapt)
     with torch.no_grad():
         assert torch.allclose(head(_features(model, x, adapt)), model(torch.from_numpy(x)), atol=1e-5)
+
+
+def test_lost_readings_calibrate_a_finite_model_that_still_recognises_the_wearer(base, subject2, tmp_path,
+                                                                                 capsys):  # fmt: skip
+    first, second = subject2
+    values = first.values.copy()
+    for c in range(len(first.classes)):  # within the seconds calibration takes: a short loss, a long one
+        rows = np.flatnonzero(first.labels == c)
+        values[rows[[100, 101]], 0] = np.nan
+        values[rows[300:330], 4] = np.nan
+    csv = tmp_path / "wearer.csv"
+    write_csv_recording(csv, replace(first, values=values))  # `harstream record` writes nan as nan
+    assert "nan," in csv.read_text()
+    out = tmp_path / "w.pt"
+    assert main(["calibrate", "--checkpoint", str(BASE), "--recording", str(csv), "--out", str(out)]) == 0
+    capsys.readouterr()
+    loaded = load_checkpoint(out)  # checks every weight is finite, as every live command does
+    assert score(loaded.model, loaded.meta, loaded.preprocessing, second) > 0.85
+
+
+def test_an_absurd_value_refuses_calibration_naming_the_file_and_line(subject2, tmp_path, capsys):
+    first, _ = subject2
+    values = first.values.copy()
+    values[57, 2] = 1e308
+    csv = tmp_path / "wearer.csv"
+    write_csv_recording(csv, replace(first, values=values))
+    out = tmp_path / "w.pt"
+    assert main(["calibrate", "--checkpoint", str(BASE), "--recording", str(csv), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"{csv}:59: acc_z 1e+308 is beyond any wearable's range" in err and err.count("\n") == 1, err
+    assert not out.exists()
+
+
+def test_a_calibration_with_a_nan_loss_or_weights_is_refused_and_not_saved(base, subject2, tmp_path):
+    import torch
+
+    from model.calibration import CalibrationError, adapt_model
+
+    w = windows([subject2[0]], base.meta, base.preprocessing, 64)
+    x = w.x.copy()
+    x[0, 5, 0] = np.nan  # however it got there
+    with pytest.raises(CalibrationError, match=r"calibration step 1: the loss is nan; nothing saved"):
+        adapt_model(base.model, x, w.y)
+    cal = calibrate(base, [subject2[0]], name="wearer")
+    with torch.no_grad():
+        cal.model.classifier.bias[0] = float("nan")
+    with pytest.raises(CheckpointError, match=r"w\.pt not saved: tensor classifier\.bias holds NaN"):
+        save(cal, tmp_path / "w.pt")
+    assert not (tmp_path / "w.pt").exists() and not (tmp_path / "w.json").exists()
