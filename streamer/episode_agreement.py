@@ -24,7 +24,7 @@ CONFIDENCES = (0.0, 0.6, 0.8)
 
 def stored_windows(target: Target) -> dict[str, list[tuple]]:
     """Each device's stored predictions, in time order: ``(t, seconds, label, confidence, truth)``."""
-    connection = target.connect()
+    connection = target.connect_readonly()
     try:
         cursor = connection.cursor()
         cursor.execute("SELECT device, t, seconds, label, confidence, truth FROM predictions "

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from model.strict_json import dumps
-from streamer.store import StoreError, Target, parse_duration
+from streamer.store import StoreError, Target, parse_duration, store_text
 
 MAX_EPISODES_SHOWN = 50  # per device in the table (--json has them all)
 
@@ -50,10 +50,8 @@ def read_history(target: Target, device: str | None = None, since: float | None 
                  until: float | None = None, truth: bool = False) -> dict:  # fmt: skip
     """``{"devices": {id: {"seconds": {activity: s}, "episodes": [...]}}}`` from the store; with
     ``truth``, each device also gets ``"truth"``: its predictions' true labels as ``[t, seconds, label]``."""
-    if target.kind == "sqlite" and not Path(target.where).exists():
-        raise StoreError(f"no store at {target.where}")
     try:
-        connection = target.connect()
+        connection = target.connect_readonly()  # never writes: a read-only store, someone else's file
     except StoreError:
         raise
     except Exception as error:
@@ -76,7 +74,7 @@ def _where(column_from: str, column_to: str, device: str | None, since: float | 
     clauses, params = [], []
     if device is not None:
         clauses.append("device = ?")
-        params.append(device)
+        params.append(store_text(device))  # as the writer stored it (an id that is not UTF-8: escaped)
     if since is not None:
         clauses.append(f"{column_to} >= ?")
         params.append(since)
