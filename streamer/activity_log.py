@@ -76,9 +76,6 @@ def finish_history(pipeline: Pipeline) -> dict:
     tallies: dict = {}
     store = store_of(pipeline)
     if store is not None:
-        store.close()
+        store.close()  # what it could not write is said there, in one line, and counted
         tallies = store.summary()
-        if store.error:
-            print(f"harstream: store {store.target.display} was not writable at the end: {store.error}",
-                  file=sys.stderr, flush=True)  # fmt: skip
     return tallies

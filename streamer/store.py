@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 COMMIT_INTERVAL_S = 1.0  # the most a SIGKILL loses (Home Assistant's commit_interval)
 MAX_QUEUED = 1_000_000  # predictions (episodes too) held while the store is away (~10 min of 1,000 devices)
 TIMEOUT_S = 10.0  # the most one try may take (connect, statements, commit) before it counts as failed
-CLOSE_GRACE_S = 10.0  # close(): how long the last rows are retried
+CLOSE_GRACE_S = 5.0  # close(): how long the last rows are retried (a lock, a server that is away)
 CLOSE_MARGIN_S = 3.0  # close() returns within its grace and this (a connect's own 2 s bound, a busy wait)
 SQLITE_BUSY_S = 2.0  # the most one try waits for another process's lock on a SQLite file
 PRUNE_EVERY_S = 3600.0
@@ -366,7 +366,8 @@ class Store:
         self._in_file = [0, 0]  # predictions and episodes committed to that file
         self._writer = uuid.uuid4().hex  # this writer's row in harstream_writers
         self._batch = 0
-        self._unsure: tuple[int, int, int] | None = None  # (batch, predictions, episodes): a commit cut short
+        # (batch, predictions, episodes, refused): a commit cut short, which may or may not have happened
+        self._unsure: tuple[int, int, int, tuple[int, int]] | None = None
         self._counts = threading.Lock()  # counters both threads touch; close() against a late writer
         self._given_up = False
         self._deadline = math.inf  # set by close(): the writer's last moment
@@ -398,7 +399,8 @@ class Store:
 
     @property
     def dropped(self) -> int:
-        return sum(self.dropped_by.values())
+        with self._counts:
+            return sum(self.dropped_by.values())
 
     def _drop(self, reason: str, n: int, predictions: int = 0) -> None:
         with self._counts:
@@ -442,8 +444,9 @@ class Store:
                            ("store_pruned", self.pruned)):  # fmt: skip
             if value:
                 tallies[key] = value
-        if self.dropped_by:
-            tallies["store_dropped_by"] = dict(self.dropped_by)
+        with self._counts:
+            if self.dropped_by:
+                tallies["store_dropped_by"] = dict(self.dropped_by)
         return tallies
 
     # -- the writer thread -----------------------------------------------------------------------
@@ -459,7 +462,8 @@ class Store:
         self._disconnect()
 
     def _commit(self) -> None:
-        if not self.queued and self._unsure is None and time.time() < self._next_prune:
+        prune_due = self.retain_s > 0 and time.time() >= self._next_prune
+        if not self.queued and self._unsure is None and not prune_due:  # idle: nothing to write
             return
         deadline = min(time.monotonic() + self.timeout_s, self._deadline)
         watch = None
@@ -489,10 +493,10 @@ class Store:
                            (self._writer,))  # fmt: skip
             committed = (cursor.fetchone() or (None,))[0]
             if self._unsure is not None:
-                batch, n_predictions, n_episodes = self._unsure
+                batch, n_predictions, n_episodes, refused = self._unsure
                 self._unsure = None
                 if committed == batch:  # it did commit: credit it, never write it twice
-                    self._credit(n_predictions, n_episodes)
+                    self._credit(n_predictions, n_episodes, refused)
             n_predictions, n_episodes = len(self.predictions), len(self.episodes)
             rows = list(islice(self.predictions, n_predictions))
             episodes = list(islice(self.episodes, n_episodes))
@@ -500,7 +504,7 @@ class Store:
             pruned = self._prune(cursor)
             cursor.execute(sql(UPDATE_WRITER), (self._batch + 1, time.time(), self._writer))
         self._batch += 1
-        self._unsure = (self._batch, n_predictions, n_episodes)
+        self._unsure = (self._batch, n_predictions, n_episodes, refused)
         self._connection.commit()
         self._unsure = None
         self._credit(n_predictions, n_episodes, refused)
