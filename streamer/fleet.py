@@ -66,6 +66,9 @@ ACK_S = 0.02  # how long the connection's loop waits for traffic before acknowle
 BACKOFF_S = (1.0, 30.0)  # reconnection back-off, as the MQTT source's (paho's reconnect_delay_set)
 PRESENCE_EXPIRES_MS = 10_000  # a presence queue nobody consumes is removed (a worker that died starting)
 NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")
+# The topic permission a fleet's broker needs (see keys_guarded): printable ASCII, so that the
+# rule's length is bytes, and at most the 255 bytes an AMQP consumer can be handed.
+KEY_RULE = "^[!-~]{1,255}$"
 # connection refusals that another try cannot change: the worker says so and stops
 REFUSED = {
     403: "not authorised: check the user and password in --amqp",
@@ -222,6 +225,8 @@ def why(error: BaseException) -> str:
     """One line for a connection's failure, without pika's nesting."""
     error = innermost(error)
     if isinstance(error, pika.exceptions.ConnectionClosed):
+        if error.reply_code == 541:  # what an undeliverable routing key does (see keys_guarded)
+            return f"({error.reply_code}) {error.reply_text}: a message the broker cannot deliver?"
         return f"({error.reply_code}) {error.reply_text}"
     if isinstance(error, OSError):
         return error.strerror or str(error)
@@ -241,15 +246,15 @@ def refusal(error: BaseException) -> str | None:
 
 
 def preflight(options: FleetOptions) -> None:
-    """Connect once, declare the topology and check it and this worker's index against what the
-    broker holds: raises :class:`FleetRefused` (for good) or a pika/OS error (the broker is away)."""
+    """Connect once, check this worker against what the broker holds, then declare the topology:
+    raises :class:`FleetRefused` (for good) or a pika/OS error (the broker is away)."""
     quiet_pika()
     connection = None
     try:
         name = f"harstream fleet worker {options.worker.text} (checking)"
         connection = BlockingConnection(options.broker.parameters(name))
-        declare(connection.channel(), options)
         check(connection, options)
+        declare(connection.channel(), options)
     except (pika.exceptions.AMQPConnectionError, OSError) as error:
         if refusal(error):
             raise FleetRefused(refusal(error)) from None
@@ -260,13 +265,52 @@ def preflight(options: FleetOptions) -> None:
 
 
 def check(connection: BlockingConnection, options: FleetOptions) -> None:
-    """Every worker must split the devices alike, and each index be taken once."""
-    if exists(connection, options.queue(options.partitions)) is not None:
-        raise FleetRefused(f"the broker holds more than {options.partitions} partitions of {options.name!r} "
-                           "(another worker's --partitions): every worker needs the same number")  # fmt: skip
+    """Before anything is declared: the broker guards the fleet against undeliverable routing keys,
+    every worker splits the devices alike, and each index is taken once. A worker that declared
+    first and checked after would re-split a running fleet (its extra partitions bound into the
+    hash ring) even though it then refused to run."""
+    if not keys_guarded(connection):
+        raise FleetRefused(
+            "the broker lets in routing keys no worker can receive (over 255 bytes: one such message "
+            "stops every worker, again on every reconnect): rabbitmqctl set_topic_permissions -p "
+            f"{options.broker.vhost} USER amq.topic '{KEY_RULE}' '.*' for every user that publishes"
+        )
+    held = partitions_held(connection, options)
+    if held and held != options.partitions:
+        raise FleetRefused(f"the broker holds {held} partitions of {options.name!r} and this worker has "
+                           f"--partitions {options.partitions}: every worker needs the same "
+                           "number")  # fmt: skip
     if exists(connection, options.presence(options.worker.index)):
         raise FleetRefused(f"worker {options.worker.text} is already attached to {options.name!r}: give each "
                            "worker its own --worker K/N")  # fmt: skip
+
+
+def partitions_held(connection: BlockingConnection, options: FleetOptions) -> int:
+    """How many partition queues of the fleet the broker holds (0: a new fleet), counted up from
+    ``NAME.0`` to the first missing one (at most one look-up past the largest allowed count)."""
+    held = 0
+    while held <= FLEET_MAX_PARTITIONS and exists(connection, options.queue(held)) is not None:
+        held += 1
+    return held
+
+
+def keys_guarded(connection: BlockingConnection) -> bool:
+    """Whether the broker refuses this user a routing key outside :data:`KEY_RULE` on ``amq.topic``.
+
+    AMQP 0-9-1 carries a routing key as a short string (at most 255 bytes), but the MQTT plugin
+    turns any topic into a routing key: a message under a longer one is routed into a partition
+    and then cannot be delivered, and RabbitMQ closes the consumer's connection (541) each time it
+    tries. A topic permission (checked for MQTT and AMQP publishers alike) keeps such keys out
+    before they are routed. The probe (a key with a space, which the rule refuses) names no
+    device's topic, so on a broker without the rule it goes nowhere."""
+    channel = connection.channel()
+    channel.confirm_delivery()
+    try:
+        channel.basic_publish("amq.topic", "harstream.key check", b"")
+    except pika.exceptions.ChannelClosedByBroker as error:
+        return error.reply_code == 403 and "access to topic" in error.reply_text
+    channel.close()
+    return False
 
 
 @dataclass
@@ -373,12 +417,12 @@ class FleetSource(WireSource):
         worker = options.worker
         self.connection = connection = BlockingConnection(options.broker.parameters(
             f"harstream fleet worker {worker.text}"))  # fmt: skip
-        control = connection.channel()
-        declare(control, options)
-        control.close()
         first = not self.tallies["connects"]
         if first:  # later, this worker's own presence may outlive a broken connection for a while
             check(connection, options)
+        control = connection.channel()
+        declare(control, options)
+        control.close()
         self._cancelled = False
         for part in sorted(self.parts, key=lambda part: not part.owned):  # its share first
             self._attach(part)

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from streamer.broker import BrokerError, free_port
+from streamer.fleet import KEY_RULE
 
 SBIN = Path("/usr/lib/rabbitmq/bin")  # Debian's real scripts (/usr/sbin holds wrappers that reset HOME)
 PLUGINS = "[rabbitmq_mqtt,rabbitmq_consistent_hash_exchange]."
@@ -119,6 +120,16 @@ class RabbitMQ:
                 self.stop()
                 raise BrokerError(f"rabbitmq-server did not start on port {self.amqp_port}: {tail}")
             time.sleep(0.1)
+        self.guard()
+
+    def guard(self) -> None:
+        """The topic permission a fleet's broker needs (:func:`streamer.fleet.keys_guarded`): routing
+        keys no AMQP consumer can be handed are refused before they are routed. Kept in the node's
+        database, so a restart keeps it."""
+        done = self.ctl("set_topic_permissions", "-p", VHOST, USER, "amq.topic", KEY_RULE, ".*")
+        if done.returncode != 0:
+            self.stop()
+            raise BrokerError(f"rabbitmqctl set_topic_permissions failed: {done.stdout.strip()[-300:]}")
 
     def ctl(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
         """``rabbitmqctl -n NODE ARGS`` against this node."""

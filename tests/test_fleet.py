@@ -347,7 +347,7 @@ def test_a_malformed_payload_through_the_fleet_is_a_counted_drop(rabbitmq, fleet
                b'{"t": 1, "acc": [1, 2, 3]}']  # fmt: skip
         publish([client], good[:2] + [("har/bad/imu", payload) for payload in bad] + good[2:])
         channel = amqp.channel()  # an AMQP publisher may name no valid device at all
-        channel.basic_publish("amq.topic", "har.bad device.imu", b"{}")
+        channel.basic_publish("amq.topic", "har.bad!device.imu", b"{}")  # (a space: refused by the broker)
         assert wait_until(lambda: len(fleet_worker.of("good")) >= 5, 30)
         dropped = fleet_worker.pipeline.dropped
         assert wait_until(lambda: sum(dropped().values()) >= len(bad) + 1, 10), dropped()
@@ -373,7 +373,7 @@ def test_one_line_for_what_retrying_cannot_mend(rabbitmq, fleet, tiny64, capsys)
     assert "bad --worker '2/2'" in capsys.readouterr().err
     options = FleetOptions(parse_amqp(rabbitmq.amqp_url), 2, Shard(0, 2), name=fleet)
     preflight(options)  # declares two partitions
-    with pytest.raises(FleetRefused, match="more than 1 partitions"):
+    with pytest.raises(FleetRefused, match=r"holds 2 partitions .* has --partitions 1"):
         preflight(FleetOptions(options.broker, 1, name=fleet))
     holder = pika.BlockingConnection(options.broker.parameters("test presence"))
     presence = holder.channel()  # worker 0/2 is attached
@@ -384,6 +384,103 @@ def test_one_line_for_what_retrying_cannot_mend(rabbitmq, fleet, tiny64, capsys)
         assert "worker 0/2 is already attached" in capsys.readouterr().err
     finally:
         holder.close()
+
+
+# -- hostile traffic and wrong settings that must not reach the fleet ------------------------------
+def queue_depths(node: RabbitMQ, fleet: str, partitions: int) -> list[int | None]:
+    """Each partition's ready messages, or None for a queue the broker does not have."""
+    connection = pika.BlockingConnection(parse_amqp(node.amqp_url).parameters("test look-up"))
+    depths: list[int | None] = []
+    for p in range(partitions):
+        channel = connection.channel()
+        try:
+            depths.append(channel.queue_declare(f"{fleet}.{p}", passive=True).method.message_count)
+            channel.close()
+        except pika.exceptions.ChannelClosedByBroker:
+            depths.append(None)
+    connection.close()
+    return depths
+
+
+def hostile_publish(url: str, topic: str) -> bool:
+    """One message from a client of its own; whether the broker kept the connection open after it."""
+    client = device_client(url)
+    try:
+        assert wait_until(client.is_connected, 5)
+        client.publish(topic, b'{"t": 1, "acc": [0, 0, 1], "gyro": [0, 0, 0]}', qos=1).wait_for_publish(2)
+    except (RuntimeError, ValueError):  # the broker closed the connection before the PUBACK
+        pass
+    time.sleep(0.05)
+    alive = client.is_connected()
+    client.disconnect()
+    client.loop_stop()
+    return alive
+
+
+def test_a_flood_of_hostile_routing_keys_leaves_every_good_device_served(rabbitmq, fleet, tiny64) -> None:
+    """A device id of 300 characters (or 150 'é', 300 bytes) makes a routing key that AMQP cannot
+    carry to a consumer: routed into a partition, it would close the worker's connection (541) on
+    every delivery, for good. The broker's topic permission refuses it before it is routed (and
+    closes that publisher's connection); keys it lets through that name no valid device are counted."""
+    fleet_worker = FleetWorker(rabbitmq, fleet, tiny64)
+    client = device_client(rabbitmq.mqtt_url)
+    undeliverable = ["har/" + "d" * 300 + "/imu", "har/" + "é" * 150 + "/imu"]
+    invalid = ["har/" + "x" * 100 + "/imu", "har/bad!id/imu", "har/<script>/imu"]  # deliverable, no device
+    try:
+        good = traffic(["good-a", "good-b"], messages=8, per_message=50, t0=time.time())
+        refused_kept_open = []
+        for k in range(0, len(good), 2):
+            publish([client], good[k : k + 2])
+            for topic in undeliverable:
+                refused_kept_open.append(hostile_publish(rabbitmq.mqtt_url, topic))
+            for topic in invalid:
+                publish([client], [(topic, b"{}")])
+        expected = (8 * 50 - 64) // 32 + 1
+        assert wait_until(lambda: all(len(fleet_worker.of(d)) >= expected for d in ("good-a", "good-b")), 30)
+        dropped = fleet_worker.pipeline.dropped
+        rounds = len(good) // 2
+        counted = lambda: dropped("(invalid device id)").get("invalid device id")  # noqa: E731
+        assert wait_until(lambda: counted() == rounds * len(invalid), 10), dropped()
+        time.sleep(0.3)  # acknowledgements
+    finally:
+        fleet_worker.close()
+        client.loop_stop()
+    assert [len(fleet_worker.of(d)) for d in ("good-a", "good-b")] == [expected, expected]
+    assert fleet_worker.source.tallies["connects"] == 1 and fleet_worker.source.tallies["broker_losses"] == 0
+    assert not any(refused_kept_open)  # the broker refused each one and closed its publisher
+    assert queue_depths(rabbitmq, fleet, 2) == [0, 0]  # nothing stuck at the head of a partition
+
+
+def test_a_broker_that_lets_undeliverable_keys_in_is_refused_in_one_line(rabbitmq, fleet, tiny64, capsys):
+    from streamer.rabbitmq import USER, VHOST
+
+    argv = ["fleet", "--amqp", rabbitmq.amqp_url, "--partitions", "2", "--fleet-name", fleet,
+            "--checkpoint", str(tiny64), "--headless"]  # fmt: skip
+    assert rabbitmq.ctl("clear_topic_permissions", "-p", VHOST, USER).returncode == 0
+    try:
+        assert main(argv) == 1
+    finally:
+        rabbitmq.guard()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "set_topic_permissions -p harstream USER amq.topic '^[!-~]{1,255}$'" in err[0]
+    assert queue_depths(rabbitmq, fleet, 1) == [None]  # refused before it declared anything
+
+
+def test_a_worker_with_another_partition_count_is_refused_before_it_touches_the_broker(
+        rabbitmq, fleet, tiny64, capsys) -> None:  # fmt: skip
+    """Declaring first would bind the extra partitions into the hash ring: half the devices would
+    go to queues nobody consumes, and the fleet's own workers would no longer start."""
+    broker = parse_amqp(rabbitmq.amqp_url)
+    preflight(FleetOptions(broker, 4, name=fleet))  # the running fleet: 4 partitions
+    base = ["fleet", "--amqp", rabbitmq.amqp_url, "--fleet-name", fleet, "--checkpoint", str(tiny64),
+            "--headless"]  # fmt: skip
+    for partitions in ("8", "2"):
+        assert main([*base, "--partitions", partitions, "--worker", "0/1"]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"holds 4 partitions of {fleet!r} and this worker has --partitions " \
+            f"{partitions}" in err[0], err
+    assert queue_depths(rabbitmq, fleet, 8) == [0, 0, 0, 0, None, None, None, None]
+    preflight(FleetOptions(broker, 4, name=fleet))  # a worker of the fleet still starts
 
 
 def test_the_worker_reconnects_by_itself_after_a_broker_restart(rabbitmq, fleet, tiny64) -> None:
