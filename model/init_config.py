@@ -108,7 +108,7 @@ def survey(folder: str | Path) -> Survey:
             if label:
                 labels_seen[label] = None
     assert header is not None
-    step = float(np.median(np.concatenate(steps))) if any(len(s) for s in steps) else 0.0
+    step = float(np.nanmedian(np.concatenate(steps))) if any(len(s) for s in steps) else 0.0
     if step <= 0:
         raise ValueError(f"{folder}: timestamps do not move forward")
     rate = 1.0 / step
@@ -131,10 +131,10 @@ def guess_units(channels: tuple[str, ...], acc_norms: list[np.ndarray],
                 gyro_abs: list[np.ndarray]) -> tuple[str, ...]:  # fmt: skip
     acc_unit = "g"
     if acc_norms:
-        magnitude = float(np.median(np.concatenate(acc_norms)))
+        magnitude = float(np.nanmedian(np.concatenate(acc_norms)))  # a lost reading is nan
         acc_unit = "m/s2" if magnitude > 4.0 else "g"  # gravity alone: 1 g = 9.81 m/s²
     gyro_unit = "rad/s"
-    if gyro_abs and float(np.percentile(np.concatenate(gyro_abs), 99)) > 15.0:
+    if gyro_abs and float(np.nanpercentile(np.concatenate(gyro_abs), 99)) > 15.0:
         gyro_unit = "deg/s"
     return tuple(acc_unit if c.startswith("acc") else gyro_unit if c.startswith("gyro") else ""
                  for c in channels)  # fmt: skip

@@ -168,3 +168,15 @@ def test_save_checkpoint_refuses_non_finite_weights_and_writes_nothing(tiny_chec
         model.feature_mean[1] = 0.0
     save_checkpoint(out, model, meta)
     assert read_meta(out).name == meta.name
+
+
+def test_init_config_guesses_the_units_of_a_recording_with_a_lost_reading(tmp_path):
+    """A single nan made the median nan, and the guess fell back to g and rad/s."""
+    from model.init_config import survey
+
+    recording = wearer("band-1", 0)
+    recording.values[:, :3] *= 9.80665  # the same motion in m/s²
+    recording.values[:, 3:] *= 180 / np.pi  # and deg/s
+    write_csv_recording(tmp_path / "band-1.csv", recording)
+    edit(tmp_path / "band-1.csv", {300: {"acc_x": "nan", "gyro_x": "nan"}})
+    assert survey(tmp_path).units == ("m/s2",) * 3 + ("deg/s",) * 3
