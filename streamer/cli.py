@@ -199,6 +199,7 @@ def cmd_soak(args: argparse.Namespace) -> int:
 
     from streamer.soak import run_soak
 
+    plan = fault_plan(args) if args.faults else None
     checkpoint = open_checkpoint(args.checkpoint)
     engine = live_engine(args.checkpoint, args.backend, args.threads, max_batch=256)
     logging.getLogger("streamer").setLevel(logging.ERROR)  # thousands of hostile ids: the counters say it
@@ -207,11 +208,39 @@ def cmd_soak(args: argparse.Namespace) -> int:
         result = run_soak(checkpoint, engine, hours=args.hours, good=args.good, hostile=args.hostile,
                           flood=args.flood, flood_every_s=args.flood_every,
                           progress=lambda done: progress.update(task, completed=done))  # fmt: skip
+        if plan is not None:
+            say = lambda stage: progress.update(task, description=stage)  # noqa: E731
+            result["faults"] = fault_soak(args, checkpoint, plan, say)
     if args.json:
         print(dumps(result))
-        return 0
-    Console().print_json(dumps(result))
+    else:
+        Console().print_json(dumps(result))
+    if plan is not None and not result["faults"]["accounted"]:
+        print("harstream soak: the faults soak did not account for every good window (see \"accounted\" "
+              "under faults)", file=sys.stderr)  # fmt: skip
+        return 1
     return 0
+
+
+def fault_plan(args: argparse.Namespace):  # -> streamer.soak_faults.FaultPlan
+    """``--faults``' plan, once its services are known to be here (else one line, exit 1)."""
+    from streamer.soak_faults import FaultPlan, unavailable
+
+    missing = unavailable()
+    if missing:
+        raise CliError(missing)
+    return FaultPlan(seconds=args.fault_seconds, good=args.good, freeze_s=args.freeze)
+
+
+def fault_soak(args: argparse.Namespace, checkpoint: CheckpointMeta, plan, say) -> dict:
+    from streamer.broker import BrokerError
+    from streamer.postgres import PostgresError
+    from streamer.soak_faults import run_fault_soak
+
+    try:
+        return run_fault_soak(args.checkpoint, checkpoint, plan, args.backend, args.threads, say)
+    except (BrokerError, PostgresError, RuntimeError) as error:  # a service that did not start
+        raise CliError(" ".join(str(error).split())) from None
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -293,6 +322,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="intra-op threads for inference")
     add_backend_option(p)
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p.add_argument("--faults", action="store_true", help="then the services' faults, on a private PostgreSQL "
+                   "and RabbitMQ: hostile routing keys, a frozen database, a deleted store file (under a minute)")
+    p.add_argument("--fault-seconds", type=float, default=12.0,
+                   help="with --faults: wall seconds of traffic (default %(default)g)")
+    p.add_argument("--freeze", type=float, default=4.0,
+                   help="with --faults: seconds the PostgreSQL server stays frozen (default %(default)g)")
     p.set_defaults(run=cmd_soak)
 
     p = sub.add_parser("export", help="write a checkpoint as a self-describing ONNX model")
