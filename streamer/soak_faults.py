@@ -71,8 +71,9 @@ class FaultPlan:
         if not (0 < self.seconds <= 600 and 0 < self.speed <= 100 and self.good >= 1):  # NaN fails too
             raise ValueError(f"--fault-seconds must be over 0 and at most 600 (and --good 1 or more), not "
                              f"{self.seconds:g}")  # fmt: skip
-        if not 0 <= self.freeze_s <= 60:
-            raise ValueError(f"--freeze must be 0 to 60 seconds, not {self.freeze_s:g}")
+        if not (self.freeze_s == 0 or STORE_TIMEOUT_S + 0.5 <= self.freeze_s <= 60):  # shorter: a slow commit
+            raise ValueError(f"--freeze must be 0 (none) or {STORE_TIMEOUT_S + 0.5:g} to 60 seconds, not "
+                             f"{self.freeze_s:g}")  # fmt: skip
 
 
 def unavailable() -> str | None:
@@ -111,7 +112,12 @@ class FaultStores:
             episodes.on_finished.append(sink.episode)
 
     def delete(self) -> None:
-        self.path.unlink()  # as `rm history.db` would: its -wal and -shm stay
+        """The file in use deleted, as ``rm history.db`` would (its -wal and -shm stay); once it holds
+        rows, so that what goes with it is something."""
+        deadline = time.monotonic() + 5
+        while not self.sqlite.written and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.path.unlink(missing_ok=True)
 
     def replace(self) -> None:
         """Another database put in the file's place (a backup restored, say): its own table only."""
@@ -123,8 +129,8 @@ class FaultStores:
         os.replace(other, self.path)
 
     def freeze(self) -> None:
-        self.freeze_log["rows_at_freeze"] = self.pg.written
         self.frozen = self.postgres.freeze()
+        self.freeze_log["rows_at_freeze"] = self.pg.written
 
     def thaw(self) -> None:
         if self.frozen:
@@ -144,25 +150,38 @@ class FaultStores:
 
     def _sqlite_report(self, windows: int) -> dict:
         s = self.sqlite
-        with sqlite3.connect(f"file:{self.path}?mode=ro", uri=True) as connection:
-            rows, episodes = (connection.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
-                              for table in ("predictions", "episodes"))  # fmt: skip
-        connection.close()
+        rows, episodes, notes = (self._in_file(table) for table in ("predictions", "episodes", "notes"))
         lost_rows = s.written - rows  # predictions written to the files that went
         return {
             "windows": windows, "rows": s.written, "dropped_rows": s.dropped_rows, "reopened": s.reopened,
             "lost": s.lost, "lost_rows": lost_rows, "rows_in_file": rows, "episodes": s.episodes_written,
-            "episodes_in_file": episodes, "outages": s.outages,
-            # every window written or dropped; the file holds what was written less what went with it
-            "accounted": windows == s.written + s.dropped_rows
-            and rows + episodes + s.lost == s.written + s.episodes_written,
+            "episodes_in_file": episodes, "replacement_rows_kept": notes, "outages": s.outages,
+            # every window written or dropped; the file holds what was written less what went with it,
+            # and the database put in its place keeps its own rows
+            "accounted": windows > 0 and windows == s.written + s.dropped_rows
+            and rows + episodes + s.lost == s.written + s.episodes_written and notes == 1,
         }  # fmt: skip
+
+    def _in_file(self, table: str) -> int:
+        """The rows of ``table`` in the file now at the path: none where the file or the table is not
+        there (a store that never noticed its file was deleted or replaced)."""
+        try:
+            connection = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+        except sqlite3.Error:
+            return 0
+        try:
+            return connection.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+        except sqlite3.Error:
+            return 0
+        finally:
+            connection.close()
 
     def _pg_report(self, windows: int) -> dict:
         import psycopg
 
         s = self.pg
-        with psycopg.connect(self.url) as connection:
+        rows = distinct = episodes = 0  # a store that never wrote made no tables
+        with psycopg.connect(self.url) as connection, contextlib.suppress(psycopg.errors.UndefinedTable):
             rows, distinct = connection.execute(
                 "SELECT COUNT(*), COUNT(DISTINCT (device, t)) FROM predictions").fetchone()  # fmt: skip
             episodes = connection.execute("SELECT COUNT(*) FROM episodes").fetchone()[0]
@@ -172,8 +191,8 @@ class FaultStores:
             "failures": s.failures, **self.freeze_log, "rows_written_after_thaw": s.written - at_thaw,
             "rows_in_database": rows, "rows_written_twice": rows - distinct, "episodes": s.episodes_written,
             "episodes_in_database": episodes,
-            "accounted": windows == s.written + s.dropped_rows and rows == distinct == s.written
-            and episodes == s.episodes_written,
+            "accounted": windows > 0 and windows == s.written + s.dropped_rows
+            and rows == distinct == s.written and episodes == s.episodes_written,
         }  # fmt: skip
 
 
@@ -199,7 +218,11 @@ class SoakWorker:
         self.received: Counter = Counter()
         self.thread = threading.Thread(target=self._collect, name="soak-worker", daemon=True)
         self.thread.start()
-        if not self.source.connected.wait(30):
+        deadline = time.monotonic() + 30
+        while self.source.fatal is None and time.monotonic() < deadline:
+            if self.source.connected.wait(0.1):
+                break
+        if not self.source.connected.is_set():  # refused (said why) or the broker stayed away
             self.close()
             raise RuntimeError(f"the fleet worker did not connect to {node.amqp_url}: {self.source.status}")
 

@@ -63,6 +63,7 @@ def test_the_faults_soak_accounts_for_every_good_window_through_hostile_keys_and
     sqlite, pg = stores["sqlite"], stores["postgresql"]
     assert sqlite["reopened"] == 2 and 0 < sqlite["lost_rows"] < windows, sqlite  # deleted, then replaced
     assert sqlite["rows_in_file"] + sqlite["lost_rows"] == windows and sqlite["lost"] == sqlite["lost_rows"]
+    assert sqlite["replacement_rows_kept"] == 1  # the database put in the file's place keeps its own rows
     assert pg["outages"] == 1 and pg["failures"] >= 1 and pg["rows_kept_at_thaw"] > 0, pg
     assert pg["rows_written_after_thaw"] >= pg["rows_kept_at_thaw"], pg  # what it kept, written after
     assert pg["rows_in_database"] == windows and pg["rows_written_twice"] == 0, pg
