@@ -243,6 +243,28 @@ def fault_soak(args: argparse.Namespace, checkpoint: CheckpointMeta, plan, say) 
         raise CliError(" ".join(str(error).split())) from None
 
 
+def add_soak_command(sub: argparse._SubParsersAction) -> None:
+    """``harstream soak`` and its options (the in-process soak; ``--faults``: the services' faults)."""
+    p = sub.add_parser("soak", help="hours of good and hostile devices' traffic through the live path, "
+                       "on a simulated clock")
+    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
+    p.add_argument("--hours", type=float, default=1.0, help="simulated hours of traffic (default 1)")
+    p.add_argument("--good", type=int, default=10, help="well-behaved devices (real held-out recordings)")
+    p.add_argument("--hostile", type=int, default=10, help="devices that send a random attack every second")
+    p.add_argument("--flood", type=int, default=300, help="new device ids in each flood (default 300)")
+    p.add_argument("--flood-every", type=float, default=600.0, help="seconds between floods (default 600)")
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads for inference")
+    add_backend_option(p)
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p.add_argument("--faults", action="store_true", help="then the services' faults on a private PostgreSQL "
+                   "and RabbitMQ: hostile routing keys, a frozen database, a deleted store file (< 1 min)")
+    p.add_argument("--fault-seconds", type=float, default=12.0,
+                   help="with --faults: wall seconds of traffic (default %(default)g)")
+    p.add_argument("--freeze", type=float, default=4.0,
+                   help="with --faults: seconds the PostgreSQL server stays frozen (default %(default)g)")
+    p.set_defaults(run=cmd_soak)
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from model.onnx_export import export_checkpoint, operator_counts
 
@@ -311,24 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_live_options(p)
     p.set_defaults(run=cmd_replay)
 
-    p = sub.add_parser("soak", help="hours of good and hostile devices' traffic through the live path, "
-                       "on a simulated clock")
-    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
-    p.add_argument("--hours", type=float, default=1.0, help="simulated hours of traffic (default 1)")
-    p.add_argument("--good", type=int, default=10, help="well-behaved devices (real held-out recordings)")
-    p.add_argument("--hostile", type=int, default=10, help="devices that send a random attack every second")
-    p.add_argument("--flood", type=int, default=300, help="new device ids in each flood (default 300)")
-    p.add_argument("--flood-every", type=float, default=600.0, help="seconds between floods (default 600)")
-    p.add_argument("--threads", type=int, default=1, help="intra-op threads for inference")
-    add_backend_option(p)
-    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
-    p.add_argument("--faults", action="store_true", help="then the services' faults, on a private PostgreSQL "
-                   "and RabbitMQ: hostile routing keys, a frozen database, a deleted store file (under a minute)")
-    p.add_argument("--fault-seconds", type=float, default=12.0,
-                   help="with --faults: wall seconds of traffic (default %(default)g)")
-    p.add_argument("--freeze", type=float, default=4.0,
-                   help="with --faults: seconds the PostgreSQL server stays frozen (default %(default)g)")
-    p.set_defaults(run=cmd_soak)
+    add_soak_command(sub)
 
     p = sub.add_parser("export", help="write a checkpoint as a self-describing ONNX model")
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
