@@ -8,6 +8,9 @@ the real decoder, scheduler, engine and decider, on a simulated clock (so an hou
 its evictions and admissions takes as long as its inference does), and every prediction is written
 as strict JSON. The figures: the longest a good device went without a prediction (in its own
 time), resident memory over the run, and every drop by reason.
+
+What needs real services and wall-clock time (hostile routing keys on a RabbitMQ fleet, a frozen
+PostgreSQL server, a deleted store file) is ``--faults``: :mod:`streamer.soak_faults`.
 """
 
 from __future__ import annotations
