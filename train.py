@@ -25,6 +25,7 @@ from model.checkpoint_meta import CheckpointError, CheckpointMeta, meta_path
 from model.config import ConfigError, ExperimentConfig, load_config, override, with_train
 from model.extras import missing_package
 from model.strict_json import dumps
+from streamer.options import OneLineParser, count
 
 try:  # PyTorch and the rest of the training stack are the `train` extra: without them, one line
     import torch
@@ -41,10 +42,10 @@ except ModuleNotFoundError as error:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="experiment TOML file (configs/...)")
-    p.add_argument("--epochs", type=int, help="override train.epochs")
-    p.add_argument("--seed", type=int, help="override train.seed")
+    p.add_argument("--epochs", type=count(1, 1_000_000), help="override train.epochs")
+    p.add_argument("--seed", type=count(0, 2**63 - 1), help="override train.seed")
     p.add_argument("--out", help="checkpoint path (default model/weights/<name>.pt; with --fold, "
                    "saves the fold's model, test not scored)")
     p.add_argument("--data-dir", help="dataset folder ('UCI HAR Dataset', CSV recordings, OPPORTUNITY)")

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from model.strict_json import dumps
 from streamer.episodes import HOLD_S, MIN_CONFIDENCE, Episodes, Event
+from streamer.options import duration, nonempty, number
 
 if TYPE_CHECKING:
     from streamer.live_command import LiveOptions
@@ -23,15 +24,17 @@ if TYPE_CHECKING:
 def add_history_options(p: argparse.ArgumentParser) -> None:
     """``--store``, ``--retain``, ``--events`` and the episodes' hysteresis, for every live command."""
     group = p.add_argument_group("history")
-    group.add_argument("--store", metavar="PATH_OR_URL",
+    group.add_argument("--store", metavar="PATH_OR_URL", type=nonempty("store"),
                        help="keep every prediction and episode: a SQLite file (history.db) or postgresql://...")
-    group.add_argument("--retain", metavar="AGE", help="prune stored predictions older than this "
-                       "(30d, 12h; episodes are kept; default: keep all)")
+    group.add_argument("--retain", metavar="AGE", type=duration,
+                       help="with --store: prune stored predictions older than this (30d, 12h; episodes "
+                       "are kept; default: keep all)")
     group.add_argument("--events", action="store_true",
                        help="with --jsonl, also a line per episode start and end")
-    group.add_argument("--episode-hold", dest="episode_hold_s", type=float, default=HOLD_S,
+    group.add_argument("--episode-hold", dest="episode_hold_s", type=number(0, 86400, unit="s"),
+                       default=HOLD_S,
                        help="seconds a new label must hold before an episode switches (default %(default)g)")
-    group.add_argument("--episode-confidence", type=float, default=MIN_CONFIDENCE,
+    group.add_argument("--episode-confidence", type=number(0, 1), default=MIN_CONFIDENCE,
                        help="windows less sure than this never switch an episode (default %(default)g)")
 
 

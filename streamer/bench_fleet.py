@@ -291,14 +291,14 @@ def fleet_table(result: dict):
 
 
 def main() -> None:
-    import argparse
 
     from streamer.live_command import DEFAULT_CHECKPOINT
+    from streamer.options import OneLineParser, number
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = OneLineParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
     parser.add_argument("--sizes", default="100,200,300,400,500,600,800", help="fleet sizes, in devices")
-    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--seconds", type=number(1, 3600), default=30.0)
     args = parser.parse_args()
     sizes = tuple(int(s) for s in args.sizes.split(","))
     print(dumps(fleet_figures(args.checkpoint, sizes, args.seconds, progress=print)), flush=True)

@@ -51,11 +51,13 @@ def compare(paths: list[str], batch: int = 64, rounds: int = 5, seconds: float =
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from streamer.options import OneLineParser, count, number
+
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoints", nargs="+")
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--seconds", type=float, default=1.0, help="each model's slice of a round")
+    p.add_argument("--batch", type=count(1, 65_536), default=64)
+    p.add_argument("--rounds", type=count(1, 10_000), default=5)
+    p.add_argument("--seconds", type=number(0.01, 3600), default=1.0, help="each model's slice of a round")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     try:

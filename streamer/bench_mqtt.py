@@ -245,12 +245,13 @@ def _result(fmt: str, tally: Tally, published: int, n: int, refused: int, device
 
 
 def main() -> None:
-    import argparse
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--devices", type=int, default=200)
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--samples-per-message", type=int, default=50)
+    from streamer.options import OneLineParser, count, number
+
+    parser = OneLineParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--devices", type=count(1, 100_000), default=200)
+    parser.add_argument("--seconds", type=number(1, 3600), default=10.0)
+    parser.add_argument("--samples-per-message", type=count(1, 10_000), default=50)
     parser.add_argument("--format", choices=FORMATS, action="append", help="default: both")
     args = parser.parse_args()
     for fmt in args.format or FORMATS:

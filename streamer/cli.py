@@ -26,6 +26,7 @@ from streamer.live_command import (
     open_checkpoint,
     run_live,
 )
+from streamer.options import MAX_THREADS, OneLineParser, count, number
 from streamer.wearables_cli import add_wearable_commands
 
 if TYPE_CHECKING:
@@ -307,7 +308,7 @@ def version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(  # its subparsers too: a wrong value is one line, exit 2
         prog="harstream", description="Real-time activity recognition for wearables.", epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
@@ -321,7 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="dataset folder, for checkpoints trained on a folder dataset")
     p.add_argument("--data-zip", metavar="FILE", help="dataset zip (OpportunityUCIDataset.zip)")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
-    p.add_argument("--threads", type=int, default=0, help="intra-op threads (default 0: the library's own)")
+    p.add_argument("--threads", type=count(0, MAX_THREADS), default=0,
+                   help="intra-op threads (default 0: the library's own)")
     add_backend_option(p)
     p.set_defaults(run=cmd_evaluate)
 
@@ -329,7 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sources", nargs="*", metavar="SOURCE",
                    help="hapt:N[,M...], csv:PATH, uci-har:PATH[:SUBJECTS], opportunity:PATH "
                    "(default hapt:2)")
-    p.add_argument("--speed", type=float, default=1.0, help="x real time; 0 = as fast as possible")
+    p.add_argument("--speed", type=number(0.01, 1000, zero=True), default=1.0,
+                   help="x real time; 0 = as fast as possible")
     add_live_options(p)
     p.set_defaults(run=cmd_replay)
 
@@ -351,7 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="measure inference and pipeline speed, side by side")
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
     p.add_argument("--quick", action="store_true", help="seconds instead of minutes")
-    p.add_argument("--threads", type=int, default=1, help="intra-op threads (torch's and onnx's)")
+    p.add_argument("--threads", type=count(1, MAX_THREADS), default=1,
+                   help="intra-op threads (torch's and onnx's)")
     p.add_argument("--backend", choices=("torch", "onnx"), default=None,
                    help="backend of the end-to-end runs (default: onnx when onnxruntime is installed)")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
@@ -359,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "mosquitto (harstream mqtt) and RabbitMQ (harstream fleet, 1 and 2 workers), side by side")
     p.add_argument("--fleet-sizes", default="100,200,300,400,500,600,800",
                    help="with --fleet: fleet sizes to step through, in devices (default %(default)s)")
-    p.add_argument("--fleet-seconds", type=float, default=30.0,
+    p.add_argument("--fleet-seconds", type=number(1, 3600), default=30.0,
                    help="with --fleet: seconds of real-time traffic per run (default %(default)g)")
     p.set_defaults(run=cmd_bench)
 

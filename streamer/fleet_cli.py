@@ -11,6 +11,7 @@ import socket
 import time
 from typing import TYPE_CHECKING
 
+from streamer.limits import FLEET_MAX_PARTITIONS
 from streamer.live_command import (
     CliError,
     LiveOptions,
@@ -22,6 +23,7 @@ from streamer.live_command import (
     say,
     sigterm_as_interrupt,
 )
+from streamer.options import count, number, port
 
 if TYPE_CHECKING:
     from streamer.fleet import FleetOptions
@@ -135,15 +137,15 @@ def add_fleet_command(sub: argparse._SubParsersAction) -> None:
     broker = p.add_argument_group("RabbitMQ")
     broker.add_argument("--amqp", required=True, metavar="URL",
                         help="amqp://USER:PASS@HOST[:PORT]/VHOST (amqps:// for TLS)")
-    broker.add_argument("--partitions", type=int, required=True,
+    broker.add_argument("--partitions", type=count(1, FLEET_MAX_PARTITIONS), required=True,
                         help="partition queues the devices are spread over; the same for every worker")
     broker.add_argument("--worker", default="0/1", metavar="K/N",
                         help="this worker owns the partitions p with p %% N == K and stands by on the rest "
                         "(default 0/1)")
     broker.add_argument("--fleet-name", default="har.fleet",
                         help="the exchange and its queues' prefix (default har.fleet)")
-    broker.add_argument("--mqtt-port", type=int, help="the MQTT plugin's port, for --publish (default 1883)")
-    broker.add_argument("--connect-timeout", type=float, default=10.0,
+    broker.add_argument("--mqtt-port", type=port, help="the MQTT plugin's port, for --publish (default 1883)")
+    broker.add_argument("--connect-timeout", type=number(0.1, 86400, unit="s"), default=10.0,
                         help="seconds to reach the broker before --headless gives up (default 10)")
     add_device_limits(p.add_argument_group("devices"))
     out = p.add_argument_group("MQTT output (through the broker's MQTT plugin)")

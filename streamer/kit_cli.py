@@ -8,6 +8,7 @@ from pathlib import Path
 
 from model.strict_json import dumps
 from streamer.live_command import DEFAULT_CHECKPOINT, CliError, open_checkpoint, say
+from streamer.options import count, number
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -99,7 +100,8 @@ def add_kit_commands(sub: argparse._SubParsersAction) -> None:
                        "(rate, channels, units, orientation), with the fix for each mismatch")
     add_mqtt_options(p.add_argument_group("MQTT (with --broker; --device names the device)"), required=False)
     add_serial_options(p.add_argument_group("serial (with --port)"), required=False)
-    p.add_argument("--seconds", type=float, default=10.0, help="how long to listen (default 10)")
+    p.add_argument("--seconds", type=number(1, 600, unit="s"), default=10.0,
+                   help="how long to listen (default 10)")
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="the model to check against")
     p.add_argument("--json", action="store_true", help="the report as one JSON object")
     p.set_defaults(run=cmd_check)
@@ -107,9 +109,11 @@ def add_kit_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("init-config", help="write a training config for a folder of labelled CSV recordings")
     p.add_argument("recordings", type=Path, metavar="RECORDINGS_DIR")
     p.add_argument("--out", required=True, help="the config to write, e.g. configs/NAME.toml")
-    p.add_argument("--window", type=int, default=128, help="samples per window (default 128; 24 for short "
+    p.add_argument("--window", type=count(2, 10_000, unit="samples"), default=128,
+                   help="samples per window (default 128; 24 for short "
                    "gestures or short recordings)")
-    p.add_argument("--step", type=int, help="samples between training windows (default half the window)")
+    p.add_argument("--step", type=count(1, 100_000, unit="samples"),
+                   help="samples between training windows (default half the window)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.set_defaults(run=cmd_init_config)
 
@@ -119,7 +123,7 @@ def add_kit_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--recording", action="append", required=True, metavar="CSV",
                    help="a labelled recording of the wearer (harstream record's CSV); repeatable")
     p.add_argument("--out", required=True, help="the calibrated checkpoint to write, e.g. wearer.pt")
-    p.add_argument("--seconds", type=float, default=20.0,
+    p.add_argument("--seconds", type=number(1, 86400, unit="s"), default=20.0,
                    help="at most this much of each activity (default 20)")
     p.add_argument("--name", help="the calibrated model's name (default: --out's stem)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")

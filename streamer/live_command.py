@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from model.strict_json import dumps
 from streamer import limits
+from streamer.options import MAX_THREADS, count, number
 
 if TYPE_CHECKING:
     from model.checkpoint_meta import CheckpointMeta
@@ -98,6 +99,7 @@ class LiveOptions:
             (self.threads >= 0, f"--threads must be 0 (the library's default) or more, not {self.threads}"),
             (self.max_devices >= 1, f"--max-devices must be 1 or more, not {self.max_devices}"),
             (self.idle_timeout_s >= 0, f"--idle-timeout must not be negative, not {self.idle_timeout_s:g}"),
+            (self.retain is None or bool(self.store), "--retain prunes a --store: give one, or drop --retain"),
         )  # fmt: skip
         for ok, why in checks:
             if not ok:  # NaN fails the float checks too
@@ -148,15 +150,16 @@ def add_live_options(p: argparse.ArgumentParser) -> None:
     """The options every live command reads into :class:`LiveOptions`, in two groups."""
     model = p.add_argument_group("recognition")
     model.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="trained model (.pt)")
-    model.add_argument("--hop", type=int, default=0,
+    model.add_argument("--hop", type=count(1, 100_000, unit="samples"), default=0,  # 0: LiveOptions' own
                        help="samples between windows (default: a quarter window)")
-    model.add_argument("--smooth", type=int, default=1, help="average probabilities over the last K windows")
-    model.add_argument("--min-confidence", type=float, default=0.0,
+    model.add_argument("--smooth", type=count(1, 1000), default=1,
+                       help="average probabilities over the last K windows")
+    model.add_argument("--min-confidence", type=number(0, 1), default=0.0,
                        help="below this top probability the label is 'uncertain'")
-    model.add_argument("--max-batch", type=int, default=256, help="largest inference batch")
-    model.add_argument("--max-wait-ms", type=float, default=20.0,
+    model.add_argument("--max-batch", type=count(1, 65_536), default=256, help="largest inference batch")
+    model.add_argument("--max-wait-ms", type=number(0, 60_000, unit="ms"), default=20.0,
                        help="how long a ready window waits for others to share its batch")
-    model.add_argument("--threads", type=int, default=1,
+    model.add_argument("--threads", type=count(0, MAX_THREADS), default=1,
                        help="intra-op threads for inference (default 1; 0: the library's default, all cores, "
                        "or with --shard K/N this host's cores // N)")
     add_backend_option(model)
@@ -173,9 +176,10 @@ def add_live_options(p: argparse.ArgumentParser) -> None:
 
 def add_device_limits(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """How many devices a recognizer serves and how long it keeps a silent one (streamer/limits.py)."""
-    p.add_argument("--max-devices", type=int, default=limits.MAX_DEVICES,
+    p.add_argument("--max-devices", type=count(1, 1_000_000), default=limits.MAX_DEVICES,
                    help="serve at most this many devices at once (default %(default)s)")
-    p.add_argument("--idle-timeout", dest="idle_timeout_s", type=float, default=limits.IDLE_TIMEOUT_S,
+    p.add_argument("--idle-timeout", dest="idle_timeout_s", type=number(1, 30 * 86400, zero=True, unit="s"),
+                   default=limits.IDLE_TIMEOUT_S,
                    help="forget a device silent for this many seconds (0 = never; default %(default)g)")
 
 

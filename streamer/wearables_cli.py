@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from streamer.limits import WIRE_RATE_HZ
 from streamer.live_command import (
     CliError,
     LiveOptions,
@@ -25,6 +26,7 @@ from streamer.live_command import (
     say,
     sigterm_as_interrupt,
 )
+from streamer.options import count, number
 
 if TYPE_CHECKING:
     from streamer.mqtt import MqttOptions, MqttSource
@@ -140,8 +142,8 @@ def add_mqtt_options(p: argparse.ArgumentParser | argparse._ArgumentGroup, requi
     p.add_argument("--tls-key", help="client key file")
     p.add_argument("--client-id", help="keep a persistent session on the broker under this id (default: no "
                    "session kept, id harstream-HOSTNAME-PID); one id per process")
-    p.add_argument("--qos", type=int, default=1, help="subscription QoS (default 1)")
-    p.add_argument("--connect-timeout", type=float, default=10.0,
+    p.add_argument("--qos", type=count(0, 2), default=1, help="subscription QoS (default 1)")
+    p.add_argument("--connect-timeout", type=number(0.1, 86400, unit="s"), default=10.0,
                    help="seconds to reach the broker before --headless gives up, and before `publish` gives "
                    "up on a broker it lost (default 10)")
 
@@ -150,7 +152,6 @@ def add_mqtt_options(p: argparse.ArgumentParser | argparse._ArgumentGroup, requi
 def serial_source(args: argparse.Namespace, channels: tuple[str, ...], *, headless: bool) -> SerialSource:
     """The serial source that ``--port``, ``--baud``, ``--hz``, ``--columns``, ``--device`` and
     ``--acc-unit`` ask for, its port opened; with ``headless`` a port that does not open is an error."""
-    from streamer.limits import WIRE_RATE_HZ
     from streamer.serial_source import NAME, SerialSource
     from streamer.wire import valid_device_id
 
@@ -193,8 +194,9 @@ def cmd_serial(args: argparse.Namespace) -> int:
 
 def add_serial_options(p: argparse.ArgumentParser | argparse._ArgumentGroup, required: bool = True) -> None:
     p.add_argument("--port", required=required, help="serial port, e.g. /dev/ttyUSB0 (or a pyserial URL)")
-    p.add_argument("--baud", type=int, default=115_200)
-    p.add_argument("--hz", type=float, help="sample rate, when lines carry no time column")
+    p.add_argument("--baud", type=count(1, 10_000_000, unit="bits/s"), default=115_200)
+    p.add_argument("--hz", type=number(*WIRE_RATE_HZ, unit="Hz"),
+                   help="sample rate, when lines carry no time column")
     p.add_argument("--columns", help="column names when the device sends no header, e.g. acc_x,acc_y,...")
     p.add_argument("--device", help="device id (default: the port's name)")
     p.add_argument("--acc-unit", choices=("g", "m/s2"), default="g", help="unit of the acc_* columns")
@@ -329,7 +331,8 @@ def add_wearable_commands(sub: argparse._SubParsersAction) -> None:
     add_mqtt_options(p.add_argument_group("MQTT broker"))
     wearable = p.add_argument_group("the simulated wearable")
     wearable.add_argument("--device", help="device id on the wire (default: the recording's)")
-    wearable.add_argument("--speed", type=float, default=1.0, help="x real time; 0 = as fast as possible")
+    wearable.add_argument("--speed", type=number(0.01, 1000, zero=True), default=1.0,
+                          help="x real time; 0 = as fast as possible")
     wearable.add_argument("--format", default="batch", help="json (a message per sample), batch or binary")
     wearable.add_argument("--topic-prefix", default="har", help="messages go to PREFIX/DEVICE/imu")
     p.set_defaults(run=cmd_publish)
