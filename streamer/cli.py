@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,6 +26,7 @@ from streamer.live_command import (
     live_parts,
     open_checkpoint,
     run_live,
+    say,
 )
 from streamer.options import MAX_THREADS, OneLineParser, count, number
 from streamer.wearables_cli import add_wearable_commands
@@ -125,7 +127,43 @@ def replay_devices(specs: list[str], checkpoint: CheckpointMeta) -> list[Device]
     names = [d.name for d in devices]
     if len(set(names)) != len(names):
         raise CliError(f"the same device is named twice: {', '.join(names)}")
+    devices, note = truth_by_name(devices, checkpoint.classes)
+    if note:
+        say(note)
     return devices
+
+
+def truth_by_name(devices: list[Device], classes: tuple[str, ...]) -> tuple[list[Device], str | None]:
+    """The devices with their recordings' labels as indices into the model's ``classes``, matched
+    by name: a recording's labels index its own class list (HAPT's six for ``hapt:N``), which a model
+    trained on other recordings does not share. A label the model does not know is no truth; the
+    note (one line, or None) says which labels that left without truth."""
+    import numpy as np
+
+    from replay.sources import Device
+
+    where = {name: i for i, name in enumerate(classes)}
+    unknown: set[str] = set()
+    out = []
+    for device in devices:
+        recordings = []
+        for recording in device.recordings:
+            if recording.classes == classes:
+                recordings.append(recording)
+                continue
+            seen = np.unique(recording.labels[recording.labels >= 0])
+            unknown |= {recording.classes[i] for i in seen if recording.classes[i] not in where}
+            # the extra last entry: an unlabelled sample (-1) indexes it and stays -1
+            lookup = np.array([where.get(name, -1) for name in recording.classes] + [-1], np.int64)
+            recordings.append(replace(recording, labels=lookup[recording.labels], classes=classes))
+        out.append(Device(device.name, recordings))
+    if not unknown:
+        return out, None
+    names = ", ".join(sorted(unknown))
+    if not any((r.labels >= 0).any() for d in out for r in d.recordings):
+        return out, (f"no truth shown: the recordings' classes ({names}) are not the model's "
+                     f"({', '.join(classes)})")  # fmt: skip
+    return out, f"no truth shown for {names}: the model's classes ({', '.join(classes)}) do not name them"
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

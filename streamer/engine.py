@@ -81,6 +81,11 @@ class Decider:
         for key in [k for k in self.history if k[0] == device]:
             del self.history[key]
 
+    def truth_name(self, truth: int | None) -> str | None:
+        """The class a window's truth index names; None for no truth, or an index this model's classes
+        do not have (a source's labels must be mapped by name first: replay's truth_by_name)."""
+        return self.classes[truth] if truth is not None and 0 <= truth < len(self.classes) else None
+
     def decide(self, windows: list[Window], probs: np.ndarray) -> list[Prediction]:
         now = time.monotonic()
         predictions = []
@@ -107,7 +112,7 @@ class Decider:
                     label=label,
                     confidence=confidence,
                     probs={c: float(q) for c, q in zip(self.classes, p, strict=True)},
-                    truth=self.classes[window.truth] if window.truth is not None else None,
+                    truth=self.truth_name(window.truth),
                     latency_ms=(now - window.arrival) * 1000.0,
                     index=window.index,
                     segment=window.segment,

@@ -1,0 +1,74 @@
+"""A newcomer's first hour without a traceback (issue 21): a model of one's own replayed on HAPT,
+Ctrl-C while training, a device name mistyped in ``history``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from streamer.cli import main
+
+
+def write_own_model(path: Path, classes: tuple[str, ...]) -> Path:
+    """An untrained tiny network as a model trained on the user's own CSV recordings would be: HAPT's
+    channels and units, its own class names."""
+    import torch
+
+    from model.checkpoint import save_checkpoint
+    from model.checkpoint_meta import CheckpointMeta, meta_path
+    from model.config import DataConfig, ExperimentConfig, NetworkConfig
+    from model.network import ResidualBiLSTM
+    from model.recordings import HAPT_CHANNELS, HAPT_UNITS
+
+    torch.manual_seed(0)
+    data = DataConfig(dataset="csv", classes=classes, channels=HAPT_CHANNELS, units=HAPT_UNITS, window=64,
+                      step=32)  # fmt: skip
+    config = ExperimentConfig(name=path.stem, data=data, model=NetworkConfig(n_hidden=8, n_stacked=1,
+                                                                             n_residual=1, dropout=0.0))
+    model = ResidualBiLSTM(config.model)
+    meta = CheckpointMeta.from_training(
+        meta_path(path), config, normalisation=(model.feature_mean.tolist(), model.feature_std.tolist()),
+        best_epoch=0, val=None, test={}, history=[], data_fingerprint="untrained", command="tests",
+        train_seconds=0.0, wall_seconds=0.0, machine="", torch_version=torch.__version__,
+    )  # fmt: skip
+    save_checkpoint(path, model, meta)
+    return path
+
+
+def replay_own_model(capsys, path: Path) -> tuple[list[dict], list[str]]:
+    """``harstream replay`` (its default source, hapt:2) with that model: predictions and stderr lines."""
+    code = main(["replay", "--checkpoint", str(path), "--speed", "0", "--headless", "--jsonl", "--hop", "64",
+                 "--backend", "torch"])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    lines = [json.loads(line) for line in out.splitlines()]
+    return [p for p in lines if "device" in p], err.splitlines()
+
+
+def test_a_model_of_other_classes_replays_hapt_without_truth_and_says_so_once(tmp_path, capsys) -> None:
+    own = write_own_model(tmp_path / "mine.pt", ("Running", "Badminton", "Resting"))
+    predictions, err = replay_own_model(capsys, own)  # was: IndexError: tuple index out of range
+    assert len(predictions) > 100 and all(p["truth"] is None for p in predictions)
+    said = [line for line in err if "truth" in line]
+    assert len(said) == 1 and "no truth shown" in said[0] and "Running" in said[0], err
+
+
+def test_a_model_sharing_some_classes_gets_truth_by_name(tmp_path, capsys) -> None:
+    own = write_own_model(tmp_path / "mine.pt", ("SITTING", "Running", "WALKING"))  # not HAPT's order
+    predictions, err = replay_own_model(capsys, own)
+    truths = {p["truth"] for p in predictions}
+    assert {"WALKING", "SITTING"} <= truths <= {"WALKING", "SITTING", None}, truths
+    said = [line for line in err if "truth" in line]
+    assert len(said) == 1, err
+    untold = said[0].split("no truth shown for ")[1].split(":")[0].split(", ")
+    assert untold == ["LAYING", "STANDING", "WALKING_DOWNSTAIRS", "WALKING_UPSTAIRS"], said
+
+
+@pytest.mark.parametrize("truth", [None, 0, 2, 3, -1])
+def test_the_decider_never_indexes_past_its_classes(truth) -> None:
+    from streamer.engine import Decider
+
+    decider = Decider(("A", "B", "C"))
+    assert decider.truth_name(truth) == {0: "A", 2: "C"}.get(truth)
