@@ -69,6 +69,37 @@ def first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
+def known_devices(target: Target) -> list[str]:
+    """Every device the store holds predictions or episodes of, sorted."""
+    connection = target.connect_readonly()
+    try:
+        cursor = connection.cursor()
+        cursor.execute("SELECT device FROM predictions UNION SELECT device FROM episodes")
+        devices = sorted(str(row[0]) for row in cursor.fetchall())
+        cursor.close()
+        return devices
+    except Exception as error:  # a locked or damaged file, a server that went away
+        raise StoreError(f"cannot read the store {target.display}: {first_line(error)}") from None
+    finally:
+        connection.close()
+
+
+def unknown_device(target: Target, device: str) -> str | None:
+    """Why ``--device`` names no device of the store (one line, with the closest names), or None
+    when the store knows it: a typo must not read as "no history in that time", exit 0."""
+    import difflib
+
+    devices = known_devices(target)
+    if store_text(device) in devices:
+        return None
+    if not devices:
+        return f"the store {target.display} holds no devices yet"
+    close = difflib.get_close_matches(device, devices, n=3, cutoff=0.5)
+    hint = f"did you mean {' or '.join(close)}? " if close else ""
+    shown = ", ".join(devices[:10]) + (f" and {len(devices) - 10} more" if len(devices) > 10 else "")
+    return f"no device {device!r} in the store {target.display}: {hint}it knows {shown}"
+
+
 def _where(column_from: str, column_to: str, device: str | None, since: float | None,
            until: float | None) -> tuple[str, list]:  # fmt: skip
     clauses, params = [], []
@@ -163,6 +194,10 @@ def cmd_history(args: argparse.Namespace) -> int:
         return 0
     since, until = parse_when(args.since), parse_when(args.until)
     history = read_history(target, args.device, since, until, truth=bool(args.plot))
+    if args.device is not None and not history["devices"]:
+        why = unknown_device(target, args.device)
+        if why:
+            raise StoreError(why)  # one line, exit 1 (streamer.cli.main)
     if args.plot:
         from streamer.history_plot import plot_history
 

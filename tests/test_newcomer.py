@@ -72,3 +72,18 @@ def test_the_decider_never_indexes_past_its_classes(truth) -> None:
 
     decider = Decider(("A", "B", "C"))
     assert decider.truth_name(truth) == {0: "A", 2: "C"}.get(truth)
+
+
+def test_history_of_a_mistyped_device_names_the_devices_the_store_knows(tiny_checkpoint, short_recording,
+                                                                       tmp_path, capsys) -> None:  # fmt: skip
+    store = str(tmp_path / "history.db")
+    assert main(["replay", f"csv:{short_recording}", "--checkpoint", str(tiny_checkpoint), "--speed", "0",
+                 "--headless", "--store", store]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["history", "--store", store, "--device", "wirst"]) == 1  # was: "no history in that time", 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "did you mean wrist?" in err and "'wirst'" in err, err
+    assert main(["history", "--store", store, "--device", "wrist", "--json"]) == 0
+    assert list(json.loads(capsys.readouterr().out)["devices"]) == ["wrist"]
+    assert main(["history", "--store", store, "--device", "wrist", "--since", "2999-01-01"]) == 0
+    assert "no history in that time" in capsys.readouterr().out  # a known device, another time: as before
