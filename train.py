@@ -14,8 +14,12 @@ from __future__ import annotations
 import argparse
 import platform
 import shlex
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -80,8 +84,29 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         return run(args, context, argv)
+    except KeyboardInterrupt:  # Ctrl-C outside the epochs (building windows, scoring test): one line
+        if context.is_main:
+            print("train.py: interrupted; nothing saved", file=sys.stderr)
+        return 130
     finally:
         distributed.teardown(context)
+
+
+@contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Ctrl-C waits until the block is done: the weights and their metadata are written as a pair
+    or not at all (a .pt without its .json is refused by every command)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def experiment_config(args: argparse.Namespace) -> ExperimentConfig:
@@ -121,17 +146,10 @@ def run(args: argparse.Namespace, context: distributed.Context, argv: list[str] 
         return 1
     describe(console, config, splits, fold, context)
 
-    def on_epoch(r: EpochRecord) -> None:
-        val = f"  val acc {r.val_accuracy:.4f}  val F1 {r.val_f1:.4f}" if len(splits.val) else ""
-        epoch = f"epoch {r.epoch:4d}/{config.train.epochs}"
-        console.print(f"{epoch}  loss {r.loss:.4f}{val}  lr {r.lr:.2e}  {r.seconds:.1f}s")
-
-    classes, features = config.classes, config.preprocessing.features
-    try:
-        result = fit(config, splits.train, splits.val, classes, features, on_epoch, device=context.device)
-    except (RecipeError, NonFiniteError) as error:  # a setting these windows cannot train with, or a NaN
-        print(f"train.py: {error}", file=sys.stderr)
-        return 1
+    classes = config.classes
+    result = train(console, config, splits, context, out)
+    if isinstance(result, int):  # refused, or interrupted: said in one line
+        return result
     digests = None
     if context.distributed:  # every rank must hold the same weights: compare them byte for byte
         digests = distributed.replica_digests(result.model)
@@ -175,7 +193,8 @@ def run(args: argparse.Namespace, context: distributed.Context, argv: list[str] 
         distributed=ddp,
     )  # fmt: skip
     try:
-        save_checkpoint(out, result.model, meta)
+        with interrupts_deferred():
+            save_checkpoint(out, result.model, meta)
     except CheckpointError as error:  # non-finite weights: refused, where a NaN model used to exit 0
         print(f"train.py: {error}", file=sys.stderr)
         return 1
@@ -185,6 +204,31 @@ def run(args: argparse.Namespace, context: distributed.Context, argv: list[str] 
         png = save_confusion_png(test, classes, out.with_suffix(".confusion.png"))
     console.print(f"saved {out} and {out.with_suffix('.json')}" + (f", {png}" if png else ""))
     return 0
+
+
+def train(console: Console, config: ExperimentConfig, splits: Splits, context: distributed.Context,
+          out: Path) -> FitResult | int:  # fmt: skip
+    """The fitted model, a line per epoch; or the exit code after one line saying why there is none."""
+    finished: list[int] = []
+
+    def on_epoch(r: EpochRecord) -> None:
+        finished.append(r.epoch)
+        val = f"  val acc {r.val_accuracy:.4f}  val F1 {r.val_f1:.4f}" if len(splits.val) else ""
+        epoch = f"epoch {r.epoch:4d}/{config.train.epochs}"
+        console.print(f"{epoch}  loss {r.loss:.4f}{val}  lr {r.lr:.2e}  {r.seconds:.1f}s")
+
+    try:
+        return fit(config, splits.train, splits.val, config.classes, config.preprocessing.features, on_epoch,
+                   device=context.device)  # fmt: skip
+    except (RecipeError, NonFiniteError) as error:  # a setting these windows cannot train with, or a NaN
+        print(f"train.py: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # the kept epoch lives in memory only: say what is (and is not) on disk
+        if context.is_main:
+            kept = f"{out} is as it was" if out.exists() else f"{out} not written"
+            print(f"train.py: interrupted in epoch {len(finished) + 1} of {config.train.epochs}; "
+                  f"nothing saved ({kept})", file=sys.stderr)  # fmt: skip
+        return 130
 
 
 def describe(console: Console, config: ExperimentConfig, splits: Splits, fold: tuple[int, int] | None,

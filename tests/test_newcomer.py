@@ -4,9 +4,13 @@ Ctrl-C while training, a device name mistyped in ``history``."""
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from live_fixtures import ROOT, Lines
 
 from streamer.cli import main
 
@@ -87,3 +91,33 @@ def test_history_of_a_mistyped_device_names_the_devices_the_store_knows(tiny_che
     assert list(json.loads(capsys.readouterr().out)["devices"]) == ["wrist"]
     assert main(["history", "--store", store, "--device", "wrist", "--since", "2999-01-01"]) == 0
     assert "no history in that time" in capsys.readouterr().out  # a known device, another time: as before
+
+
+def test_ctrl_c_while_training_is_one_line_exit_130_and_the_kept_model_stays(csv_dataset, tmp_path) -> None:
+    from model.checkpoint import load_checkpoint
+    from model.init_config import write_config
+
+    config = tmp_path / "own.toml"
+    config.write_text(write_config(csv_dataset, config, window=64)[0])
+    out = tmp_path / "own.pt"
+    tiny = ["--set", "model.n_hidden=8", "--set", "model.n_stacked=1", "--set", "model.n_residual=1",
+            "--set", "train.batch_size=16", "--set", "train.threads=1"]  # fmt: skip
+    command = [sys.executable, "train.py", "--config", str(config), "--out", str(out), *tiny]
+    first = subprocess.run([*command, "--epochs", "1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    kept = out.read_bytes(), out.with_suffix(".json").read_bytes()
+
+    training = subprocess.Popen([*command, "--epochs", "100000"], cwd=ROOT, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    lines = Lines(training.stdout)
+    try:
+        assert lines.wait(lambda ls: any(line.startswith("epoch") for line in ls), 240), lines.lines
+        training.send_signal(signal.SIGINT)  # mid-training: an epoch done, the next one running
+        assert training.wait(60) == 130
+    finally:
+        training.kill()
+    err = training.stderr.read()
+    assert err.count("\n") == 1 and "Traceback" not in err, err  # was: a 21-line KeyboardInterrupt traceback
+    assert "interrupted in epoch" in err and "nothing saved" in err and "as it was" in err, err
+    assert (out.read_bytes(), out.with_suffix(".json").read_bytes()) == kept
+    assert load_checkpoint(out).meta.classes  # still a usable model
