@@ -32,6 +32,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from model.checkpoint_meta import CheckpointMeta
 from model.recordings import UCI_HAR_TEST_SUBJECTS, load_hapt
@@ -40,6 +41,11 @@ from streamer.rabbitmq import RabbitMQ, rabbitmq_installed
 from streamer.soak import CHANNELS, Device
 from streamer.store import Store, StoreSink, Target
 from streamer.wire import encode_json_batch
+
+if TYPE_CHECKING:
+    import paho.mqtt.client as mqtt
+
+    from streamer.episodes import Episodes
 
 FLEET = "soak.faults"
 UNDELIVERABLE = ("d" * 300, "é" * 150)  # routing keys over AMQP's 255 bytes
@@ -68,9 +74,10 @@ class FaultPlan:
     partitions: int = 2
 
     def __post_init__(self) -> None:
-        if not (0 < self.seconds <= 600 and 0 < self.speed <= 100 and self.good >= 1):  # NaN fails too
-            raise ValueError(f"--fault-seconds must be over 0 and at most 600 (and --good 1 or more), not "
-                             f"{self.seconds:g}")  # fmt: skip
+        if not (0 < self.seconds <= 600 and 0 < self.speed <= 100):  # NaN fails too
+            raise ValueError(f"--fault-seconds must be over 0 and at most 600, not {self.seconds:g}")
+        if self.good < 1:
+            raise ValueError(f"soak --faults needs --good 1 or more, not {self.good}")
         if not (self.freeze_s == 0 or STORE_TIMEOUT_S + 0.5 <= self.freeze_s <= 60):  # shorter: a slow commit
             raise ValueError(f"--freeze must be 0 (none) or {STORE_TIMEOUT_S + 0.5:g} to 60 seconds, not "
                              f"{self.freeze_s:g}")  # fmt: skip
@@ -105,7 +112,7 @@ class FaultStores:
         self.frozen: list[int] = []
         self.freeze_log: dict[str, float | int] = {}
 
-    def attach(self, episodes, hop_s: float) -> None:
+    def attach(self, episodes: Episodes, hop_s: float) -> None:
         for store in (self.sqlite, self.pg):
             sink = StoreSink(store, hop_s)
             episodes.on_prediction.append(sink.prediction)
@@ -238,7 +245,7 @@ class SoakWorker:
         self.source.close()
 
 
-def mqtt_client(url: str, loop: bool = True):
+def mqtt_client(url: str, loop: bool = True) -> mqtt.Client:
     """A device's MQTT 3.1.1 client (RabbitMQ 3.10's plugin speaks it), connecting; with ``loop``
     its network loop runs in a thread of its own."""
     import paho.mqtt.client as mqtt
