@@ -13,17 +13,25 @@ written with a comment on each choice, and ``train.py`` runs it unchanged. No to
 
 from __future__ import annotations
 
-import csv
+import json
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from model.config import ConfigError, from_dict
-from model.recordings import ACC, GYRO, HAPT_ACTIVITIES
+from model.recordings import (
+    ACC,
+    GYRO,
+    HAPT_ACTIVITIES,
+    RESERVED,  # noqa: F401 - the columns that are not channels, named here before
+    CsvTable,
+    check_rates,
+    check_value_limits,
+    read_csv_table,
+)
 
-RESERVED = ("timestamp", "label", "subject")
 MIN_WINDOWS = 10  # per class: fewer and the model has too little to learn a class from
 
 
@@ -41,80 +49,64 @@ class Survey:
     recordings: dict[str, str]  # recording name -> subject
     labelled_s: Counter = field(default_factory=Counter)  # class -> seconds labelled
     runs: dict[str, list[int]] = field(default_factory=dict)  # class -> its labelled runs' lengths
-    skipped: Counter = field(default_factory=Counter)  # why -> rows not read
 
 
-def survey(folder: str | Path) -> Survey:
-    """Read every ``*.csv`` in ``folder``; ValueError (one line naming the file) when they disagree."""
-    folder = Path(folder)
+def _tables(folder: Path) -> list[CsvTable]:
+    """Every ``*.csv`` in ``folder``, read by the one reader's rules, each with the first's columns."""
     files = sorted(folder.glob("*.csv"))
     if not files:
         raise ValueError(f"no .csv recordings in {folder} (harstream record --out {folder} writes them)")
-    header: list[str] | None = None
-    steps, acc_norms, gyro_abs = [], [], []
-    labels_seen: dict[str, None] = {}
-    subjects: dict[str, None] = {}
-    recordings: dict[str, str] = {}
-    out = Survey(folder, files, (), (), 0.0, (), (), {})
+    tables: list[CsvTable] = []
     for path in files:
-        with open(path, newline="") as stream:
-            reader = csv.reader(stream)
-            names = next(reader, None)
-            if names is None:
-                raise ValueError(f"{path}: empty file")
-            names = [n.strip() for n in names]
-            if "timestamp" not in names or "label" not in names:
-                raise ValueError(f"{path}: needs timestamp and label columns (has {', '.join(names)})")
-            if header is None:
-                header = names
-            elif set(names) != set(header):
-                raise ValueError(f"{path}: columns {', '.join(names)} differ from {files[0].name}'s "
-                                 f"({', '.join(header)}): one kind of recording per folder")  # fmt: skip
-            index = {n: i for i, n in enumerate(names)}
-            channels = [n for n in header if n not in RESERVED]
-            times, values, labels, subject = [], [], [], path.stem
-            for row in reader:
-                try:
-                    times.append(float(row[index["timestamp"]]))
-                    values.append([float(row[index[c]]) for c in channels])
-                except (ValueError, IndexError):
-                    out.skipped["not a number"] += 1
-                    continue
-                labels.append(row[index["label"]].strip())
-                if "subject" in index and row[index["subject"]].strip():
-                    subject = row[index["subject"]].strip()
-        if len(times) < 2:
+        table = read_csv_table(path)
+        if "label" not in table.columns:
+            raise ValueError(f"{path}: needs timestamp and label columns (has {', '.join(table.columns)})")
+        if tables:
+            first = tables[0]
+            if set(table.columns) != set(first.columns):
+                raise ValueError(f"{path}: columns {', '.join(table.columns)} differ from {files[0].name}'s "
+                                 f"({', '.join(first.columns)}): one kind of recording per folder")
+            index = [table.channels.index(c) for c in first.channels]  # the first file's column order
+            table = replace(table, channels=first.channels, values=table.values[:, index])
+        if len(table.times) < 2:
             raise ValueError(f"{path}: fewer than two samples")
-        t, x = np.asarray(times), np.asarray(values, dtype=np.float64)
-        dt = np.diff(t)
-        steps.append(dt[dt > 0])
-        subjects[subject] = None
-        recordings[path.stem] = subject
-        acc = [channels.index(c) for c in ACC if c in channels]
-        if len(acc) == 3:
-            acc_norms.append(np.linalg.norm(x[:, acc], axis=1))
-        gyro = [channels.index(c) for c in GYRO if c in channels]
-        if gyro:
-            gyro_abs.append(np.abs(x[:, gyro]).ravel())
-        run_label, run_length = None, 0
-        for label in [*labels, None]:  # runs of one label, for how many windows each class gives
-            if label == run_label:
-                run_length += 1
-                continue
-            if run_label:
-                out.runs.setdefault(run_label, []).append(run_length)
-            run_label, run_length = label, 1
-        for label in labels:
-            if label:
-                labels_seen[label] = None
-    assert header is not None
-    step = float(np.nanmedian(np.concatenate(steps))) if any(len(s) for s in steps) else 0.0
-    if step <= 0:
-        raise ValueError(f"{folder}: timestamps do not move forward")
-    rate = 1.0 / step
+        tables.append(table)
+    check_rates(tables)  # one rate per folder, as training will read them
+    return tables
+
+
+def _runs(labels: tuple[str, ...], runs: dict[str, list[int]]) -> None:
+    """Add the lengths of ``labels``' runs of one label (how many windows each class gives) to ``runs``."""
+    run_label, run_length = None, 0
+    for label in [*labels, None]:
+        if label == run_label:
+            run_length += 1
+            continue
+        if run_label:
+            runs.setdefault(run_label, []).append(run_length)
+        run_label, run_length = label, 1
+
+
+def survey(folder: str | Path) -> Survey:
+    """Read every ``*.csv`` in ``folder``; ValueError (one line naming the file) when they disagree
+    or one breaks a rule of :func:`model.recordings.read_csv_table`."""
+    folder = Path(folder)
+    tables = _tables(folder)
+    channels = tables[0].channels
+    out = Survey(folder, [t.path for t in tables], channels, (), 0.0, (), (), {})
+    rate = float(np.median([t.rate_hz for t in tables]))
     out.rate_hz = float(round(rate)) if abs(rate - round(rate)) < 0.02 * rate else round(rate, 2)
-    out.channels = tuple(n for n in header if n not in RESERVED)
-    out.units = guess_units(out.channels, acc_norms, gyro_abs)
+    acc = [channels.index(c) for c in ACC if c in channels]
+    gyro = [channels.index(c) for c in GYRO if c in channels]
+    acc_norms = [np.linalg.norm(t.values[:, acc], axis=1) for t in tables] if len(acc) == 3 else []
+    gyro_abs = [np.abs(t.values[:, gyro]).ravel() for t in tables] if gyro else []
+    out.units = guess_units(channels, acc_norms, gyro_abs)
+    for table in tables:  # refused as train.py would refuse it, now rather than after the config
+        check_value_limits(table, out.units)
+    labels_seen: dict[str, None] = {}
+    for table in tables:
+        _runs(table.labels, out.runs)
+        labels_seen.update(dict.fromkeys(label for label in table.labels if label))
     known = [c for c in HAPT_ACTIVITIES if c in labels_seen]
     out.classes = tuple(known + [c for c in labels_seen if c not in known])
     if len(out.classes) < 2:
@@ -122,8 +114,8 @@ def survey(folder: str | Path) -> Survey:
                          "or more (record labelled: harstream record --protocol ...)")  # fmt: skip
     for label, lengths in out.runs.items():
         out.labelled_s[label] = sum(lengths) / out.rate_hz
-    out.subjects = tuple(subjects)
-    out.recordings = recordings
+    out.subjects = tuple(dict.fromkeys(t.subject for t in tables))
+    out.recordings = {t.path.stem: t.subject for t in tables}
     return out
 
 
@@ -146,8 +138,8 @@ def windows_per_class(found: Survey, window: int, step: int) -> dict[str, int]:
 
 
 def _toml(value) -> str:
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, str):  # JSON's escapes are TOML's too; TOML also wants DEL escaped
+        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, list | tuple):
@@ -252,6 +244,4 @@ seed = 0
         from_dict(tomllib.loads(text), str(out))  # what train.py will read must load
     except ConfigError as error:
         raise ValueError(f"the inferred config does not load ({error}): please report this") from None
-    if found.skipped:
-        notes.append("rows not read: " + ", ".join(f"{n} ({why})" for why, n in found.skipped.items()))
     return text, notes

@@ -10,15 +10,17 @@ from __future__ import annotations
 import csv
 import gzip
 import importlib.util
+import io
 import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
-from model.input_limits import first_out_of_range, value_limits
+from model.input_limits import GAP_PERIODS, first_out_of_range, value_limits
 from model.safe_pickle import frame_columns, restricted_load
 
 # The channel names of an inertial wearable, everywhere (recordings, preprocessing, the wire).
@@ -145,14 +147,187 @@ def load_hapt(subjects: tuple[int, ...] | None = None, path: Path | None = None)
     return recordings
 
 
+RESERVED = ("timestamp", "label", "subject")  # the CSV columns that are not channels
+# Recordings meant to be read at one rate (a folder's files; a file and its config or model) may differ
+# by this much: a crystal's drift; more is another setting of the device, and training would learn
+# every movement at the wrong speed.
+RATE_TOLERANCE = 0.02
+
+
+@dataclass(frozen=True)
+class CsvTable:
+    """A generic CSV recording as read, every rule checked, before its labels are mapped to classes."""
+
+    path: Path
+    columns: tuple[str, ...]  # the header, as written
+    channels: tuple[str, ...]  # the columns read into ``values``
+    times: np.ndarray  # (T,) seconds, increasing
+    values: np.ndarray  # (T, C) float64; NaN where a reading was lost
+    labels: tuple[str, ...]  # (T,) the label column ("" when none)
+    lines: np.ndarray  # (T,) each row's line in the file, for messages
+    subject: str
+
+    @cached_property
+    def rate_hz(self) -> float:
+        return measured_rate(self.times)
+
+
+def measured_rate(times: np.ndarray) -> float:
+    """Samples per second of ``times`` (NaN when they cannot say): the least-squares slope of time
+    against sample index, pooled over the stretches between gaps.
+
+    Robust to jitter, where a mean or median of the positive steps is not (a 50 Hz device with
+    +-40 ms jitter read as 31.73 Hz): the period estimate that finds the gaps is the median of every
+    step, backward ones included, so symmetric jitter does not bias it.
+
+    >>> round(measured_rate(np.r_[np.arange(100) / 50, 10 + np.arange(100) / 50]), 6)
+    50.0
+    """
+    t = np.asarray(times, dtype=np.float64)
+    t = t[np.isfinite(t)]
+    if len(t) < 2:
+        return math.nan
+    period = float(np.median(np.diff(t)))
+    if not period > 0:
+        return math.nan
+    cuts = np.flatnonzero(np.abs(np.diff(t)) > GAP_PERIODS * period) + 1
+    numerator = denominator = 0.0
+    for part in np.split(t, cuts):
+        if len(part) >= 2:
+            index = np.arange(len(part)) - (len(part) - 1) / 2
+            numerator += float(index @ (part - part.mean()))
+            denominator += float(index @ index)
+    return 1.0 / (numerator / denominator) if denominator and numerator > 0 else math.nan
+
+
+def _text(path: Path) -> str:
+    """The file's text: UTF-8, with or without a byte-order mark (spreadsheets write one)."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        byte = f"0x{data[error.start]:02x}"
+        raise ValueError(f"{path}:{line}: not UTF-8 (byte {byte} at offset {error.start}): save the file "
+                         "as UTF-8") from None
+    return text.removeprefix("\ufeff")
+
+
+def _cell(path: Path, line: int, name: str, cell: str) -> float:
+    try:
+        return float(cell) if cell.strip() else math.nan  # an empty cell is a lost reading
+    except ValueError:
+        raise ValueError(f"{path}:{line}: {name} {cell[:40]!r} is not a number (a lost reading is nan "
+                         "or empty)") from None
+
+
+def _label(path: Path, line: int, name: str, cell: str) -> str:
+    text = cell.strip()
+    if not text.isprintable():  # a class name travels into configs, topics and screens
+        raise ValueError(f"{path}:{line}: {name} {text[:40]!r} holds a line break or other control "
+                         "character: one line of printable text")
+    return text
+
+
+def _header(path: Path, reader, channels: Sequence[str] | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    names = next(reader, None)
+    if names is None:
+        raise ValueError(f"{path}: empty file")
+    columns = tuple(n.strip() for n in names)
+    twice = next((n for i, n in enumerate(columns) if n in columns[:i]), None)
+    if twice is not None:
+        raise ValueError(f"{path}:1: column {twice!r} appears twice")
+    channels = tuple(channels) if channels is not None else tuple(c for c in columns if c not in RESERVED)
+    missing = [c for c in ("timestamp", *channels) if c not in columns]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {', '.join(missing)}")
+    return columns, channels
+
+
+def read_csv_table(path: str | Path, channels: Sequence[str] | None = None) -> CsvTable:
+    """Read one generic CSV recording, checking what every reader of recordings checks (init-config,
+    training, calibration, replay): UTF-8 (a byte-order mark is fine), one field per column on every
+    row, numbers where numbers go (a lost reading is ``nan`` or empty), a finite timestamp on every
+    row, timestamps that increase, and labels and subjects of one printable line. ``channels``: the
+    columns to read (default: every column but timestamp, label and subject). A file that breaks a
+    rule is refused in one line naming it and the line: training on rows that were silently skipped,
+    reordered or repeated would learn from a stream the live path never sees."""
+    path = Path(path)
+    reader = csv.reader(io.StringIO(_text(path), newline=""))
+    try:
+        columns, channels = _header(path, reader, channels)
+        at = {name: i for i, name in enumerate(columns)}
+        times, rows, labels, lines, subject = [], [], [], [], path.stem
+        end = reader.line_num
+        for row in reader:
+            line, end = end + 1, reader.line_num  # where the row starts (a quoted cell may hold a break)
+            if not row:
+                continue  # a blank line
+            if len(row) != len(columns):
+                raise ValueError(f"{path}:{line}: {len(row)} fields, the header has {len(columns)}: "
+                                 "one value per column on every row")  # fmt: skip
+            t = _cell(path, line, "timestamp", row[at["timestamp"]])
+            if not math.isfinite(t):
+                raise ValueError(f"{path}:{line}: timestamp {row[at['timestamp']]!r}: every row needs a time")
+            times.append(t)
+            rows.append([_cell(path, line, c, row[at[c]]) for c in channels])
+            labels.append(_label(path, line, "label", row[at["label"]]) if "label" in at else "")
+            if "subject" in at and row[at["subject"]].strip():
+                subject = _label(path, line, "subject", row[at["subject"]])
+            lines.append(line)
+    except csv.Error as error:  # a NUL byte, a cell over csv's size limit
+        raise ValueError(f"{path}:{reader.line_num}: {error}") from None
+    t = np.asarray(times, dtype=np.float64)
+    back = np.flatnonzero(np.diff(t) <= 0)
+    if len(back):
+        i = int(back[0]) + 1
+        raise ValueError(f"{path}:{lines[i]}: timestamp {times[i]!r} does not follow line {lines[i - 1]}'s "
+                         f"{times[i - 1]!r}: timestamps must increase, one row per sample in time order")
+    values = np.asarray(rows, dtype=np.float64).reshape(-1, len(channels))
+    lines_ = np.asarray(lines, dtype=np.int64)
+    return CsvTable(path, columns, channels, t, values, tuple(labels), lines_, subject)
+
+
+def check_value_limits(table: CsvTable, units: Sequence[str]) -> None:
+    """Refuse a finite value beyond its unit's limit (``units``, one per channel; unknown:
+    OTHER_UNIT_LIMIT), naming the line: the live path would drop it, and training would be poisoned
+    by it (1e308 through the filters is inf, then NaN weights). A lost reading (NaN) is not refused."""
+    limits = value_limits(tuple(units), len(table.channels))
+    beyond = first_out_of_range(table.values, limits)
+    if beyond is not None:
+        at, column = beyond
+        unit = f" {units[column]}" if len(units) == len(table.channels) and units[column] else ""
+        value = float(table.values[at, column])
+        raise ValueError(f"{table.path}:{table.lines[at]}: {table.channels[column]} {value!r} is beyond any "
+                         f"wearable's range (|value| above {limits[column]:g}{unit}); a lost reading is nan")
+
+
+def check_rates(tables: Sequence[CsvTable], rate_hz: float | None = None) -> None:
+    """Refuse a recording whose rate differs by more than RATE_TOLERANCE from ``rate_hz`` (the
+    config's or the model's), or when None from the first recording's, naming both rates."""
+    first = next((t for t in tables if math.isfinite(t.rate_hz)), None)
+    for table in tables:
+        rate = table.rate_hz
+        if first is None or not math.isfinite(rate):  # fewer than two samples: nothing to measure
+            continue
+        want = rate_hz or first.rate_hz
+        if abs(rate / want - 1) > RATE_TOLERANCE:
+            whose = (f"the model reads {want:g} Hz (data.rate_hz)" if rate_hz
+                     else f"{first.path.name} at {want:.4g} Hz")  # fmt: skip
+            raise ValueError(f"{table.path}: recorded at {rate:.4g} Hz, {whose}: more than "
+                             f"{RATE_TOLERANCE:.0%} apart; record at one rate, or resample the file")
+
+
 def read_csv_recording(
     path: Path,
     channels: tuple[str, ...],
     classes: tuple[str, ...],
     rate_hz: float,
     units: Sequence[str] = (),
+    *,
+    own_rate: bool = False,
 ) -> Recording:
-    """One recording in the generic CSV format.
+    """One recording in the generic CSV format, read by :func:`read_csv_table`'s rules.
 
     Columns: ``timestamp`` (seconds), one per channel, ``label`` (a class name, or empty) and
     optionally ``subject`` (else the file name is the subject). Unknown labels are an error:
@@ -160,55 +335,34 @@ def read_csv_recording(
 
     A lost reading (``nan``, as ``harstream record`` writes one, or an empty cell) is kept as NaN:
     whoever cuts windows treats it as the live path does (:func:`model.datasets.live_streams`). A
-    finite value beyond its unit's limit (``units``, one per channel; unknown: OTHER_UNIT_LIMIT) is
-    no reading at all and refuses the file, naming the line: the live path would drop it, training
-    would be poisoned by it (1e308 through the filters is inf, then NaN weights).
+    finite value beyond its unit's limit is refused (:func:`check_value_limits`). The file's rate
+    must be ``rate_hz`` within RATE_TOLERANCE, unless ``own_rate`` (replay: the live path resamples
+    it), where the recording keeps the rate its timestamps say.
     """
-    with open(path, newline="") as stream:
-        reader = csv.DictReader(stream)
-        header = reader.fieldnames or []
-        missing = [c for c in ("timestamp", *channels) if c not in header]
-        if missing:
-            raise ValueError(f"{path}: missing column(s) {', '.join(missing)}")
-        times, rows, labels, lines, subject = [], [], [], [], path.stem
-        class_index = {name: i for i, name in enumerate(classes)}
-        for line, row in enumerate(reader, start=2):
-            try:
-                times.append(float(row["timestamp"]))
-                rows.append([float(row[c]) if row[c].strip() else math.nan for c in channels])
-            except (AttributeError, TypeError, ValueError) as error:  # AttributeError: a short row
-                raise ValueError(f"{path}:{line}: not a number ({error})") from None
-            label = (row.get("label") or "").strip()
-            if label and label not in class_index:
-                raise ValueError(f"{path}:{line}: unknown class {label!r}")
-            labels.append(class_index.get(label, -1))
-            lines.append(line)
-            if row.get("subject"):
-                subject = row["subject"]
-    values = np.asarray(rows, dtype=np.float64).reshape(-1, len(channels))
-    limits = value_limits(tuple(units), len(channels))
-    beyond = first_out_of_range(values, limits)
-    if beyond is not None:
-        at, column = beyond
-        unit = f" {units[column]}" if len(units) == len(channels) and units[column] else ""
-        value = float(values[at, column])
-        raise ValueError(f"{path}:{lines[at]}: {channels[column]} {value!r} is beyond any wearable's range "
-                         f"(|value| above {limits[column]:g}{unit}); a lost reading is nan")
+    table = read_csv_table(path, channels)
+    class_index = {name: i for i, name in enumerate(classes)}
+    unknown = next((i for i, label in enumerate(table.labels) if label and label not in class_index), None)
+    if unknown is not None:
+        raise ValueError(f"{path}:{table.lines[unknown]}: unknown class {table.labels[unknown]!r}")
+    check_value_limits(table, units)
+    measured = table.rate_hz
+    if not own_rate:
+        check_rates([table], rate_hz)
     return Recording(
-        name=path.stem,
-        subject=subject,
-        timestamps=np.asarray(times, dtype=np.float64),
-        values=values,
-        labels=np.asarray(labels, dtype=np.int64),
-        channels=channels,
+        name=Path(path).stem,
+        subject=table.subject,
+        timestamps=table.times,
+        values=table.values,
+        labels=np.asarray([class_index.get(label, -1) for label in table.labels], dtype=np.int64),
+        channels=tuple(channels),
         classes=classes,
-        rate_hz=rate_hz,
+        rate_hz=measured if own_rate and math.isfinite(measured) else rate_hz,
     )
 
 
 def read_csv_folder(folder: Path, channels: tuple[str, ...], classes: tuple[str, ...], rate_hz: float,
                     units: Sequence[str] = ()) -> list[Recording]:  # fmt: skip
-    """Every ``*.csv`` recording in ``folder``, in name order."""
+    """Every ``*.csv`` recording in ``folder``, in name order, each at ``rate_hz``."""
     paths = sorted(Path(folder).glob("*.csv"))
     if not paths:
         raise FileNotFoundError(f"no .csv recordings in {folder}")

@@ -32,7 +32,9 @@ def _replay(rest: str, inputs: Inputs) -> dict[str, list[Recording]]:
     paths = sorted(path.glob("*.csv")) if path.is_dir() else [path]
     if not paths or not paths[0].exists():
         raise FileNotFoundError(f"no CSV recording at {path}")
-    return {p.stem: [read_csv_recording(p, inputs.channels, inputs.classes, inputs.rate_hz)] for p in paths}
+    # at the file's own rate: the live path resamples a device at another rate, so replay may too
+    return {p.stem: [read_csv_recording(p, inputs.channels, inputs.classes, inputs.rate_hz, own_rate=True)]
+            for p in paths}  # fmt: skip
 
 
 KIND = DatasetKind(
