@@ -287,19 +287,25 @@ def add_soak_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("soak", help="hours of good and hostile devices' traffic through the live path, "
                        "on a simulated clock")
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
-    p.add_argument("--hours", type=float, default=1.0, help="simulated hours of traffic (default 1)")
-    p.add_argument("--good", type=int, default=10, help="well-behaved devices (real held-out recordings)")
-    p.add_argument("--hostile", type=int, default=10, help="devices that send a random attack every second")
-    p.add_argument("--flood", type=int, default=300, help="new device ids in each flood (default 300)")
-    p.add_argument("--flood-every", type=float, default=600.0, help="seconds between floods (default 600)")
-    p.add_argument("--threads", type=int, default=1, help="intra-op threads for inference")
+    p.add_argument("--hours", type=number(0.001, 1000, unit="hours"), default=1.0,
+                   help="simulated hours of traffic (default 1)")
+    p.add_argument("--good", type=count(0, 1000), default=10,
+                   help="well-behaved devices (real held-out recordings)")
+    p.add_argument("--hostile", type=count(0, 1000), default=10,
+                   help="devices that send a random attack every second")
+    p.add_argument("--flood", type=count(0, 100_000), default=300,
+                   help="new device ids in each flood (default 300)")
+    p.add_argument("--flood-every", type=number(1, 1e6, zero=True, unit="s"), default=600.0,
+                   help="seconds between floods (default 600; 0: none)")
+    p.add_argument("--threads", type=count(1, MAX_THREADS), default=1, help="intra-op threads for inference")
     add_backend_option(p)
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.add_argument("--faults", action="store_true", help="then the services' faults on a private PostgreSQL "
                    "and RabbitMQ: hostile routing keys, a frozen database, a deleted store file (< 1 min)")
-    p.add_argument("--fault-seconds", type=float, default=12.0,
+    # (FaultPlan also holds --freeze above a store try's bound: shorter is one slow commit, not an outage)
+    p.add_argument("--fault-seconds", type=number(1, 600, unit="s"), default=12.0,
                    help="with --faults: wall seconds of traffic (default %(default)g)")
-    p.add_argument("--freeze", type=float, default=4.0,
+    p.add_argument("--freeze", type=number(1, 60, zero=True, unit="s"), default=4.0,
                    help="with --faults: seconds the PostgreSQL server stays frozen (default %(default)g)")
     p.set_defaults(run=cmd_soak)
 

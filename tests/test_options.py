@@ -9,8 +9,7 @@ import pytest
 
 from streamer.cli import build_parser, main
 
-# soak's options belong to work in progress on streamer/soak.py (another change): not walked here yet
-NOT_YET = {"soak"}
+NOT_YET: set[str] = set()  # commands whose options are not walked here (none now)
 ABSURD = ("nan", "inf", "-inf", "1e300", "-1e300", "99999999999999999999", "-99999999999999999999")
 
 
