@@ -278,7 +278,7 @@ def fault_soak(args: argparse.Namespace, checkpoint: CheckpointMeta, plan, say) 
 
     try:
         return run_fault_soak(args.checkpoint, checkpoint, plan, args.backend, args.threads, say)
-    except (BrokerError, PostgresError, RuntimeError) as error:  # a service that did not start
+    except (BrokerError, PostgresError) as error:  # a service that did not start, or refused the worker
         raise CliError(" ".join(str(error).split())) from None
 
 

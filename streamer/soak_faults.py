@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 
 from model.checkpoint_meta import CheckpointMeta
 from model.recordings import UCI_HAR_TEST_SUBJECTS, load_hapt
+from streamer.broker import BrokerError
 from streamer.postgres import Postgres, postgres_installed
 from streamer.rabbitmq import RabbitMQ, rabbitmq_installed
 from streamer.soak import CHANNELS, Device
@@ -231,7 +232,7 @@ class SoakWorker:
                 break
         if not self.source.connected.is_set():  # refused (said why) or the broker stayed away
             self.close()
-            raise RuntimeError(f"the fleet worker did not connect to {node.amqp_url}: {self.source.status}")
+            raise BrokerError(f"the fleet worker did not connect to {node.amqp_url}: {self.source.status}")
 
     def _collect(self) -> None:
         for prediction in self.pipeline.run():
