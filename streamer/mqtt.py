@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 SESSION_EXPIRY_S = 3600  # how long the broker keeps our subscription and queued samples while we are away
 # CONNACK reason codes that another try with the same settings cannot change: the source gives up
 REFUSED_FOR_GOOD = {
-    0x84: "the broker does not speak MQTT 5",  # Unsupported Protocol Version
+    0x84: "the broker does not speak this MQTT version (--mqtt-version)",  # Unsupported Protocol Version
     0x85: "the broker does not accept this client id (--client-id)",  # Client Identifier not valid
     0x86: "not authorised: check --username and --password",  # Bad User Name or Password
     0x87: "not authorised: check --username and --password (and the broker's ACL)",  # Not authorized
@@ -165,6 +165,7 @@ class MqttOptions:
     name: str = ""  # the recognizer's stable name in status_topic (default: the client id)
     listen: bool = True  # subscribe to the topic; False: a client that only publishes (harstream fleet)
     protocol: int = 5  # MQTT 5, or 4 (3.1.1) for a broker without 5: RabbitMQ's plugin before 3.13
+    fallback: bool = True  # speak 3.1.1 when the broker will not answer an MQTT 5 CONNECT (fall_back)
 
     def __post_init__(self) -> None:
         group = self.shared_group
@@ -202,6 +203,22 @@ def new_client(options: MqttOptions, client_id: str, will: str | None = None) ->
         client.will_set(will, "offline", qos=1, retain=True)
     client.reconnect_delay_set(1, 30)
     return client
+
+
+FALLBACK_NOTE = "it does not speak MQTT 5: speaking MQTT 3.1.1 (--mqtt-version 3.1.1 says so at once)"
+
+
+def fall_back(client: mqtt.Client, options: MqttOptions, answered: bool, reason_code=None) -> bool:
+    """Switch ``client`` to MQTT 3.1.1 from its next CONNECT when a broker that has never answered
+    refuses MQTT 5 (0x84) or closes the connection without a CONNACK, as RabbitMQ's MQTT plugin before
+    3.13 does; whether it switched. paho has no public setter: it reads these two at each CONNECT."""
+    unanswered = reason_code is None and not answered  # called from on_disconnect
+    refused_5 = getattr(reason_code, "value", reason_code) == 0x84  # called from on_connect
+    if not (unanswered or refused_5) or not options.fallback or client.protocol != mqtt.MQTTv5:
+        return False
+    client._protocol = mqtt.MQTTv311
+    client._clean_session = not options.persistent  # 3.1.1's name for a session not kept
+    return True
 
 
 def session_properties() -> Properties:
@@ -287,6 +304,8 @@ class MqttSource(WireSource):
         self.fatal: str | None = None  # why the source gave up (refused for good, taken over)
         self.takeovers = 0  # sessions another client with our id took over
         self._connected_at = 0.0
+        self.answered = False  # the broker has sent a CONNACK (so it speaks this MQTT version)
+        self.fell_back = False  # speaking MQTT 3.1.1 after the broker would not answer MQTT 5
         self._short_lived = 0  # connections in a row that the broker closed right after they were made
         self.retries = 0
         self.other_shard = 0  # messages of devices that another shard owns; one number, no per-device state
@@ -371,6 +390,10 @@ class MqttSource(WireSource):
 
     # -- paho callbacks (paho's network thread) ----------------------------------------------
     def _on_connect(self, client: mqtt.Client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure and fall_back(client, self.options, self.answered, reason_code):
+            self.fell_back = True
+            return  # paho connects again, in 3.1.1
+        self.answered = True
         if reason_code.is_failure:
             why = refusal(reason_code)
             if why:
@@ -404,6 +427,10 @@ class MqttSource(WireSource):
     def _on_disconnect(self, client: mqtt.Client, userdata, flags, reason_code, properties) -> None:
         self.connected.clear()
         if not self._started or self.fatal:
+            return
+        if fall_back(client, self.options, self.answered):  # closed unanswered: not an MQTT 5 broker
+            self.fell_back = True
+            self.status = "connecting in MQTT 3.1.1"
             return
         # Reconnecting after a takeover would take the session back, and the other client would do
         # the same, every second, each losing messages: leave the id to the newer one, and say so.

@@ -10,7 +10,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 
 from replay.sources import Device, ReplaySource
-from streamer.mqtt import MqttOptions, new_client, refusal
+from streamer.mqtt import FALLBACK_NOTE, MqttOptions, fall_back, new_client, refusal
 from streamer.types import SampleBatch
 from streamer.wire import ACC, GYRO, encode_binary, encode_json_batch, encode_json_sample
 
@@ -75,6 +75,7 @@ class Publisher:
         self.unacked: set[int] = set()  # QoS >= 1 message ids the broker has not acknowledged yet
         self._acked_early: set[int] = set()  # acknowledged before publish() returned their id
         self._was_connected = False
+        self.fell_back = False  # speaking MQTT 3.1.1: the broker would not answer MQTT 5
         self._closing = False
 
     @property
@@ -93,6 +94,9 @@ class Publisher:
 
     # -- paho callbacks (its network thread) -------------------------------------------------
     def _on_connect(self, client: mqtt.Client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure and fall_back(client, self.options, self._was_connected, reason_code):
+            self.fell_back = True
+            return
         if reason_code.is_failure:
             self.refused = refusal(reason_code) or f"refused the connection: {reason_code}"
             client.disconnect()  # a refusal ends the run (credentials stay wrong): no retries
@@ -104,6 +108,9 @@ class Publisher:
         self.connected.set()
 
     def _on_disconnect(self, client: mqtt.Client, userdata, flags, reason_code, properties) -> None:
+        answered = self._was_connected or self.refused is not None
+        if not self._closing and fall_back(client, self.options, answered):
+            self.fell_back = True  # closed unanswered: paho connects again, in 3.1.1
         if self.connected.is_set() and not self._closing:
             say(f"lost the broker {self.options.broker.url} ({reason_code}); waiting up to "
                 f"{self.reconnect_timeout:g} s for it")  # fmt: skip
@@ -130,6 +137,8 @@ class Publisher:
             if time.monotonic() > deadline:
                 raise ConnectionError(f"no answer from broker {broker.url} within {timeout:g} s")
             time.sleep(0.02)
+        if self.fell_back:
+            say(f"{broker.url}: {FALLBACK_NOTE}")
 
     def _wait_connected(self) -> None:
         if not self.connected.wait(self.reconnect_timeout) or self.refused:

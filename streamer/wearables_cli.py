@@ -68,7 +68,8 @@ def mqtt_options(args: argparse.Namespace, *, shard: str | None = None, shared_g
         qos=args.qos, username=args.username, password=args.password, tls_ca=args.tls_ca,
         tls_cert=args.tls_cert, tls_key=args.tls_key, shard=parsed, shared_group=shared_group,
         persistent=bool(args.client_id),  # a session kept on the broker is an explicit choice
-        announce=announce, name=name,
+        announce=announce, name=name, protocol=4 if args.mqtt_version == "3.1.1" else 5,
+        fallback=args.mqtt_version is None,  # not chosen: MQTT 5, else 3.1.1 when the broker wants it
     )  # fmt: skip
 
 
@@ -95,7 +96,8 @@ def start_mqtt(options: MqttOptions, channels: tuple[str, ...], *, connect_timeo
         raise CliError(source.fatal)
     if source.connected.is_set():
         shard = f" (shard {options.shard.text})" if options.shard else ""
-        say(f"connected to {options.broker.url} as {options.client_id}, "
+        version = " over MQTT 3.1.1 (it does not speak MQTT 5)" if source.fell_back else ""
+        say(f"connected to {options.broker.url}{version} as {options.client_id}, "
             f"listening on {options.subscription}{shard}")
         return source
     why = unreachable(options.broker) or source.status
@@ -142,6 +144,9 @@ def add_mqtt_options(p: argparse.ArgumentParser | argparse._ArgumentGroup, requi
     p.add_argument("--tls-key", help="client key file")
     p.add_argument("--client-id", help="keep a persistent session on the broker under this id (default: no "
                    "session kept, id harstream-HOSTNAME-PID); one id per process")
+    p.add_argument("--mqtt-version", choices=("5", "3.1.1"),
+                   help="the MQTT version to speak (default: 5, or 3.1.1 when the broker does not answer 5, "
+                   "as RabbitMQ's MQTT plugin before 3.13)")
     p.add_argument("--qos", type=count(0, 2), default=1, help="subscription QoS (default 1)")
     p.add_argument("--connect-timeout", type=number(0.1, 86400, unit="s"), default=10.0,
                    help="seconds to reach the broker before --headless gives up, and before `publish` gives "
