@@ -271,9 +271,9 @@ def test_topic_patterns_need_exactly_one_device_level(topic: str) -> None:
 
 
 def readme_mqtt_examples() -> list[str]:
-    """The shell commands of the README's MQTT device protocol, in order."""
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index("### Device protocol (MQTT)") : text.index("### Device protocol (serial)")]
+    """The shell commands of the device protocol's page (docs/live.md), in order."""
+    text = (ROOT / "docs" / "live.md").read_text()
+    section = text[text.index("## Device protocol (MQTT)") : text.index("## Device protocol (serial)")]
     return [line.strip() for line in section.splitlines()
             if line.strip().startswith(("mosquitto_pub ", "python3 -c "))]  # fmt: skip
 
