@@ -12,7 +12,8 @@ the recognizer was away are delivered when it comes back, as far as the broker k
 an explicit ``--client-id``; a default id is unique to the process, because two clients with one id
 take the session from each other over and over. What retrying cannot mend ends the source with one
 line: a refusal for credentials (not authorised), a certificate that fails verification, and a
-session taken over by another client with the same id.
+client id that another running client holds (the newcomer stops; the client that held the id takes
+its session back).
 
 Several recognizer processes can share the devices in two ways:
 
@@ -301,12 +302,13 @@ class MqttSource(WireSource):
         self.status = "connecting"
         self.connected = threading.Event()
         self.settled = threading.Event()  # connected once, or failed for good
-        self.fatal: str | None = None  # why the source gave up (refused for good, taken over)
-        self.takeovers = 0  # sessions another client with our id took over
+        self.fatal: str | None = None  # why the source gave up (refused for good, its client id in use)
+        self.takeovers = 0  # sessions another client with our id took over (or we took from it)
         self._connected_at = 0.0
         self.answered = False  # the broker has sent a CONNACK (so it speaks this MQTT version)
         self.fell_back = False  # speaking MQTT 3.1.1 after the broker would not answer MQTT 5
         self._short_lived = 0  # connections in a row that the broker closed right after they were made
+        self._established = False  # held a connection for SHORT_LIVED_S: the client id is ours
         self.retries = 0
         self.other_shard = 0  # messages of devices that another shard owns; one number, no per-device state
         self.on_connected: list[Callable[[mqtt.Client], None]] = []  # sinks that publish on connect
@@ -428,28 +430,32 @@ class MqttSource(WireSource):
         self.connected.clear()
         if not self._started or self.fatal:
             return
-        if fall_back(client, self.options, self.answered):  # closed unanswered: not an MQTT 5 broker
-            self.fell_back = True
-            self.status = "connecting in MQTT 3.1.1"
-            return
-        # Reconnecting after a takeover would take the session back, and the other client would do
-        # the same, every second, each losing messages: leave the id to the newer one, and say so.
+        # Two clients with one id take the session from each other, every second, each losing
+        # messages, unless one gives up: the newcomer does, since the id was the other's first.
         # An MQTT 5 broker says "Session taken over"; mosquitto before 2.0.12 only closes the
         # socket, so a takeover also shows as connections that the broker closes again and again
-        # right after they were made (while a broker that is down refuses them instead).
+        # right after they were made (while a broker that is down refuses them instead). A client
+        # that has held a connection for SHORT_LIVED_S is no newcomer: it reconnects, taking the
+        # session back, and the newcomer, closed again at once, gives up.
         lived = time.monotonic() - self._connected_at
+        self._established = self._established or lived >= SHORT_LIVED_S
         from_server = getattr(flags, "is_disconnect_packet_from_server", False)
         self._short_lived = self._short_lived + 1 if lived < SHORT_LIVED_S and not from_server else 0
-        if reason_code == SESSION_TAKEN_OVER or self._short_lived >= TAKEOVER_AFTER:
+        taken = reason_code == SESSION_TAKEN_OVER or self._short_lived >= TAKEOVER_AFTER
+        if taken:
             self.takeovers += 1
+        if taken and not self._established:
             clue = "" if reason_code == SESSION_TAKEN_OVER else (
                 f" (the broker closed {self._short_lived} connections in a row right after they were made)")
-            why = (f"session taken over{clue}: another client connected with client id "
-                   f"{self.options.client_id!r}; give each process its own --client-id")  # fmt: skip
+            why = (f"client id {self.options.client_id!r} is in use by another client, which keeps it{clue}: "
+                   "this one stops; give each process its own --client-id")  # fmt: skip
             self._give_up(client, why)
             return
         self.status = f"disconnected: {reason_code}"
-        if self._short_lived <= 1:  # one line per outage, not one per quick reconnect
+        if reason_code == SESSION_TAKEN_OVER:
+            log.warning("mqtt: another client connected with client id %r; taking the session back (the "
+                        "newcomer stops)", self.options.client_id)  # fmt: skip
+        elif self._short_lived <= 1:  # one line per outage, not one per quick reconnect
             log.warning("mqtt: disconnected from %s (%s); reconnecting", self.options.broker.url, reason_code)
 
     def _on_message(self, client: mqtt.Client, userdata, message: mqtt.MQTTMessage) -> None:

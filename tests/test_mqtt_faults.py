@@ -185,36 +185,6 @@ def test_mqtt_and_record_side_by_side_with_default_client_ids_lose_nothing(
     assert np.array_equal(recorded.values, original.values)
 
 
-def test_a_second_process_with_the_same_client_id_takes_over_and_the_first_says_so(
-    broker, tiny_checkpoint
-) -> None:
-    """Two recognizers with one explicit --client-id: the first one reports the takeover in one
-    line and exits 1 instead of taking the session back every second; the second one stays."""
-    command = ("mqtt", "--broker", broker.url, "--checkpoint", str(tiny_checkpoint), "--headless",
-               "--client-id", "same")  # fmt: skip
-    first = harstream(*command)
-    first_err = Lines(first.stderr)
-    second = None
-    try:
-        assert first_err.wait(lambda ls: any("connected" in x for x in ls), 30), first_err.lines
-        second = harstream(*command)
-        second_err = Lines(second.stderr)
-        assert second_err.wait(lambda ls: any("connected" in x for x in ls), 30), second_err.lines
-        first.wait(20)  # mosquitto 2.0.11 closes the old connection without a reason: ~3 s to tell
-        assert first.returncode == 1, first_err.lines
-        assert second.poll() is None, second_err.lines  # still running, connected
-        time.sleep(1.5)
-        assert not any("taken over" in x for x in second_err.lines), second_err.lines
-    finally:
-        for process in (first, second):
-            if process is not None and process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                process.wait(15)
-    takeover = [x for x in first_err.lines if "taken over" in x]
-    assert len(takeover) == 1 and "'same'" in takeover[0] and "--client-id" in takeover[0], first_err.lines
-    assert not any("Traceback" in x for x in first_err.lines)
-
-
 # -- publish through a broker restart ------------------------------------------------------------
 class Watcher:
     """A subscriber that survives broker restarts (it subscribes in on_connect) and keeps every
