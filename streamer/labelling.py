@@ -206,6 +206,7 @@ class Now:
     left_s: float  # of this step
     done: float  # fraction of the whole session
     finished: bool
+    step_done: float = 1.0  # fraction of this step: what the screen's bar shows
 
 
 @dataclass(frozen=True)
@@ -236,7 +237,7 @@ class RecordingProtocol:
                 into = elapsed - start
                 inside = self.margin_s <= into < step.seconds - self.margin_s
                 return Now(index, step, step.activity if inside else "", start + step.seconds - elapsed,
-                           elapsed / self.seconds, False)  # fmt: skip
+                           elapsed / self.seconds, False, into / step.seconds)  # fmt: skip
             start += step.seconds
         return Now(len(self.steps), None, "", 0.0, 1.0, True)
 

@@ -18,7 +18,15 @@ import threading
 import time
 from collections.abc import Iterator
 
-from streamer.labelling import CLASS_NAME, LabelBoard, LabelledMqttSource, ProtocolError, RecordingProtocol
+from streamer.labelling import (
+    CLASS_NAME,
+    LabelBoard,
+    LabelledMqttSource,
+    Now,
+    ProtocolError,
+    RecordingProtocol,
+    Step,
+)
 from streamer.live_command import CliError, say, sigterm_as_interrupt
 
 
@@ -114,39 +122,49 @@ def cmd_record(args: argparse.Namespace, *, mqtt_options, serial_source, start_m
 
 
 def session(args, source, thread, recorder, board: LabelBoard, protocol: RecordingProtocol | None) -> bool:
-    """Run until Ctrl-C, the source's end, or the protocol's; True when the protocol finished."""
+    """Run until Ctrl-C, the source's end, or the protocol's; True when the protocol finished.
+
+    A protocol's clock starts with the first sample of the first device (the recorder notes when):
+    before that there is nobody to follow the steps, and the first step would pass unrecorded."""
     dashboard = sys.stderr.isatty() and not args.headless
-    started = time.monotonic()
     shown_step = -1
+    if protocol is not None and not dashboard:
+        say(f"protocol {protocol.name!r}: waiting for the first sample of a device; step 1 starts with it")
     with keys() as pressed, (live_panel() if dashboard else contextlib.nullcontext()) as live:
         while thread.is_alive():
             time.sleep(0.1)
             recorder.flush()  # at least once a second, also when nothing new arrived
-            now = protocol.at(time.monotonic() - started) if protocol else None
-            if now is not None:
+            typed = pressed()
+            now = None
+            if protocol is not None and recorder.first_sample_at is not None:
+                now = protocol.at(time.monotonic() - recorder.first_sample_at)
                 board.set_all(now.label)
                 if now.index != shown_step and not dashboard:
                     shown_step = now.index
                     say(step_line(protocol, now))
                 if now.finished:
                     return True
-            else:
-                for key in pressed():
+            elif protocol is None:  # keys label only where no protocol does
+                for key in typed:
                     if key == "0":
                         board.set_all("")
-                    elif key.isdigit() and int(key) <= len(board.classes):
+                    elif key.isdigit() and 0 < int(key) <= len(board.classes):
                         board.set_all(board.classes[int(key) - 1])
             if live is not None:
                 live.update(panel(source, recorder, board, protocol, now))
     return False
 
 
-def step_line(protocol: RecordingProtocol, now) -> str:
+def describe(step: Step) -> str:
+    return f"{step.activity} — {step.seconds:g} s" + (f": {step.say}" if step.say else "")
+
+
+def step_line(protocol: RecordingProtocol, now: Now) -> str:
     if now.finished:
         return f"protocol {protocol.name!r} done"
-    step = now.step
-    said = f": {step.say}" if step.say else ""
-    return f"step {now.index + 1}/{len(protocol.steps)}: {step.activity} — {step.seconds:g} s{said}"
+    following = protocol.steps[now.index + 1] if now.index + 1 < len(protocol.steps) else None
+    return (f"step {now.index + 1}/{len(protocol.steps)}: {describe(now.step)}"
+            f" · next: {following.activity if following else 'done'}")  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -158,30 +176,52 @@ def live_panel():
         yield live
 
 
-def panel(source, recorder, board: LabelBoard, protocol: RecordingProtocol | None, now):
-    from rich.console import Group
-    from rich.panel import Panel
+def guided(protocol: RecordingProtocol, now: Now | None) -> list:
+    """The protocol's part of the screen: the step, a bar of the step's progress on a line with its
+    label, what comes next; before the first sample, that the clock waits for one."""
     from rich.progress_bar import ProgressBar
     from rich.table import Table
     from rich.text import Text
 
-    parts = []
-    if protocol is not None and now is not None and not now.finished:
-        step = now.step
-        title = Text(f"{step.activity} — {step.seconds:g} s", style="bold")
-        parts.append(title)
-        if step.say:
-            parts.append(Text(step.say))
-        state = "recording as " + now.label if now.label else "get ready (not labelled)"
-        parts.append(Text(f"{now.left_s:4.0f} s left · step {now.index + 1}/{len(protocol.steps)} · {state}"))
-        parts.append(ProgressBar(total=1.0, completed=now.done))
-        following = protocol.steps[now.index + 1] if now.index + 1 < len(protocol.steps) else None
-        upcoming = f"{following.activity} — {following.seconds:g} s" if following else "done"
-        parts.append(Text("next: " + upcoming))
+    steps = len(protocol.steps)
+    if now is None:
+        return [Text("waiting: no device has sent a sample yet", style="bold yellow"),
+                Text("the protocol's clock starts with the first sample", style="dim"),
+                Text(f"first, step 1/{steps}: {describe(protocol.steps[0])}")]  # fmt: skip
+    if now.finished:
+        return [Text(f"protocol {protocol.name!r} done", style="bold")]
+    parts = [Text(f"{now.step.activity} — {now.step.seconds:g} s", style="bold")]
+    if now.step.say:
+        parts.append(Text(now.step.say))
+    # a grid, not the bar alone: a bare ProgressBar ends no line, so what follows it was glued on
+    bar = Table.grid(padding=(0, 1), expand=True)
+    bar.add_column(no_wrap=True)
+    bar.add_column(ratio=1)
+    bar.add_column(no_wrap=True, justify="right")
+    bar.add_row(f"step {now.index + 1}/{steps}", ProgressBar(total=1.0, completed=now.step_done),
+                f"{100 * now.step_done:3.0f} % · {now.left_s:.0f} s left")  # fmt: skip
+    parts.append(bar)
+    state = "recording as " + now.label if now.label else "get ready (not labelled)"
+    elapsed = now.done * protocol.seconds
+    parts.append(Text(f"{state} · session {elapsed:.0f} of {protocol.seconds:g} s"))
+    following = protocol.steps[now.index + 1] if now.index + 1 < steps else None
+    parts.append(Text("next: " + (describe(following) if following else "done")))
+    return parts
+
+
+def panel(source, recorder, board: LabelBoard, protocol: RecordingProtocol | None, now: Now | None):
+    """The recording screen: the guided session's steps (or the keys that label), then each device."""
+    from rich.console import Group
+    from rich.panel import Panel
+    from rich.table import Table
+    from rich.text import Text
+
+    if protocol is not None:
+        parts = guided(protocol, now)
     else:
         keys_help = "  ".join(f"{i}={c}" for i, c in enumerate(board.classes[:9], start=1))
-        parts.append(Text(f"label for every device: {board.everyone or '(none)'}", style="bold"))
-        parts.append(Text(f"keys: {keys_help}  0=clear", style="dim"))
+        parts = [Text(f"label for every device: {board.everyone or '(none)'}", style="bold"),
+                 Text(f"keys: {keys_help or '(no label names yet)'}  0=clear", style="dim")]  # fmt: skip
     table = Table("device", "samples", "label now", "labelled (samples)", box=None)
     for device, n in sorted(recorder.samples.items()):
         by_label = {lb: k for (d, lb), k in recorder.labelled.items() if d == device and lb}

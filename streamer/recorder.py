@@ -126,6 +126,8 @@ class CsvRecorder:
         self.dropped: dict[str, int] = {}  # reason -> samples not written
         self.failed: dict[str, int] = {}  # device -> failed writes
         self.last_flush = time.monotonic()
+        self.first_sample_at: float | None = None  # time.monotonic() of the first sample written: a
+        # guided session's clock starts there, not before any device is there to follow it
         self.lock = threading.Lock()  # sources write from their threads; close() comes from the main one
         self.closed = False
         self.recovered = self.recover()
@@ -181,6 +183,8 @@ class CsvRecorder:
                 self._failed(batch.device, error, n)
                 return
             file.unflushed += n
+            if self.first_sample_at is None:
+                self.first_sample_at = time.monotonic()
             self.samples[batch.device] = self.samples.get(batch.device, 0) + n
             key = (batch.device, label)
             self.labelled[key] = self.labelled.get(key, 0) + n
