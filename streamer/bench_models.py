@@ -1,4 +1,4 @@
-"""Cost beside accuracy for several models, measured side by side in one run (README, "Results").
+"""Cost beside accuracy for several models, measured side by side in one run (docs/results.md).
 
     python -m streamer.bench_models model/weights/uci_har_3x3.pt model/weights/uci_har_3x3_fleet.pt
 

@@ -38,7 +38,7 @@ from streamer.types import Prediction
 
 log = logging.getLogger(__name__)
 
-# Defaults chosen on the HAPT test subjects (README, "Activity history"): a label must hold for
+# Defaults chosen on the HAPT test subjects (docs/history.md): a label must hold for
 # HOLD_S seconds of windows, each at least MIN_CONFIDENCE sure, before an episode switches.
 HOLD_S = 4.0
 MIN_CONFIDENCE = 0.6
@@ -232,7 +232,7 @@ class Episodes:
 
 def segments(times: list[float], labels: list[str | None], hop_s: float) -> list[tuple[str, float, float]]:
     """Runs of one label in a time-ordered series: ``(label, start, end)``, each window standing for
-    the ``hop_s`` before it (how true segments are cut from window truths for the README's measure).
+    the ``hop_s`` before it (how true segments are cut from window truths for docs/history.md's measure).
 
     >>> segments([1.0, 2.0, 3.0, 4.0], ["a", "a", "b", "b"], 1.0)
     [('a', 0.0, 2.0), ('b', 2.0, 4.0)]

@@ -1,7 +1,7 @@
 """Every bound of the live path, in one place: what is accepted, and what happens past it.
 
 Like mosquitto's ``message_size_limit`` and friends, each limit is a named number with a reason
-under which whatever falls outside it is counted (per device) and dropped. The README's "Limits"
+under which whatever falls outside it is counted (per device) and dropped. docs/live.md's "Limits"
 table lists the same numbers. The point of most of them is that the work done for a message is
 bounded by the bytes it carries, never by what it claims (a rate, a sample count, a timestamp).
 """
