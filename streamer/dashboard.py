@@ -19,6 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from model.report import glyphs
+from streamer.activity_colours import NULL, UNSURE, activity_colours
 from streamer.engine import UNCERTAIN
 from streamer.types import Prediction
 
@@ -26,10 +27,7 @@ if TYPE_CHECKING:
     from streamer.pipeline import Pipeline
     from streamer.today import TodayTotals
 
-PALETTE = ("green3", "dodger_blue1", "medium_purple1", "gold1", "orange1", "deep_pink2", "cyan2",
-           "spring_green2", "light_salmon1", "plum2", "khaki1", "sky_blue1", "pale_green1",
-           "hot_pink", "steel_blue1", "wheat1", "aquamarine1", "light_coral")  # fmt: skip
-NULL_STYLE = "grey50"
+NULL_STYLE = NULL[0]  # OPPORTUNITY's "Null"
 SPARK = "▁▂▃▄▅▆▇█"
 MAX_PANELS = 2  # more devices than this collapse into a table
 HISTORY = 240  # predictions kept per device: a timeline as wide as a wide terminal
@@ -57,6 +55,7 @@ class Dashboard:
         self.title = title
         self.today = today  # with --store: what each wearer did since midnight
         self.glyph = glyphs(classes)
+        self.colours = activity_colours(classes, hex_colours=False)  # the same as history --plot's
         self.history: dict[str, deque[Prediction]] = {}
         self.width = 80  # the console's, at the last refresh
 
@@ -68,13 +67,9 @@ class Dashboard:
 
     def style(self, label: str | None) -> str:
         if label is None or label == UNCERTAIN:
-            return "grey42"
-        if label.lower() == "null":
-            return NULL_STYLE
-        try:
-            return PALETTE[self.classes.index(label) % len(PALETTE)]
-        except ValueError:
-            return "white"
+            return UNSURE[0]
+        colour = self.colours.get(label)
+        return colour if colour is not None else activity_colours([label], hex_colours=False)[label]
 
     def dropped(self, device: str) -> int:
         """Everything lost for a device, from the wire to the model's output."""
@@ -89,11 +84,18 @@ class Dashboard:
         return text
 
     def legend(self) -> Text:
-        text = Text()
-        for name in self.classes:  # no-break spaces: a letter and its name never part at a wrap
-            text.append(f"\u00a0{self.glyph[name]}\u00a0", style=f"bold black on {self.style(name)}")
-            text.append(f"\u00a0{name}  ", style=self.style(name))
-        return text
+        """Every class's letter and name, wrapped between entries: rich wraps at any whitespace,
+        no-break spaces included, so the lines are broken here, where an entry ends."""
+        lines: list[Text] = [Text()]
+        for name in self.classes:
+            entry = Text(f" {self.glyph[name]} ", style=f"bold black on {self.style(name)}")
+            entry.append(f" {name}", style=self.style(name))
+            if lines[-1].cell_len and lines[-1].cell_len + 2 + entry.cell_len > self.width:
+                lines.append(Text())
+            if lines[-1].cell_len:
+                lines[-1].append("  ")
+            lines[-1].append_text(entry)
+        return Text("\n").join(lines)
 
     def scale(self, history: list[Prediction], cells: int) -> Text:
         """How far back the timeline reaches, in the device's own time."""
@@ -102,9 +104,12 @@ class Dashboard:
         left, right = f"← {span:.0f} s", "now"
         return Text(left + " " * max(1, len(shown) - len(left) - len(right)) + right, style="grey50")
 
-    def bars(self, prediction: Prediction, width: int) -> Table:
+    def bars(self, prediction: Prediction, inner: int) -> Table:
+        """A bar per class (the five likeliest when there are many) across the panel's ``inner`` width."""
+        names = min(20, max(len(c) for c in self.classes))
+        width = max(10, inner - names - 4 - 2)  # the name and percent columns, a space between each
         table = Table.grid(padding=(0, 1))
-        table.add_column(no_wrap=True, width=min(20, max(len(c) for c in self.classes)))
+        table.add_column(no_wrap=True, width=names)
         table.add_column(no_wrap=True)
         table.add_column(justify="right", width=4)
         probs = sorted(prediction.probs.items(), key=lambda kv: -kv[1])
@@ -165,9 +170,9 @@ class Dashboard:
         subtitle = f"{clock(latest.t)} · {latest.latency_ms:.0f} ms"
         if dropped:
             subtitle += f" · dropped {dropped}"
-        bars = max(10, min(50, self.width - 40))
         today = self.today_line(device)
-        parts = [head, Text(""), self.bars(latest, bars), Text(""), timeline, *([today] if today else [])]
+        bars = self.bars(latest, self.width - 4)  # the panel's border and padding
+        parts = [head, Text(""), bars, Text(""), timeline, *([today] if today else [])]
         return Panel(Group(*parts), title=device,
                      subtitle=subtitle, border_style=self.style(latest.label))  # fmt: skip
 
@@ -226,10 +231,42 @@ class Dashboard:
             body: RenderableType = Group(*(self.device_panel(d) for d in devices))
         else:
             body = self.device_table()
-        yield Text(self.title, style="bold", no_wrap=True, overflow="ellipsis")
+        yield Text(fit_title(self.title, self.width), style="bold", no_wrap=True, overflow="ellipsis")
         yield body
         yield self.legend()
         yield self.footer()
+
+
+LESS_IMPORTANT = ("window ", " Hz")  # tuning details: the first parts of a title to go
+
+
+def fit_title(title: str, width: int) -> str:
+    """``title`` ("harstream CMD · part · part · Ctrl-C to stop") in ``width`` columns: its first
+    part (the command) and last (how to stop it) kept; middle parts dropped, tuning details first,
+    then from the end; what is left of the middle shortened with "…" if that is still too long.
+
+    >>> fit_title("harstream mqtt · mqtt://h:1883 har/+/imu · window 128 hop 32 · Ctrl-C to stop", 60)
+    'harstream mqtt · mqtt://h:1883 har/+/imu · Ctrl-C to stop'
+    >>> fit_title("harstream mqtt · mqtt://a-long-host-name:1883 har/+/imu · Ctrl-C to stop", 50)
+    'harstream mqtt · mqtt://a-long-h… · Ctrl-C to stop'
+    """
+    parts = title.split(" · ")
+    if len(title) <= width or len(parts) < 3:
+        return title  # rich cuts what is still too long with "…"
+    head, middle, tail = parts[0], parts[1:-1], parts[-1]
+    order = [p for p in reversed(middle) if any(w in p for w in LESS_IMPORTANT)]
+    order += [p for p in reversed(middle) if p not in order]
+    for part in order:
+        if len(" · ".join([head, *middle, tail])) <= width:
+            return " · ".join([head, *middle, tail])
+        if len(middle) == 1:
+            break
+        middle.remove(part)
+    room = width - len(f"{head} ·  · {tail}")
+    if room >= 8:  # enough to recognise the part by its start
+        shown = " · ".join(middle)
+        return f"{head} · {shown if len(shown) <= room else shown[:room - 1] + '…'} · {tail}"
+    return f"{head} · {tail}" if len(f"{head} · {tail}") <= width else title
 
 
 def summary_table(summary: dict) -> Table:
