@@ -9,8 +9,12 @@
 * Keys in the recording dashboard: 1-9 choose a class by its number, 0 clears.
 
 A device's own label (MQTT) wins over the one that the protocol or the keys give every device.
-An unknown class name is one line (once per name) and a counter, never a traceback; so is a label
-for an id that breaks the device-id rule, and a label forgotten at the board's bounds
+The names a label may take are a fixed list (``--classes``, a protocol's) or, without one, any name
+a device publishes: one printable line of at most :data:`MAX_LABEL_CHARS` characters without a
+comma (it becomes a CSV cell, a ``--classes`` entry and a TOML string later), :data:`MAX_NAMES`
+names in all. A name refused (unknown, malformed, one too many) is one line (once per reason) and a
+counter, never a traceback; so is a label for an id that breaks the device-id rule, and a label
+forgotten at the board's bounds
 (:data:`streamer.limits.MAX_WAITING_LABELS` devices that have sent nothing, ``MAX_DEVICES`` that send).
 """
 
@@ -31,9 +35,22 @@ from streamer.wire import valid_device_id
 CLASS_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_ .-]{0,63}")  # fits a CSV cell and a TOML key
 MAX_STEPS = 1000
 MAX_STEP_S = 3600.0
-MAX_NAMES = 100  # distinct unknown label names counted each under its own name; the rest together
+MAX_NAMES = 100  # distinct names: taken without a fixed list; unknown ones counted each under its own
+MAX_LABEL_CHARS = 64  # as CLASS_NAME's
 # why a label message is not used (LabelBoard.rejected), besides an unknown name
 INVALID_DEVICE = "invalid device id"
+TOO_LONG = "label too long"
+NOT_ONE_CELL = "label with a comma or control character"
+TOO_MANY = "label names beyond the limit"
+
+
+def label_problem(name: str) -> str | None:
+    """Why ``name`` (stripped, not empty) cannot be a label; None when it can."""
+    if len(name) > MAX_LABEL_CHARS:
+        return TOO_LONG
+    if not name.isprintable() or "," in name:  # isprintable: no line breaks, tabs or other controls
+        return NOT_ONE_CELL
+    return None
 FORGOTTEN_WAITING = "device sent no samples (oldest label forgotten)"
 FORGOTTEN_SENDING = "device over the device limit (least recent label forgotten)"
 
@@ -47,10 +64,11 @@ class LabelBoard:
     ``max_devices`` (the least recently heard forgotten). Every label not used is counted in
     :attr:`rejected` by reason, and each reason is said once."""
 
-    def __init__(self, classes: tuple[str, ...], note: Callable[[str], None],
+    def __init__(self, classes: tuple[str, ...] | None, note: Callable[[str], None],
                  max_devices: int = limits.MAX_DEVICES,
                  max_waiting: int = limits.MAX_WAITING_LABELS) -> None:  # fmt: skip
-        self.classes = classes
+        self.fixed = classes  # None: any well-formed name a device publishes, MAX_NAMES in all
+        self.seen: dict[str, None] = {}  # without a fixed list: the names taken, in order first seen
         self.note = note
         self.everyone = ""  # from the protocol or the keys
         self.max_devices = max_devices
@@ -62,6 +80,14 @@ class LabelBoard:
         self.rejected: Counter = Counter()  # reason -> label messages not used
         self._names = 0  # distinct unknown names counted under their own reason
         self._lock = threading.Lock()
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The names a label may take now: the fixed list, else those seen so far (keys 1-9 pick them)."""
+        if self.fixed is not None:
+            return self.fixed
+        with self._lock:
+            return tuple(self.seen)
 
     def __len__(self) -> int:
         with self._lock:
@@ -96,14 +122,15 @@ class LabelBoard:
             shown = device[:40] + ("..." if len(device) > 40 else "")
             return self._reject(INVALID_DEVICE, f"a label message for {shown!r}, not a valid device id "
                                 "(1-64 of A-Z a-z 0-9 _ . -): ignored, counted")  # fmt: skip
+        if len(payload) > 4 * MAX_LABEL_CHARS:  # UTF-8 takes at most 4 bytes a character; not decoded
+            return self._reject(TOO_LONG, f"a label from {device} longer than {MAX_LABEL_CHARS} characters: "
+                                "ignored, counted")  # fmt: skip
         try:
             name = payload.decode("utf-8").strip()
         except UnicodeDecodeError:
             return self._reject("label not UTF-8", f"a label message of {device} is not UTF-8: ignored")
-        if name and name not in self.classes:
-            shown = name if len(name) <= 40 else name[:40] + "..."
-            return self._reject(f"unknown label {shown!r}", f"unknown label {shown!r} from {device}: "
-                                f"not one of {', '.join(self.classes)}; ignored, counted")  # fmt: skip
+        if name and not self._allowed(device, name):
+            return False
         said: list[str] = []
         with self._lock:
             if not name:
@@ -117,6 +144,34 @@ class LabelBoard:
                 self.waiting.move_to_end(device)
                 said = self._bound(self.waiting, self.max_waiting, FORGOTTEN_WAITING)
         self._say(said)
+        return True
+
+    def _allowed(self, device: str, name: str) -> bool:
+        """Whether ``name`` may be a label (counted and said once per reason when not); without a
+        fixed list a new name is taken, while there is room, and said once."""
+        shown = repr(name if len(name) <= 40 else name[:40] + "...")  # repr: a line break stays \n
+        problem = label_problem(name)
+        if problem == TOO_LONG:
+            return self._reject(TOO_LONG, f"a label from {device} longer than {MAX_LABEL_CHARS} characters: "
+                                "ignored, counted")  # fmt: skip
+        if problem is not None:
+            return self._reject(problem, f"label {shown} from {device} holds a comma, line break or other "
+                                "control character: ignored, counted")  # fmt: skip
+        if self.fixed is not None:
+            if name in self.fixed:
+                return True
+            return self._reject(f"unknown label {shown}", f"unknown label {shown} from {device}: "
+                                f"not one of {', '.join(self.fixed)}; ignored, counted")  # fmt: skip
+        with self._lock:
+            new = name not in self.seen
+            room = len(self.seen) < MAX_NAMES
+            if new and room:
+                self.seen[name] = None
+        if new and not room:
+            return self._reject(TOO_MANY, f"label {shown} from {device}: already {MAX_NAMES} label names, "
+                                "the most a recording takes; further names ignored, counted")  # fmt: skip
+        if new:
+            self.note(f"new label {shown} from {device}")
         return True
 
     def forget(self, device: str) -> None:

@@ -30,10 +30,9 @@ from streamer.labelling import (
 from streamer.live_command import CliError, say, sigterm_as_interrupt
 
 
-def session_classes(args: argparse.Namespace, protocol: RecordingProtocol | None) -> tuple[str, ...]:
-    """The class names a label may take: ``--classes``, else the protocol's, else HAPT's six."""
-    from model.recordings import HAPT_ACTIVITIES
-
+def session_classes(args: argparse.Namespace, protocol: RecordingProtocol | None) -> tuple[str, ...] | None:
+    """The class names a label may take: ``--classes``, else the protocol's, else None: any name the
+    user publishes (within :class:`LabelBoard`'s bounds), since their own activities are not HAPT's."""
     if args.classes:
         classes = tuple(c.strip() for c in args.classes.split(",") if c.strip())
         bad = next((c for c in classes if not CLASS_NAME.fullmatch(c)), None)
@@ -43,7 +42,17 @@ def session_classes(args: argparse.Namespace, protocol: RecordingProtocol | None
             missing = ", ".join(sorted(set(protocol.classes) - set(classes)))
             raise CliError(f"the protocol's activities {missing} are not in --classes")
         return classes
-    return protocol.classes if protocol is not None else HAPT_ACTIVITIES
+    return protocol.classes if protocol is not None else None
+
+
+def label_summary(recorder) -> str:
+    """``labelled: Badminton 40, Running 10 samples; unlabelled 15``: what the recording holds."""
+    totals: dict[str, int] = {}
+    for (_, label), n in recorder.labelled.items():
+        totals[label] = totals.get(label, 0) + n
+    unlabelled = totals.pop("", 0)
+    named = ", ".join(f"{label} {n:,}" for label, n in sorted(totals.items()))
+    return f"labelled: {named or 'nothing'} samples; unlabelled {unlabelled:,}"
 
 
 @contextlib.contextmanager
@@ -99,6 +108,8 @@ def cmd_record(args: argparse.Namespace, *, mqtt_options, serial_source, start_m
     thread = threading.Thread(target=source.run, args=(recorder.write, stop), daemon=True)
     thread.start()
     labels_at = f", labels on {source.labels.text}" if getattr(source, "labels", None) else ""
+    if labels_at and classes is None:
+        labels_at += " (any name; --classes restricts)"
     say(f"recording {source.name} into {args.out}{labels_at}; Ctrl-C to stop")
     interrupted = False
     finished = False
@@ -114,6 +125,8 @@ def cmd_record(args: argparse.Namespace, *, mqtt_options, serial_source, start_m
             say(f"wrote {path}")
         if recorder.dropped:
             say("not recorded: " + ", ".join(f"{n} samples ({why})" for why, n in recorder.dropped.items()))
+        if recorder.samples:
+            say(label_summary(recorder))
         if board.rejected:
             say("label messages ignored: " + ", ".join(f"{n} ({why})" for why, n in board.rejected.items()))
     if source.fatal:  # refused for good or taken over: said in one line already

@@ -354,6 +354,7 @@ def add_wearable_commands(sub: argparse._SubParsersAction) -> None:
     labels.add_argument("--protocol", metavar="TOML", help="a guided session that labels itself, e.g. "
                         "configs/protocols/hapt_six.toml")
     labels.add_argument("--classes", help="the class names labels may take, comma-separated (default: the "
-                        "protocol's, else HAPT's six); keys 1-9 choose one in the dashboard, 0 clears")
+                        "protocol's, else any name a device publishes); keys 1-9 choose one in the "
+                        "dashboard, 0 clears")
     labels.add_argument("--headless", action="store_true", help="no dashboard: one line per step")
     p.set_defaults(run=cmd_record)
