@@ -97,8 +97,11 @@ def start_mqtt(options: MqttOptions, channels: tuple[str, ...], *, connect_timeo
     if source.connected.is_set():
         shard = f" (shard {options.shard.text})" if options.shard else ""
         version = " over MQTT 3.1.1 (it does not speak MQTT 5)" if source.fell_back else ""
-        say(f"connected to {options.broker.url}{version} as {options.client_id}, "
-            f"listening on {options.subscription}{shard}")
+        where = f"{version} as {options.client_id}, listening on {options.subscription}{shard}"
+        if headless:
+            say(f"connected to {options.broker.url}{where}")
+        else:  # the dashboard's source line (named for the broker) says it: a printed line stays above it
+            source.status = f"connected{where}"
         return source
     why = unreachable(options.broker) or source.status
     if headless:
