@@ -81,6 +81,14 @@ class ReplaySource:
             offset = float(t[-1]) + SESSION_GAP_S
         return out
 
+    def lead_s(self) -> float:
+        """How far this replay's clock, put on the wall clock at the run's start, would end up ahead
+        of it: the recordings' length less the time they take to play (none at real time or slower;
+        all of it at speed 0). The store moves the replay back by this much (never in the future)."""
+        timeline = self.timeline()
+        length = float(timeline[-1][1][-1]) if timeline else 0.0
+        return max(0.0, length - (length / self.speed if self.speed > 0 else 0.0))
+
     def run(self, emit: Callable[[SampleBatch], None], stop: threading.Event) -> None:
         self.status = "playing"
         start = time.monotonic()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from typing import TYPE_CHECKING
 
 from model.strict_json import dumps
@@ -45,7 +46,10 @@ def attach_history(options: LiveOptions, pipeline: Pipeline, hop_s: float) -> Ep
     if options.store:
         from streamer.store import StoreSink, open_store
 
-        sink = StoreSink(open_store(options.store, options.retain), hop_s)
+        # A replay faster than real time would be stored ahead of the wall clock: moved back so that
+        # it ends when its run would have played it, at the latest (its own durations kept).
+        lead = max((s.lead_s() for s in pipeline.sources if hasattr(s, "lead_s")), default=0.0)
+        sink = StoreSink(open_store(options.store, options.retain), hop_s, wall_start=time.time() - lead)
         episodes.on_prediction.append(sink.prediction)
         episodes.on_finished.append(sink.episode)
         episodes.store = sink.store  # type: ignore[attr-defined]  # what finish_history closes

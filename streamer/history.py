@@ -199,14 +199,17 @@ def cmd_history(args: argparse.Namespace) -> int:
         if why:
             raise StoreError(why)  # one line, exit 1 (streamer.cli.main)
     if args.plot:
-        from streamer.history_plot import plot_history
+        import sys
 
-        plot_history(history, args.plot)
+        from streamer.history_plot import plot_history, wrote_line
+
+        plot_history(history, args.plot)  # the picture is the report: one line says where it went
+        print(wrote_line(history, args.plot), file=sys.stderr if args.json else sys.stdout)
     for entry in history["devices"].values():
         entry.pop("truth", None)
     if args.json:
         print(dumps(history))
-    else:
+    elif not args.plot:
         print_history(history)
     return 0
 

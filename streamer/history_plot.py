@@ -2,6 +2,8 @@
 activity, the ground truth under them when the source had labels, time of day on the axis.
 
 matplotlib is an optional extra (``pip install -e '.[plot]'``); without it ``--plot`` is one line.
+The activities' colours are the dashboard's (:mod:`streamer.activity_colours`); nothing heavy is
+imported until a plot is drawn.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import datetime
 from pathlib import Path
 
 from model.extras import missing_package
+from streamer.activity_colours import activity_colours
 
 
 def segments(rows: list[list]) -> list[tuple[float, float, str]]:
@@ -45,8 +48,7 @@ def plot_history(history: dict, path: Path) -> Path:
         raise ValueError("nothing to plot: the store holds no history in that time")
     activities = sorted({e["activity"] for d in devices.values() for e in d["episodes"]}
                         | {r[2] for d in devices.values() for r in d.get("truth", []) if r[2]})  # fmt: skip
-    palette = plt.get_cmap("tab10" if len(activities) <= 10 else "tab20")
-    colour = {a: palette(i % palette.N) for i, a in enumerate(activities)}
+    colour = activity_colours(activities)  # hex: the dashboard's colours
     day = mdates.date2num(datetime.datetime.fromtimestamp(0))  # the Unix epoch in matplotlib's days, local
     to_days = 1 / 86400.0
 
@@ -72,3 +74,21 @@ def plot_history(history: dict, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
+
+
+def span(history: dict) -> tuple[float, float]:
+    """The earliest start and the latest end of what the plot shows, seconds since the epoch."""
+    starts, ends = [], []
+    for entry in history["devices"].values():
+        starts += [e["start"] for e in entry["episodes"]] + [t - s for t, s, _ in entry.get("truth", [])]
+        ends += [e["end"] for e in entry["episodes"]] + [t for t, _, _ in entry.get("truth", [])]
+    return min(starts, default=0.0), max(ends, default=0.0)
+
+
+def wrote_line(history: dict, path: Path) -> str:
+    """What ``--plot`` says instead of the text report: ``wrote day.png (2 devices, 08:00:00–17:30:00)``
+    (with the dates when the span crosses midnight)."""
+    first, last = (datetime.datetime.fromtimestamp(t) for t in span(history))
+    form = "%H:%M:%S" if first.date() == last.date() else "%Y-%m-%d %H:%M"
+    n = len(history["devices"])
+    return f"wrote {path} ({n} device{'s' if n != 1 else ''}, {first.strftime(form)}–{last.strftime(form)})"

@@ -25,7 +25,11 @@ episodes stay. Every fault is one line on stderr and a counter in :meth:`Store.s
 Readers (:meth:`Target.connect_readonly`: ``history``, the dashboard's totals) never write: SQLite
 opened ``mode=ro``, PostgreSQL in read-only transactions; a database without the store's tables is
 refused. One schema for both databases (``DOUBLE PRECISION`` is SQLite's REAL); times are seconds
-since the epoch (a recording's clock, which starts near 0, is put on the wall clock at the run's start).
+since the epoch. A replay's clock, which starts at 0, is put on the wall clock at the run's start,
+moved back as much as it would otherwise run ahead (:meth:`replay.sources.ReplaySource.lead_s`): a
+replay at real time or slower starts at the run's start, a faster one ends at the latest when the
+run plays its last sample, one at ``--speed 0`` ends at the run's start; never in the future, with
+its own durations.
 """
 
 from __future__ import annotations
@@ -647,7 +651,8 @@ class Store:
 
 class StoreSink:
     """What the pipeline hands the store: each prediction (credited its hop) and each ended episode,
-    on the wall clock. ``offset``: added to a recording's clock (timestamps before 2000)."""
+    on the wall clock. ``wall_start``: added to a recording's clock (timestamps before 2000); the
+    caller moves it back for a replay faster than real time (see the module's docstring)."""
 
     def __init__(self, store: Store, hop_s: float, wall_start: float | None = None) -> None:
         self.store = store
