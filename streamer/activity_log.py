@@ -33,10 +33,12 @@ def add_history_options(p: argparse.ArgumentParser) -> None:
     group.add_argument("--events", action="store_true",
                        help="with --jsonl, also a line per episode start and end")
     group.add_argument("--episode-hold", dest="episode_hold_s", type=number(0, 86400, unit="s"),
-                       default=HOLD_S,
+                       default=HOLD_S, metavar="SECONDS",
                        help="seconds a new label must hold before an episode switches (default %(default)g)")
     group.add_argument("--episode-confidence", type=number(0, 1), default=MIN_CONFIDENCE,
-                       help="windows less sure than this never switch an episode (default %(default)g)")
+                       metavar="FRACTION",
+                       help="windows (0 to 1) less sure than this never switch an episode (default "
+                       "%(default)g)")
 
 
 def attach_history(options: LiveOptions, pipeline: Pipeline, hop_s: float) -> Episodes:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
 from dataclasses import replace
 from importlib import metadata
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from model.extras import missing_package
 from model.strict_json import dumps
+from streamer.commands import BY_NAME, CommandsAction, HelpFormatter, command_list
 from streamer.kit_cli import add_kit_commands
 from streamer.live_command import (
     DEFAULT_CHECKPOINT,
@@ -284,28 +286,30 @@ def fault_soak(args: argparse.Namespace, checkpoint: CheckpointMeta, plan, say) 
 
 def add_soak_command(sub: argparse._SubParsersAction) -> None:
     """``harstream soak`` and its options (the in-process soak; ``--faults``: the services' faults)."""
-    p = sub.add_parser("soak", help="hours of good and hostile devices' traffic through the live path, "
-                       "on a simulated clock")
-    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
-    p.add_argument("--hours", type=number(0.001, 1000, unit="hours"), default=1.0,
+    p = sub.add_parser("soak")  # its help, description and examples: streamer/commands.py
+    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, metavar="FILE.pt",
+                   help="the model the devices' windows go through (default: the shipped model)")
+    p.add_argument("--hours", type=number(0.001, 1000, unit="hours"), default=1.0, metavar="HOURS",
                    help="simulated hours of traffic (default 1)")
-    p.add_argument("--good", type=count(0, 1000), default=10,
-                   help="well-behaved devices (real held-out recordings)")
-    p.add_argument("--hostile", type=count(0, 1000), default=10,
-                   help="devices that send a random attack every second")
-    p.add_argument("--flood", type=count(0, 100_000), default=300,
+    p.add_argument("--good", type=count(0, 1000), default=10, metavar="N",
+                   help="well-behaved devices (real held-out recordings; default %(default)s)")
+    p.add_argument("--hostile", type=count(0, 1000), default=10, metavar="N",
+                   help="devices that send a random attack every second (default %(default)s)")
+    p.add_argument("--flood", type=count(0, 100_000), default=300, metavar="N",
                    help="new device ids in each flood (default 300)")
     p.add_argument("--flood-every", type=number(1, 1e6, zero=True, unit="s"), default=600.0,
+                   metavar="SECONDS",
                    help="seconds between floods (default 600; 0: none)")
-    p.add_argument("--threads", type=count(1, MAX_THREADS), default=1, help="intra-op threads for inference")
+    p.add_argument("--threads", type=count(1, MAX_THREADS), default=1, metavar="N",
+                   help="intra-op threads for inference (default 1)")
     add_backend_option(p)
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.add_argument("--faults", action="store_true", help="then the services' faults on a private PostgreSQL "
                    "and RabbitMQ: hostile routing keys, a frozen database, a deleted store file (< 1 min)")
     # (FaultPlan also holds --freeze above a store try's bound: shorter is one slow commit, not an outage)
-    p.add_argument("--fault-seconds", type=number(1, 600, unit="s"), default=12.0,
+    p.add_argument("--fault-seconds", type=number(1, 600, unit="s"), default=12.0, metavar="SECONDS",
                    help="with --faults: wall seconds of traffic (default %(default)g)")
-    p.add_argument("--freeze", type=number(1, 60, zero=True, unit="s"), default=4.0,
+    p.add_argument("--freeze", type=number(1, 60, zero=True, unit="s"), default=4.0, metavar="SECONDS",
                    help="with --faults: seconds the PostgreSQL server stays frozen (default %(default)g)")
     p.set_defaults(run=cmd_soak)
 
@@ -338,9 +342,10 @@ EXAMPLES = """examples:
   harstream replay                                  live dashboard, held-out test subject 2
   harstream replay hapt:2,4,9 --speed 0 --headless --jsonl
   harstream mqtt --broker mqtt://localhost --publish
+  harstream publish --broker mqtt://localhost         a simulated wearable for that mqtt to watch
   harstream serial --port /dev/ttyUSB0 --hz 50
   harstream evaluate --json
-  harstream COMMAND --help                          the options of one command
+  harstream COMMAND --help                          what one command does, its options and examples
 """
 
 
@@ -352,62 +357,76 @@ def version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    width = shutil.get_terminal_size().columns - 2  # argparse's own
     parser = OneLineParser(  # its subparsers too: a wrong value is one line, exit 2
-        prog="harstream", description="Real-time activity recognition for wearables.", epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="harstream", usage="%(prog)s [-h] [--debug] [--version] COMMAND [OPTIONS]",
+        description="Real-time activity recognition for wearables.\n\n" + command_list(width),
+        epilog=EXAMPLES, formatter_class=HelpFormatter,
     )  # fmt: skip
     parser.add_argument("--debug", action="store_true", help="full tracebacks and debug logging")
     parser.add_argument("--version", action="version", version=f"harstream {version()}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # the commands' help, descriptions and examples: streamer/commands.py's table, which also lists
+    # them, grouped, in the description above (argparse's own list is one flat list: suppressed)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", action=CommandsAction,
+                                help=argparse.SUPPRESS, prog="harstream")  # prog: not the usage above
 
-    p = sub.add_parser("evaluate", help="score a checkpoint on a data split")
-    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
-    p.add_argument("--split", choices=("train", "val", "test"), default="test")
-    p.add_argument("--data-dir", help="dataset folder, for checkpoints trained on a folder dataset")
+    p = sub.add_parser("evaluate")
+    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, metavar="FILE.pt",
+                   help="the model to score (default: the shipped model/weights/uci_har_3x3.pt)")
+    p.add_argument("--split", choices=("train", "val", "test"), default="test",
+                   help="the windows to score it on (default test)")
+    p.add_argument("--data-dir", metavar="FOLDER",
+                   help="dataset folder, for checkpoints trained on a folder dataset")
     p.add_argument("--data-zip", metavar="FILE", help="dataset zip (OpportunityUCIDataset.zip)")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
-    p.add_argument("--threads", type=count(0, MAX_THREADS), default=0,
+    p.add_argument("--threads", type=count(0, MAX_THREADS), default=0, metavar="N",
                    help="intra-op threads (default 0: the library's own)")
     add_backend_option(p)
     p.set_defaults(run=cmd_evaluate)
 
-    p = sub.add_parser("replay", help="play recordings as live devices through the model")
+    p = sub.add_parser("replay")
     p.add_argument("sources", nargs="*", metavar="SOURCE",
                    help="hapt:N[,M...], csv:PATH, uci-har:PATH[:SUBJECTS], opportunity:PATH "
                    "(default hapt:2)")
-    p.add_argument("--speed", type=number(0.01, 1000, zero=True), default=1.0,
-                   help="x real time; 0 = as fast as possible")
+    p.add_argument("--speed", type=number(0.01, 1000, zero=True), default=1.0, metavar="FACTOR",
+                   help="x real time; 0 = as fast as possible (default 1)")
     add_live_options(p)
     p.set_defaults(run=cmd_replay)
 
     add_soak_command(sub)
 
-    p = sub.add_parser("export", help="write a checkpoint as a self-describing ONNX model")
-    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
+    p = sub.add_parser("export")
+    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, metavar="FILE.pt",
+                   help="the model to export (default: the shipped model)")
     p.add_argument("--format", choices=("onnx",), default="onnx", help="the only format so far: onnx")
-    p.add_argument("--out", type=Path, help="output file (default: where --backend onnx looks: the "
-                   "checkpoint's path with .onnx, or the user's cache where that folder is read-only)")
+    p.add_argument("--out", type=Path, metavar="FILE.onnx", help="output file (default: where --backend "
+                   "onnx looks: the checkpoint's path with .onnx, or the user's cache where that folder is "
+                   "read-only)")
     p.set_defaults(run=cmd_export)
 
-    p = sub.add_parser("download", help="fetch, check and extract a public dataset (needs a network)")
-    p.add_argument("dataset", choices=("opportunity", "uci-har"))
-    p.add_argument("--to", type=Path, default=Path("data"), help="folder to extract into (default data/)")
+    p = sub.add_parser("download")
+    p.add_argument("dataset", choices=("opportunity", "uci-har"),
+                   help="opportunity (OPPORTUNITY: 18 gestures, or locomotion) or uci-har (UCI HAR: six "
+                   "activities)")
+    p.add_argument("--to", type=Path, default=Path("data"), metavar="FOLDER",
+                   help="folder to extract into (default data/)")
     p.add_argument("--url", help=argparse.SUPPRESS)  # a mirror; the tests use a local server
     p.set_defaults(run=cmd_download)
 
-    p = sub.add_parser("bench", help="measure inference and pipeline speed, side by side")
-    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
+    p = sub.add_parser("bench")
+    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, metavar="FILE.pt",
+                   help="the model to measure (default: the shipped model)")
     p.add_argument("--quick", action="store_true", help="seconds instead of minutes")
-    p.add_argument("--threads", type=count(1, MAX_THREADS), default=1,
-                   help="intra-op threads (torch's and onnx's)")
+    p.add_argument("--threads", type=count(1, MAX_THREADS), default=1, metavar="N",
+                   help="intra-op threads (torch's and onnx's; default 1)")
     p.add_argument("--backend", choices=("torch", "onnx"), default=None,
                    help="backend of the end-to-end runs (default: onnx when onnxruntime is installed)")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.add_argument("--fleet", action="store_true", help="instead: recognizer processes through a private "
                    "mosquitto (harstream mqtt) and RabbitMQ (harstream fleet, 1 and 2 workers), side by side")
-    p.add_argument("--fleet-sizes", default="100,200,300,400,500,600,800",
+    p.add_argument("--fleet-sizes", default="100,200,300,400,500,600,800", metavar="N,N,...",
                    help="with --fleet: fleet sizes to step through, in devices (default %(default)s)")
-    p.add_argument("--fleet-seconds", type=number(1, 3600), default=30.0,
+    p.add_argument("--fleet-seconds", type=number(1, 3600), default=30.0, metavar="SECONDS",
                    help="with --fleet: seconds of real-time traffic per run (default %(default)g)")
     p.set_defaults(run=cmd_bench)
 
@@ -415,10 +434,13 @@ def build_parser() -> argparse.ArgumentParser:
     from streamer.fleet_cli import add_fleet_command
 
     add_fleet_command(sub)  # fleet: recognizers sharing devices through RabbitMQ
-    add_kit_commands(sub)  # check, init-config: your own wearable
+    add_kit_commands(sub)  # check, init-config, calibrate: your own wearable
     from streamer.history import add_history_command
 
     add_history_command(sub)  # history: from a --store
+    unbuilt = sorted(set(BY_NAME) - set(sub.choices))
+    if unbuilt:  # listed in the help, but no parser
+        raise RuntimeError(f"streamer/commands.py lists commands that have no parser: {', '.join(unbuilt)}")
     return parser
 
 

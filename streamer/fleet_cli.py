@@ -131,21 +131,21 @@ def cmd_fleet(args: argparse.Namespace) -> int:
 
 
 def add_fleet_command(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("fleet", help="one worker of a recognizer fleet that shares devices through RabbitMQ",
-                       description="Consume the fleet's partition queues on RabbitMQ (devices publish MQTT "
-                       "to its MQTT plugin); workers share the partitions and take over from each other.")
+    p = sub.add_parser("fleet")  # its help, description and examples: streamer/commands.py
     broker = p.add_argument_group("RabbitMQ")
     broker.add_argument("--amqp", required=True, metavar="URL",
                         help="amqp://USER:PASS@HOST[:PORT]/VHOST (amqps:// for TLS)")
-    broker.add_argument("--partitions", type=count(1, FLEET_MAX_PARTITIONS), required=True,
+    broker.add_argument("--partitions", type=count(1, FLEET_MAX_PARTITIONS), required=True, metavar="N",
                         help="partition queues the devices are spread over; the same for every worker")
     broker.add_argument("--worker", default="0/1", metavar="K/N",
                         help="this worker owns the partitions p with p %% N == K and stands by on the rest "
                         "(default 0/1)")
-    broker.add_argument("--fleet-name", default="har.fleet",
+    broker.add_argument("--fleet-name", default="har.fleet", metavar="NAME",
                         help="the exchange and its queues' prefix (default har.fleet)")
-    broker.add_argument("--mqtt-port", type=port, help="the MQTT plugin's port, for --publish (default 1883)")
+    broker.add_argument("--mqtt-port", type=port, metavar="PORT",
+                        help="the MQTT plugin's port, for --publish (default 1883)")
     broker.add_argument("--connect-timeout", type=number(0.1, 86400, unit="s"), default=10.0,
+                        metavar="SECONDS",
                         help="seconds to reach the broker before --headless gives up (default 10)")
     add_device_limits(p.add_argument_group("devices"))
     out = p.add_argument_group("MQTT output (through the broker's MQTT plugin)")

@@ -215,9 +215,9 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def add_history_command(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("history", help="time spent in each activity and the episodes, from a --store")
+    p = sub.add_parser("history")  # its help, description and examples: streamer/commands.py
     p.add_argument("--store", required=True, metavar="PATH_OR_URL", help="a SQLite file or postgresql://...")
-    p.add_argument("--device", help="only this device")
+    p.add_argument("--device", metavar="ID", help="only this device")
     p.add_argument("--since", metavar="WHEN", help="an age (2h, 7d), 'today', or an ISO date/time")
     p.add_argument("--until", metavar="WHEN", help="the same forms as --since (default: now)")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")

@@ -96,35 +96,38 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 def add_kit_commands(sub: argparse._SubParsersAction) -> None:
     from streamer.wearables_cli import add_mqtt_options, add_serial_options
 
-    p = sub.add_parser("check", help="listen to one wearable and say whether the model fits it "
-                       "(rate, channels, units, orientation), with the fix for each mismatch")
+    p = sub.add_parser("check")  # each command's help, description and examples: streamer/commands.py
     add_mqtt_options(p.add_argument_group("MQTT (with --broker; --device names the device)"), required=False)
     add_serial_options(p.add_argument_group("serial (with --port)"), required=False)
-    p.add_argument("--seconds", type=number(1, 600, unit="s"), default=10.0,
+    p.add_argument("--seconds", type=number(1, 600, unit="s"), default=10.0, metavar="SECONDS",
                    help="how long to listen (default 10)")
-    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="the model to check against")
+    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, metavar="FILE.pt",
+                   help="the model to check against (default: the shipped model)")
     p.add_argument("--json", action="store_true", help="the report as one JSON object")
     p.set_defaults(run=cmd_check)
 
-    p = sub.add_parser("init-config", help="write a training config for a folder of labelled CSV recordings")
-    p.add_argument("recordings", type=Path, metavar="RECORDINGS_DIR")
-    p.add_argument("--out", required=True, help="the config to write, e.g. configs/NAME.toml")
-    p.add_argument("--window", type=count(2, 10_000, unit="samples"), default=128,
+    p = sub.add_parser("init-config")
+    p.add_argument("recordings", type=Path, metavar="FOLDER",
+                   help="the labelled CSV recordings (harstream record's), one file per device and session")
+    p.add_argument("--out", required=True, metavar="FILE.toml",
+                   help="the config to write, e.g. configs/NAME.toml")
+    p.add_argument("--window", type=count(2, 10_000, unit="samples"), default=128, metavar="SAMPLES",
                    help="samples per window (default 128; 24 for short "
                    "gestures or short recordings)")
-    p.add_argument("--step", type=count(1, 100_000, unit="samples"),
+    p.add_argument("--step", type=count(1, 100_000, unit="samples"), metavar="SAMPLES",
                    help="samples between training windows (default half the window)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.set_defaults(run=cmd_init_config)
 
-    p = sub.add_parser("calibrate", help="adapt a model to one wearer from labelled CSV recordings "
-                       "(model/calibration.py)")
-    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="the base model")
+    p = sub.add_parser("calibrate")  # model/calibration.py
+    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, metavar="FILE.pt",
+                   help="the base model (default: the shipped model)")
     p.add_argument("--recording", action="append", required=True, metavar="CSV",
                    help="a labelled recording of the wearer (harstream record's CSV); repeatable")
-    p.add_argument("--out", required=True, help="the calibrated checkpoint to write, e.g. wearer.pt")
-    p.add_argument("--seconds", type=number(1, 86400, unit="s"), default=20.0,
+    p.add_argument("--out", required=True, metavar="FILE.pt",
+                   help="the calibrated checkpoint to write, e.g. wearer.pt")
+    p.add_argument("--seconds", type=number(1, 86400, unit="s"), default=20.0, metavar="SECONDS",
                    help="at most this much of each activity (default 20)")
-    p.add_argument("--name", help="the calibrated model's name (default: --out's stem)")
+    p.add_argument("--name", metavar="NAME", help="the calibrated model's name (default: --out's stem)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.set_defaults(run=cmd_calibrate)

@@ -149,17 +149,20 @@ def add_backend_option(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> 
 def add_live_options(p: argparse.ArgumentParser) -> None:
     """The options every live command reads into :class:`LiveOptions`, in two groups."""
     model = p.add_argument_group("recognition")
-    model.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="trained model (.pt)")
+    model.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, metavar="FILE.pt",
+                       help="trained model (default: the shipped model/weights/uci_har_3x3.pt)")
     model.add_argument("--hop", type=count(1, 100_000, unit="samples"), default=0,  # 0: LiveOptions' own
-                       help="samples between windows (default: a quarter window)")
-    model.add_argument("--smooth", type=count(1, 1000), default=1,
-                       help="average probabilities over the last K windows")
-    model.add_argument("--min-confidence", type=number(0, 1), default=0.0,
-                       help="below this top probability the label is 'uncertain'")
-    model.add_argument("--max-batch", type=count(1, 65_536), default=256, help="largest inference batch")
-    model.add_argument("--max-wait-ms", type=number(0, 60_000, unit="ms"), default=20.0,
-                       help="how long a ready window waits for others to share its batch")
-    model.add_argument("--threads", type=count(0, MAX_THREADS), default=1,
+                       metavar="SAMPLES", help="samples between windows (default: a quarter window)")
+    model.add_argument("--smooth", type=count(1, 1000), default=1, metavar="K",
+                       help="average probabilities over the last K windows (default 1: none)")
+    model.add_argument("--min-confidence", type=number(0, 1), default=0.0, metavar="FRACTION",
+                       help="below this top probability (0 to 1) the label is 'uncertain' (default 0)")
+    model.add_argument("--max-batch", type=count(1, 65_536), default=256, metavar="WINDOWS",
+                       help="largest inference batch (default %(default)s)")
+    model.add_argument("--max-wait-ms", type=number(0, 60_000, unit="ms"), default=20.0, metavar="MS",
+                       help="how long a ready window waits for others to share its batch (default "
+                       "%(default)g)")
+    model.add_argument("--threads", type=count(0, MAX_THREADS), default=1, metavar="N",
                        help="intra-op threads for inference (default 1; 0: the library's default, all cores, "
                        "or with --shard K/N this host's cores // N)")
     add_backend_option(model)
@@ -176,10 +179,10 @@ def add_live_options(p: argparse.ArgumentParser) -> None:
 
 def add_device_limits(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """How many devices a recognizer serves and how long it keeps a silent one (streamer/limits.py)."""
-    p.add_argument("--max-devices", type=count(1, 1_000_000), default=limits.MAX_DEVICES,
+    p.add_argument("--max-devices", type=count(1, 1_000_000), default=limits.MAX_DEVICES, metavar="N",
                    help="serve at most this many devices at once (default %(default)s)")
     p.add_argument("--idle-timeout", dest="idle_timeout_s", type=number(1, 30 * 86400, zero=True, unit="s"),
-                   default=limits.IDLE_TIMEOUT_S,
+                   default=limits.IDLE_TIMEOUT_S, metavar="SECONDS",
                    help="forget a device silent for this many seconds (0 = never; default %(default)g)")
 
 

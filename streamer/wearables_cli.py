@@ -138,20 +138,23 @@ def cmd_mqtt(args: argparse.Namespace) -> int:
 
 
 def add_mqtt_options(p: argparse.ArgumentParser | argparse._ArgumentGroup, required: bool = True) -> None:
-    p.add_argument("--broker", required=required, help="mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
-    p.add_argument("--topic", default="har/+/imu", help="'+' is the device id (default har/+/imu)")
-    p.add_argument("--username")
-    p.add_argument("--password")
-    p.add_argument("--tls-ca", help="CA certificate file (turns TLS on)")
-    p.add_argument("--tls-cert", help="client certificate file")
-    p.add_argument("--tls-key", help="client key file")
-    p.add_argument("--client-id", help="keep a persistent session on the broker under this id (default: no "
-                   "session kept, id harstream-HOSTNAME-PID); one id per process")
+    p.add_argument("--broker", required=required, metavar="URL",
+                   help="mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
+    p.add_argument("--topic", default="har/+/imu", metavar="TOPIC",
+                   help="'+' is the device id (default har/+/imu)")
+    p.add_argument("--username", metavar="NAME", help="user name on the broker, if it asks for one")
+    p.add_argument("--password", metavar="PASSWORD", help="that user's password")
+    p.add_argument("--tls-ca", metavar="FILE", help="CA certificate file (turns TLS on)")
+    p.add_argument("--tls-cert", metavar="FILE", help="client certificate file")
+    p.add_argument("--tls-key", metavar="FILE", help="client key file")
+    p.add_argument("--client-id", metavar="ID",
+                   help="keep a persistent session on the broker under this id (default: no session kept, "
+                   "id harstream-HOSTNAME-PID); one id per process")
     p.add_argument("--mqtt-version", choices=("5", "3.1.1"),
                    help="the MQTT version to speak (default: 5, or 3.1.1 when the broker does not answer 5, "
                    "as RabbitMQ's MQTT plugin before 3.13)")
-    p.add_argument("--qos", type=count(0, 2), default=1, help="subscription QoS (default 1)")
-    p.add_argument("--connect-timeout", type=number(0.1, 86400, unit="s"), default=10.0,
+    p.add_argument("--qos", type=count(0, 2), default=1, metavar="0|1|2", help="subscription QoS (default 1)")
+    p.add_argument("--connect-timeout", type=number(0.1, 86400, unit="s"), default=10.0, metavar="SECONDS",
                    help="seconds to reach the broker before --headless gives up, and before `publish` gives "
                    "up on a broker it lost (default 10)")
 
@@ -201,12 +204,15 @@ def cmd_serial(args: argparse.Namespace) -> int:
 
 
 def add_serial_options(p: argparse.ArgumentParser | argparse._ArgumentGroup, required: bool = True) -> None:
-    p.add_argument("--port", required=required, help="serial port, e.g. /dev/ttyUSB0 (or a pyserial URL)")
-    p.add_argument("--baud", type=count(1, 10_000_000, unit="bits/s"), default=115_200)
-    p.add_argument("--hz", type=number(*WIRE_RATE_HZ, unit="Hz"),
+    p.add_argument("--port", required=required, metavar="DEVICE",
+                   help="serial port, e.g. /dev/ttyUSB0 (or a pyserial URL)")
+    p.add_argument("--baud", type=count(1, 10_000_000, unit="bits/s"), default=115_200, metavar="RATE",
+                   help="the port's speed in bits/s (default %(default)s)")
+    p.add_argument("--hz", type=number(*WIRE_RATE_HZ, unit="Hz"), metavar="RATE",
                    help="sample rate, when lines carry no time column")
-    p.add_argument("--columns", help="column names when the device sends no header, e.g. acc_x,acc_y,...")
-    p.add_argument("--device", help="device id (default: the port's name)")
+    p.add_argument("--columns", metavar="NAMES",
+                   help="column names when the device sends no header, e.g. acc_x,acc_y,...")
+    p.add_argument("--device", metavar="ID", help="device id (default: the port's name)")
     p.add_argument("--acc-unit", choices=("g", "m/s2"), default="g", help="unit of the acc_* columns")
 
 
@@ -310,7 +316,7 @@ def cmd_record(args: argparse.Namespace) -> int:
 
 # -- the parser ----------------------------------------------------------------------------------
 def add_wearable_commands(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("mqtt", help="recognize activities of wearables that publish to an MQTT broker")
+    p = sub.add_parser("mqtt")  # each command's help, description and examples: streamer/commands.py
     broker = p.add_argument_group("MQTT source")
     add_mqtt_options(broker)
     fleet = p.add_argument_group("devices and workers")
@@ -328,36 +334,37 @@ def add_wearable_commands(sub: argparse._SubParsersAction) -> None:
     add_live_options(p)
     p.set_defaults(run=cmd_mqtt)
 
-    p = sub.add_parser("serial", help="recognize the activity of a wearable on a serial port")
+    p = sub.add_parser("serial")
     add_serial_options(p.add_argument_group("serial source"))
     add_live_options(p)
     p.set_defaults(run=cmd_serial)
 
-    p = sub.add_parser("publish", help="publish a recording over MQTT as a wearable would")
+    p = sub.add_parser("publish")
     p.add_argument("source", nargs="?", default="hapt:2", metavar="SOURCE",
                    help="as in replay: hapt:N, csv:PATH, ... (default hapt:2)")
     add_mqtt_options(p.add_argument_group("MQTT broker"))
     wearable = p.add_argument_group("the simulated wearable")
-    wearable.add_argument("--device", help="device id on the wire (default: the recording's)")
-    wearable.add_argument("--speed", type=number(0.01, 1000, zero=True), default=1.0,
-                          help="x real time; 0 = as fast as possible")
-    wearable.add_argument("--format", default="batch", help="json (a message per sample), batch or binary")
-    wearable.add_argument("--topic-prefix", default="har", help="messages go to PREFIX/DEVICE/imu")
+    wearable.add_argument("--device", metavar="ID", help="device id on the wire (default: the recording's)")
+    wearable.add_argument("--speed", type=number(0.01, 1000, zero=True), default=1.0, metavar="FACTOR",
+                          help="x real time; 0 = as fast as possible (default 1)")
+    wearable.add_argument("--format", default="batch", metavar="FORMAT",
+                          help="json (a message per sample), batch or binary (default batch)")
+    wearable.add_argument("--topic-prefix", default="har", metavar="PREFIX",
+                          help="messages go to PREFIX/DEVICE/imu (default har)")
     p.set_defaults(run=cmd_publish)
 
-    p = sub.add_parser("record", help="write what live devices send into CSV recordings",
-                       description="Record from one source: an MQTT broker (--broker) or a serial "
-                       "port (--port).")
+    p = sub.add_parser("record")
     add_mqtt_options(p.add_argument_group("MQTT source (with --broker)"), required=False)
     add_serial_options(p.add_argument_group("serial source (with --port)"), required=False)
     out = p.add_argument_group("output")
-    out.add_argument("--out", type=Path, required=True,
+    out.add_argument("--out", type=Path, required=True, metavar="FOLDER",
                      help="folder for the recordings (one file per device)")
     labels = p.add_argument_group("labels (a device's own: publish a class name to har/<device>/label)")
-    labels.add_argument("--protocol", metavar="TOML", help="a guided session that labels itself, e.g. "
+    labels.add_argument("--protocol", metavar="FILE.toml", help="a guided session that labels itself, e.g. "
                         "configs/protocols/hapt_six.toml")
-    labels.add_argument("--classes", help="the class names labels may take, comma-separated (default: the "
-                        "protocol's, else any name a device publishes); keys 1-9 choose one in the "
+    labels.add_argument("--classes", metavar="NAMES",
+                        help="the class names labels may take, comma-separated (default: the protocol's, "
+                        "else any name a device publishes); keys 1-9 choose one in the "
                         "dashboard, 0 clears")
     labels.add_argument("--headless", action="store_true", help="no dashboard: one line per step")
     p.set_defaults(run=cmd_record)
