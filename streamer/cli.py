@@ -342,7 +342,7 @@ EXAMPLES = """examples:
   harstream replay                                  live dashboard, held-out test subject 2
   harstream replay hapt:2,4,9 --speed 0 --headless --jsonl
   harstream mqtt --broker mqtt://localhost --publish
-  harstream publish --broker mqtt://localhost         a simulated wearable for that mqtt to watch
+  harstream publish --broker mqtt://localhost       a simulated wearable, for that mqtt to watch
   harstream serial --port /dev/ttyUSB0 --hz 50
   harstream evaluate --json
   harstream COMMAND --help                          what one command does, its options and examples

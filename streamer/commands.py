@@ -113,8 +113,8 @@ COMMANDS: tuple[Command, ...] = (
              ("harstream export --checkpoint me.pt --out me.onnx",
               "a model of your own, to a file you name"))),
     Command("data and models", "download", "fetch, check and extract a public dataset (needs a network)",
-            "Fetch a public dataset from its archive, check its checksum and extract it; it then says the "
-            "command that trains on it.",
+            "Fetch a public dataset's archive, check it (every member's CRC, and the file that marks the "
+            "dataset) and extract it; then it says the command that trains on it.",
             (("harstream download uci-har", "UCI HAR, into data/"),
              ("harstream download opportunity --to /tmp/datasets", "OPPORTUNITY, into a folder you name"))),
     Command("data and models", "history", "time spent in each activity and the episodes, from a --store",
@@ -139,7 +139,7 @@ COMMANDS: tuple[Command, ...] = (
             (("harstream bench --quick", "seconds instead of minutes"),
              ("harstream bench --fleet --fleet-sizes 100,200 --fleet-seconds 10 --json",
               "mosquitto and RabbitMQ fleets of 100 and 200 devices, as JSON"))),
-    Command("tools", "soak", "hours of good and hostile devices' traffic through the live path, simulated",
+    Command("tools", "soak", "hours of good and hostile devices' traffic through the live path, in minutes",
             "Send hours of traffic from well-behaved and hostile devices, and floods of new device ids, "
             "through the live path on a simulated clock, in minutes; --faults then breaks the services "
             "(PostgreSQL, RabbitMQ) under a real fleet.",

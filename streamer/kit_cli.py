@@ -108,7 +108,7 @@ def add_kit_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("init-config")
     p.add_argument("recordings", type=Path, metavar="FOLDER",
-                   help="the labelled CSV recordings (harstream record's), one file per device and session")
+                   help="the folder of labelled CSV recordings (harstream record's)")
     p.add_argument("--out", required=True, metavar="FILE.toml",
                    help="the config to write, e.g. configs/NAME.toml")
     p.add_argument("--window", type=count(2, 10_000, unit="samples"), default=128, metavar="SAMPLES",

@@ -148,3 +148,18 @@ def test_the_leaks_the_issue_names_are_gone(capsys) -> None:
         main(["replay", "--help"])
     text = capsys.readouterr().out
     assert "--episode-hold SECONDS" in text and "--min-confidence FRACTION" in text
+
+
+def test_one_table_drives_the_parser_and_the_list() -> None:
+    """A command's help, description and epilog come from streamer/commands.py's table only: a
+    module that passes its own, or a command the table lacks, is refused while the parser is built."""
+    from streamer.commands import COMMANDS, CommandsAction
+
+    assert [c.name for c in COMMANDS] and {c.name for c in COMMANDS} == set(subcommands())
+    parser = argparse.ArgumentParser(prog="harstream")
+    sub = parser.add_subparsers(action=CommandsAction)
+    with pytest.raises(TypeError, match="replay"):
+        sub.add_parser("replay", help="a second summary")
+    with pytest.raises(KeyError, match="no-such"):
+        sub.add_parser("no-such")
+    assert sub.add_parser("replay").description == next(c.description for c in COMMANDS if c.name == "replay")
