@@ -68,10 +68,11 @@ def plot_history(history: dict, path: Path) -> Path:
     ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M"))
     ax.set_xlabel("time of day")
     handles = [plt.Rectangle((0, 0), 1, 1, color=colour[a]) for a in activities]
-    ax.legend(handles, activities, loc="upper center", bbox_to_anchor=(0.5, -0.25 - 0.5 / len(rows)),
+    # above the timelines: below, it ran into the axis label whatever the number of rows
+    ax.legend(handles, activities, loc="lower center", bbox_to_anchor=(0.5, 1.0),
               ncol=min(6, len(activities)), frameon=False)  # fmt: skip
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # the legend outside the axes included
     plt.close(fig)
     return Path(path)
 
