@@ -3,12 +3,14 @@
 What the files say is read, not asked: the channels (every column but ``timestamp``, ``label`` and
 ``subject``), their units (acceleration whose magnitude sits near 1 is in g, near 9.8 in m/s²;
 angular rate that reaches past 15 is in deg/s, since 15 rad/s is a spin few wrists make), the rate
-(the median time step), the classes (the labels that occur) and the subjects (the ``subject``
-column, else the file name). From them it chooses the window (128 by default, 24 for short gestures
-or short recordings), the preprocessing that suits the rate (UCI HAR's filters, their 20 Hz
-low-pass kept below the rate's Nyquist frequency; raw channels when they are not acc+gyro xyz) and a
-split: one subject held out for test when there are several, else one recording. The config is
-written with a comment on each choice, and ``train.py`` runs it unchanged. No torch here.
+(measured per file; files more than 2 % apart are refused), the classes (the labels that occur)
+and the subjects (the ``subject`` column, else the file name). The files are read by the reader
+training uses (:func:`model.recordings.read_csv_table`), so a file it accepts trains. From them it
+chooses the window (128 by default, 24 for short gestures or short recordings), the preprocessing
+that suits the rate (UCI HAR's filters, their 20 Hz low-pass kept below the rate's Nyquist
+frequency; raw channels when they are not acc+gyro xyz) and a split: one subject held out for test
+when there are several, else one recording. The config is written with a comment on each choice,
+and ``train.py`` runs it unchanged. No torch here.
 """
 
 from __future__ import annotations
@@ -211,7 +213,7 @@ path = {_toml(str(folder))}   # relative to where train.py runs
 classes = {_toml(list(found.classes))}
 channels = {_toml(list(inputs))}
 units = {_toml([units[c] for c in inputs])}   # guessed from the values; the device must send the same
-rate_hz = {rate!r}   # the median time step of the recordings
+rate_hz = {rate!r}   # measured from the timestamps (each file within 2 %)
 window = {window}   # {window / rate:.2f} s
 step = {step}
 label_rule = "all"   # a window is kept when one class covers all of it; switches are left out
