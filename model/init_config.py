@@ -27,7 +27,6 @@ from model.recordings import (
     ACC,
     GYRO,
     HAPT_ACTIVITIES,
-    RESERVED,  # noqa: F401 - the columns that are not channels, named here before
     CsvTable,
     check_rates,
     check_value_limits,
