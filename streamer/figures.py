@@ -204,6 +204,8 @@ def mflop(ws: Workspace) -> Values:
     for name, (path, assignments) in MFLOP_CONFIGS.items():
         config = override(load_config(ROOT / path), assignments)
         values[name] = flops_per_window(ResidualBiLSTM(config.model), config.data.window) / 1e6
+    values["cut_32_units"] = 1 - values["3x3_32_units"] / values["uci_har_3x3"]  # what narrowing saves
+    values["cut_2x2"] = 1 - values["uci_har_2x2_fleet"] / values["uci_har_3x3"]  # and fewer layers
     return values
 
 
