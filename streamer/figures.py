@@ -56,7 +56,8 @@ class Workspace:
         """Run a documented ``harstream ...`` command from the repository root and return its stdout;
         the store it names (``nine.db``) is put in this workspace's folder."""
         words = [str(self.folder / w) if w.endswith(".db") else w for w in shlex.split(command)]
-        assert words[0] == "harstream", command
+        if words[0] != "harstream":
+            raise ValueError(f"not a harstream command: {command!r}")
         done = subprocess.run([sys.executable, "-m", "streamer.cli", *words[1:]], cwd=ROOT,
                               capture_output=True, text=True, check=False)  # fmt: skip
         if done.returncode != 0:
@@ -152,6 +153,7 @@ def live_replay(checkpoint: str | None) -> Callable[[Workspace], Values]:
 
 # --- offline evaluation on the test subjects ----------------------------------------------------------
 
+EVALUATE = "harstream evaluate --checkpoint "
 CLASS_KEYS = ("walking", "upstairs", "downstairs", "sitting", "standing", "laying")
 
 
@@ -214,10 +216,8 @@ FIGURES = (
     Figure("agreement", (STORE_REPLAY, AGREEMENT), agreement, 60),
     Figure("live_replay", (LIVE_REPLAY,), live_replay(None), 50),
     Figure("live_replay_fleet", (f"{LIVE_REPLAY} --checkpoint {FLEET}",), live_replay(FLEET), 25),
-    Figure("evaluate", (f"harstream evaluate --checkpoint {DEFAULT}",), evaluate(
-        f"harstream evaluate --checkpoint {DEFAULT}"), 40),
-    Figure("evaluate_fleet", (f"harstream evaluate --checkpoint {FLEET}",), evaluate(
-        f"harstream evaluate --checkpoint {FLEET}"), 25),
+    Figure("evaluate", (EVALUATE + DEFAULT,), evaluate(EVALUATE + DEFAULT), 40),
+    Figure("evaluate_fleet", (EVALUATE + FLEET,), evaluate(EVALUATE + FLEET), 25),
     Figure("mflop", (f"python -m streamer.bench_models {DEFAULT} {FLEET} --rounds 1",
                      "python -m streamer.figures --only mflop"), mflop, 5, ci=True),
 )  # fmt: skip
@@ -233,7 +233,7 @@ def compute(names: list[str], ws: Workspace) -> dict[str, Values]:
 
 
 def stored(path: Path = FIGURES_JSON) -> dict[str, dict]:
-    """docs/figures.json's figures: name -> {"commands", "date", "seconds", "values"}."""
+    """docs/figures.json's figures: name -> {"commands", "date", "seconds", "ci", "values"}."""
     return json.loads(path.read_text(encoding="utf-8"))["figures"]
 
 
