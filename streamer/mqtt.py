@@ -430,6 +430,11 @@ class MqttSource(WireSource):
         self.connected.clear()
         if not self._started or self.fatal:
             return
+        from_server = getattr(flags, "is_disconnect_packet_from_server", False)  # a DISCONNECT is an answer
+        if not from_server and fall_back(client, self.options, self.answered):  # closed unanswered
+            self.fell_back = True
+            self.status = "connecting in MQTT 3.1.1"
+            return
         # Two clients with one id take the session from each other, every second, each losing
         # messages, unless one gives up: the newcomer does, since the id was the other's first.
         # An MQTT 5 broker says "Session taken over"; mosquitto before 2.0.12 only closes the
@@ -439,7 +444,6 @@ class MqttSource(WireSource):
         # session back, and the newcomer, closed again at once, gives up.
         lived = time.monotonic() - self._connected_at
         self._established = self._established or lived >= SHORT_LIVED_S
-        from_server = getattr(flags, "is_disconnect_packet_from_server", False)
         self._short_lived = self._short_lived + 1 if lived < SHORT_LIVED_S and not from_server else 0
         taken = reason_code == SESSION_TAKEN_OVER or self._short_lived >= TAKEOVER_AFTER
         if taken:

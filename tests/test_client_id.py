@@ -25,6 +25,7 @@ def taken_over_after(connected_for: float) -> MqttSource:
     source = MqttSource(mqtt_options("mqtt://127.0.0.1:1", client_id="same"), HAPT_CHANNELS)
     source._started = True  # as after start(), without a broker to connect to
     source._connected_at = time.monotonic() - connected_for
+    source.answered = True  # it had a connection: the broker sent a CONNACK
     taken = ReasonCode(PacketTypes.DISCONNECT, identifier=SESSION_TAKEN_OVER)
     flags = DisconnectFlags(is_disconnect_packet_from_server=True)
     source._on_disconnect(source.client, None, flags, taken, None)
