@@ -45,7 +45,8 @@ __all__ = ["DEFAULT_CHECKPOINT", "CliError", "build_parser", "main"]
 def cmd_evaluate(args: argparse.Namespace) -> int:
     meta, metrics, same_data = evaluation(args)
     if args.json:
-        keys = ("accuracy", "f1_weighted", "f1_macro", "n_windows", "f1_weighted_no_null", "f1_macro_no_null")
+        keys = ("accuracy", "f1_weighted", "f1_macro", "n_windows", "f1_weighted_no_null", "f1_macro_no_null",
+                "per_class", "confusion")
         summary = {k: metrics[k] for k in keys if k in metrics} | {"split": args.split}
         print(dumps(summary | {"data_fingerprint_matches": same_data}))
     else:

@@ -158,14 +158,12 @@ CLASS_KEYS = ("walking", "upstairs", "downstairs", "sitting", "standing", "layin
 
 
 def evaluate(command: str) -> Callable[[Workspace], Values]:
-    """``harstream evaluate``'s figures, through the command's own parser and function in-process
-    (its table prints the per-class F1 and the confusion matrix; ``--json`` prints the rest)."""
+    """``harstream evaluate --json``'s figures (the command itself, as a reader runs it: no module
+    imports the command line)."""
 
     def compute(ws: Workspace) -> Values:
-        from streamer.cli import build_parser, evaluation
-
-        _, metrics, same_data = evaluation(build_parser().parse_args(shlex.split(command)[1:]))
-        if not same_data:
+        metrics = json.loads(ws.harstream(f"{command} --json"))
+        if not metrics["data_fingerprint_matches"]:
             raise RuntimeError(f"{command!r}: the rebuilt test windows differ from the model's")
         confusion = metrics["confusion"]
         per_class = [metrics["per_class"][c]["f1"] for c in metrics["per_class"]]
