@@ -10,16 +10,27 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from model.strict_json import dumps
 from streamer.episodes import HOLD_S, MIN_CONFIDENCE, Episodes, Event
 from streamer.options import duration, nonempty, number
 
 if TYPE_CHECKING:
-    from streamer.live_command import LiveOptions
     from streamer.pipeline import Pipeline
     from streamer.store import Store
+
+
+class HistorySettings(Protocol):
+    """What :func:`attach_history` reads of a live command's options (``LiveOptions`` has them): a
+    protocol, so that this module needs nothing of the command layer that builds on it."""
+
+    store: str | None
+    retain: str | None
+    events: bool
+    jsonl: bool
+    episode_hold_s: float
+    episode_confidence: float
 
 
 def add_history_options(p: argparse.ArgumentParser) -> None:
@@ -41,7 +52,7 @@ def add_history_options(p: argparse.ArgumentParser) -> None:
                        "%(default)g)")
 
 
-def attach_history(options: LiveOptions, pipeline: Pipeline, hop_s: float) -> Episodes:
+def attach_history(options: HistorySettings, pipeline: Pipeline, hop_s: float) -> Episodes:
     """The pipeline's :class:`Episodes` sink, with the store and the JSON-lines events attached as
     ``options`` ask; a --store that names no store raises StoreError (one line)."""
     episodes = Episodes(hop_s, hold_s=options.episode_hold_s, min_confidence=options.episode_confidence)
