@@ -99,7 +99,7 @@ class LiveOptions:
             (self.threads >= 0, f"--threads must be 0 (the library's default) or more, not {self.threads}"),
             (self.max_devices >= 1, f"--max-devices must be 1 or more, not {self.max_devices}"),
             (self.idle_timeout_s >= 0, f"--idle-timeout must not be negative, not {self.idle_timeout_s:g}"),
-            (self.retain is None or bool(self.store), "--retain prunes a --store: give one, or drop --retain"),
+            (self.retain is None or bool(self.store), "--retain prunes a --store: give one, or drop it"),
         )  # fmt: skip
         for ok, why in checks:
             if not ok:  # NaN fails the float checks too
