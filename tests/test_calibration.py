@@ -208,6 +208,21 @@ def test_an_absurd_value_refuses_calibration_naming_the_file_and_line(subject2, 
     assert not out.exists()
 
 
+def test_calibrate_holds_a_recording_to_the_limits_of_the_model_s_units(subject2, tmp_path, capsys):
+    """100 g is below the 1e6 any unit allows, but beyond any wearable's range in g (64)."""
+    first, _ = subject2
+    values = first.values.copy()
+    values[57, 0] = 100.0
+    csv = tmp_path / "wearer.csv"
+    write_csv_recording(csv, replace(first, values=values))
+    out = tmp_path / "w.pt"
+    assert main(["calibrate", "--checkpoint", str(BASE), "--recording", str(csv), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"{csv}:59: acc_x 100.0 is beyond any wearable's range (|value| above 64 g)" in err, err
+    assert err.count("\n") == 1
+    assert not out.exists()
+
+
 def test_a_calibration_with_a_nan_loss_or_weights_is_refused_and_not_saved(base, subject2, tmp_path):
     import torch
 
