@@ -107,7 +107,7 @@ def start_mqtt(options: MqttOptions, channels: tuple[str, ...], *, connect_timeo
     if headless:
         source.close()
         raise CliError(f"could not connect to broker {options.broker.url} within {wait:g} s: {why}")
-    say(f"cannot reach broker {options.broker.url} ({why}); retrying, Ctrl-C to stop")
+    source.status = f"cannot reach the broker ({why}); retrying, Ctrl-C to stop"  # on the dashboard, as above
     return source
 
 

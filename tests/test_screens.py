@@ -154,6 +154,26 @@ def test_connected_shows_in_the_dashboard_s_source_line_printed_only_headless(he
         assert "as harstream-test" in footer, footer
 
 
+class AwayMqttSource(FakeMqttSource):
+    """A broker that does not answer: it never connects."""
+
+    def start(self) -> None:
+        self.status = "connecting (retry 1): Connection refused"
+
+    def wait_settled(self, timeout: float) -> bool:
+        return False
+
+
+def test_a_broker_out_of_reach_is_said_on_the_dashboard_not_above_it(capsys) -> None:
+    from streamer.wearables_cli import start_mqtt
+
+    source = AwayMqttSource()
+    start_mqtt(mqtt_options(), HAPT, connect_timeout=1.0, headless=False, source=source)  # type: ignore[arg-type]
+    printed = capsys.readouterr()
+    assert printed.out + printed.err == ""  # nothing left above the dashboard
+    assert source.status.startswith("cannot reach the broker") and "retrying" in source.status
+
+
 # -- history --plot ---------------------------------------------------------------------------------------
 def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "streamer.cli", *args], cwd=ROOT, capture_output=True,
