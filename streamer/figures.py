@@ -40,6 +40,7 @@ SUBJECTS = (2, 4, 9, 10, 12, 13, 18, 20, 24)
 DEFAULT = "model/weights/uci_har_3x3.pt"
 FLEET = "model/weights/uci_har_2x2_fleet.pt"
 DIGITS = 6  # floats are stored rounded to this many decimals: what --check compares
+SCRATCH = (".db", ".onnx")  # a bare file name with these endings is made in the workspace's folder
 
 Values = dict[str, float | int]
 
@@ -54,12 +55,25 @@ class Workspace:
 
     def harstream(self, command: str) -> str:
         """Run a documented ``harstream ...`` command from the repository root and return its stdout;
-        the store it names (``nine.db``) is put in this workspace's folder."""
-        words = [str(self.folder / w) if w.endswith(".db") else w for w in shlex.split(command)]
+        the files it names that it makes (``nine.db``, ``export.onnx``) are put in this workspace's
+        folder."""
+        words = shlex.split(command)
         if words[0] != "harstream":
             raise ValueError(f"not a harstream command: {command!r}")
-        done = subprocess.run([sys.executable, "-m", "streamer.cli", *words[1:]], cwd=ROOT,
-                              capture_output=True, text=True, check=False)  # fmt: skip
+        return self._run(command, ["-m", "streamer.cli", *words[1:]])
+
+    def python(self, command: str) -> str:
+        """Run a documented ``python -m MODULE ...`` command (``python -m model.calibration
+        --report``) from the repository root with this Python, and return its stdout."""
+        words = shlex.split(command)
+        if words[:2] != ["python", "-m"]:
+            raise ValueError(f"not a python -m command: {command!r}")
+        return self._run(command, words[1:])
+
+    def _run(self, command: str, arguments: list[str]) -> str:
+        arguments = [str(self.folder / w) if w.endswith(SCRATCH) and "/" not in w else w for w in arguments]
+        done = subprocess.run([sys.executable, *arguments], cwd=ROOT, capture_output=True, text=True,
+                              check=False)  # fmt: skip
         if done.returncode != 0:
             raise RuntimeError(f"{command!r} exited {done.returncode}: {done.stderr.strip()[-400:]}")
         return done.stdout
@@ -209,6 +223,59 @@ def mflop(ws: Workspace) -> Values:
     return values
 
 
+# --- the ONNX export -------------------------------------------------------------------------------------
+
+EXPORT = f"harstream export --checkpoint {DEFAULT} --out export.onnx"
+
+
+def onnx_export(ws: Workspace) -> Values:
+    """The LSTM operators in the default model's export (docs/onnx.md: one per ``nn.LSTM``)."""
+    import onnx
+
+    ws.harstream(EXPORT)
+    graph = onnx.load(str(ws.folder / "export.onnx")).graph
+    return {"lstm_operators": sum(node.op_type == "LSTM" for node in graph.node)}
+
+
+# --- calibration: the fixed protocol on the nine test subjects (docs/own-wearable.md) -----------------
+
+CALIBRATION = "python -m model.calibration --report"
+CALIBRATION_TURNED = "python -m model.calibration --report --turned"
+CALIBRATION_SELECT = "python -m model.calibration --select"
+CALIBRATION_KEYS = ("windows", "base", "calibrated", *(f"subject_{s}_{k}" for s in SUBJECTS
+                                                         for k in ("windows", "base", "calibrated")))
+TURNED_KEYS = ("base", "calibrated", "subject_calibrated_min", "subject_calibrated_max", "subject_2_base",
+               "subject_2_calibrated")
+
+
+def calibration(command: str, keep: tuple[str, ...] = ()) -> Callable[[Workspace], Values]:
+    """``--report``'s table (``--turned``: every recording a quarter turn about z): windows and
+    accuracy per test subject and in all, before and after calibration with the defaults, and the
+    range of the calibrated accuracies over subjects; ``keep``: only these values (those the docs
+    state)."""
+
+    def compute(ws: Workspace) -> Values:
+        result = json.loads(ws.python(f"{command} --json"))
+        values: Values = {"windows": result["n"], "base": result["overall"]["base"],
+                          "calibrated": result["overall"]["calibrated"]}  # fmt: skip
+        for row in result["rows"]:
+            for key, what in (("windows", "n"), ("base", "base"), ("calibrated", "calibrated")):
+                values[f"subject_{row['subject']}_{key}"] = row[what]
+        calibrated = [row["calibrated"] for row in result["rows"]]
+        values["subject_calibrated_min"], values["subject_calibrated_max"] = min(calibrated), max(calibrated)
+        return {k: values[k] for k in keep} if keep else values
+
+    return compute
+
+
+def calibration_select(ws: Workspace) -> Values:
+    """``--select``: the settings grid scored on the first sessions; its range against the base."""
+    result = json.loads(ws.python(f"{CALIBRATION_SELECT} --json"))
+    grid = [v for k, v in result["overall"].items() if k.startswith("calibrated")]
+    return {"windows": result["n"], "base": result["overall"]["base"], "grid_min": min(grid),
+            "grid_max": max(grid)}  # fmt: skip
+
+
 FIGURES = (
     Figure("store_replay", (STORE_REPLAY, HISTORY_JSON), store_replay, 60),
     Figure("agreement", (STORE_REPLAY, AGREEMENT), agreement, 60),
@@ -218,6 +285,10 @@ FIGURES = (
     Figure("evaluate_fleet", (EVALUATE + FLEET,), evaluate(EVALUATE + FLEET), 25),
     Figure("mflop", (f"python -m streamer.bench_models {DEFAULT} {FLEET} --rounds 1",
                      "python -m streamer.figures --only mflop"), mflop, 5, ci=True),
+    Figure("onnx_export", (EXPORT,), onnx_export, 6, ci=True),
+    Figure("calibration", (CALIBRATION,), calibration(CALIBRATION, CALIBRATION_KEYS), 15),
+    Figure("calibration_turned", (CALIBRATION_TURNED,), calibration(CALIBRATION_TURNED, TURNED_KEYS), 15),
+    Figure("calibration_select", (CALIBRATION_SELECT,), calibration_select, 60),
 )  # fmt: skip
 BY_NAME = {f.name: f for f in FIGURES}
 
