@@ -223,6 +223,18 @@ def mflop(ws: Workspace) -> Values:
     return values
 
 
+# --- the data: the HAPT recordings the hapt: sources and training read --------------------------------
+
+
+def hapt(ws: Workspace) -> Values:
+    """Sessions and subjects in the HAPT recordings (model.recordings.load_hapt, which training and
+    every ``hapt:`` source read)."""
+    from model.recordings import load_hapt
+
+    recordings = load_hapt()
+    return {"sessions": len(recordings), "subjects": len({r.subject for r in recordings})}
+
+
 # --- the ONNX export -------------------------------------------------------------------------------------
 
 EXPORT = f"harstream export --checkpoint {DEFAULT} --out export.onnx"
@@ -285,6 +297,7 @@ FIGURES = (
     Figure("evaluate_fleet", (EVALUATE + FLEET,), evaluate(EVALUATE + FLEET), 25),
     Figure("mflop", (f"python -m streamer.bench_models {DEFAULT} {FLEET} --rounds 1",
                      "python -m streamer.figures --only mflop"), mflop, 5, ci=True),
+    Figure("hapt", ("python -m streamer.figures --only hapt",), hapt, 2, ci=True),
     Figure("onnx_export", (EXPORT,), onnx_export, 6, ci=True),
     Figure("calibration", (CALIBRATION,), calibration(CALIBRATION, CALIBRATION_KEYS), 15),
     Figure("calibration_turned", (CALIBRATION_TURNED,), calibration(CALIBRATION_TURNED, TURNED_KEYS), 15),
