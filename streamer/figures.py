@@ -11,7 +11,8 @@ exact commands a reader runs to see them. Its function computes the values in-pr
 same code the command runs, or runs the command itself and reads its output. The docs mark each
 stated value with ``<!-- figure: NAME.KEY -->`` after it, and ``tests/test_figures.py`` holds the
 marked numbers equal to docs/figures.json (and recomputes the cheap figures). Only deterministic
-figures live here: accuracies, window and episode counts, agreement tables, FLOPs. Timings are
+figures live here: accuracies, window and episode counts, agreement tables, FLOPs, the calibration
+protocol, the data's sessions and subjects, the export's operators. Timings are
 benchmarks, and training runs, the soak and benchmarks take too long: the docs mark those "run by
 hand: COMMAND, DATE".
 """

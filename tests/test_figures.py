@@ -2,8 +2,9 @@
 
 Every number marked ``<!-- figure: NAME.KEY -->`` in README.md and docs/*.md must equal the value
 docs/figures.json stores for it, as the docs round it; every stored value must be stated somewhere;
-and the figures cheap enough for every run (``ci=True`` in streamer/figures.py: the MFLOP figures)
-are recomputed here. The others (the replays, the agreement table, evaluation: a few minutes in all)
+and the figures cheap enough for every run (``ci=True`` in streamer/figures.py: MFLOP, the HAPT
+data, the ONNX export) are recomputed here. The others (the replays, the agreement table,
+evaluation, calibration: a few minutes in all)
 are recomputed by ``python -m streamer.figures --check``, not by this suite.
 """
 
