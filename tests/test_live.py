@@ -171,7 +171,7 @@ def test_several_subjects_play_concurrently_as_several_devices(tiny_checkpoint):
 
 
 def test_uci_har_folder_windows_are_stitched_back_into_streams(tmp_path, tiny_checkpoint):
-    from replay.uci_har import SIGNALS, read_uci_har_streams
+    from model.uci_har_streams import SIGNALS, read_uci_har_streams
 
     rng = np.random.default_rng(0)
     stream = rng.normal(size=(64 * 6, 6))  # 5 overlapping windows of one contiguous run...

@@ -47,7 +47,7 @@ def read_uci_har_folder(root: Path, config: ExperimentConfig) -> Splits:
 
 def _replay(rest: str, inputs: Inputs) -> dict[str, list[Recording]]:
     """``PATH`` or ``PATH:2,4``: one device per subject."""
-    from replay.uci_har import read_uci_har_streams  # the stitching is replay's; it needs only numpy
+    from model.uci_har_streams import read_uci_har_streams
 
     folder, _, subjects = rest.partition(":")
     wanted = tuple(int(s) for s in subjects.split(",") if s) or None

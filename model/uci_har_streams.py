@@ -1,4 +1,5 @@
-"""The original 'UCI HAR Dataset' folder, stitched back into continuous streams for replay.
+"""The original 'UCI HAR Dataset' folder, stitched back into continuous streams (for replay, and the
+dataset kind's ``uci_har:PATH`` source): a reader of dataset files, so it lives with the data.
 
 The folder holds 128-sample windows with 50 % overlap, in time order per subject and session.
 Where a window's first half repeats the previous window's second half the two are contiguous;
