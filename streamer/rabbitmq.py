@@ -24,8 +24,11 @@ import subprocess
 import time
 from pathlib import Path
 
+import pika
+import pika.exceptions
+
 from streamer.broker import BrokerError, free_port
-from streamer.fleet import KEY_RULE
+from streamer.fleet import KEY_RULE, parse_amqp
 
 SBIN = Path("/usr/lib/rabbitmq/bin")  # Debian's real scripts (/usr/sbin holds wrappers that reset HOME)
 PLUGINS = "[rabbitmq_mqtt,rabbitmq_consistent_hash_exchange]."
@@ -152,6 +155,24 @@ class RabbitMQ:
         if Path(epmd).exists():  # only ours: it listens on this node's own port
             subprocess.run([epmd, "-port", str(self.epmd_port), "-kill"], env=self.env(),
                            capture_output=True, timeout=10)  # fmt: skip
+
+    def queue_depths(self, prefix: str, count: int) -> list[int | None]:
+        """The ready messages of queues ``PREFIX.0`` … ``PREFIX.{count-1}`` (a fleet's partitions), or
+        None for a queue the node does not have (each asked on a channel of its own: the broker
+        closes a channel that asks for a queue it does not have)."""
+        connection = pika.BlockingConnection(parse_amqp(self.amqp_url).parameters("harstream look-up"))
+        depths: list[int | None] = []
+        try:
+            for p in range(count):
+                channel = connection.channel()
+                try:
+                    depths.append(channel.queue_declare(f"{prefix}.{p}", passive=True).method.message_count)
+                    channel.close()
+                except pika.exceptions.ChannelClosedByBroker:
+                    depths.append(None)
+        finally:
+            connection.close()
+        return depths
 
     def restart(self) -> None:
         self.stop()

@@ -360,26 +360,6 @@ def drive(node: RabbitMQ, stores: FaultStores, plan: FaultPlan, rate: float) -> 
     return rounds * int(rate), sent
 
 
-def queue_depths(node: RabbitMQ, partitions: int) -> list[int | None]:
-    """Each partition queue's ready messages (None: the broker has no such queue)."""
-    import pika
-    import pika.exceptions
-
-    from streamer.fleet import parse_amqp
-
-    connection = pika.BlockingConnection(parse_amqp(node.amqp_url).parameters("soak look-up"))
-    depths: list[int | None] = []
-    for p in range(partitions):
-        channel = connection.channel()
-        try:
-            depths.append(channel.queue_declare(f"{FLEET}.{p}", passive=True).method.message_count)
-            channel.close()
-        except pika.exceptions.ChannelClosedByBroker:
-            depths.append(None)
-    connection.close()
-    return depths
-
-
 def fleet_report(worker: SoakWorker, sent: dict, devices: int, expected: int,
                  depths: list[int | None]) -> dict:  # fmt: skip
     """Every good device's windows received against ``expected``; the hostile traffic's fate."""
@@ -430,7 +410,7 @@ def run_fault_soak(checkpoint: Path, meta: CheckpointMeta, plan: FaultPlan, back
             _drain(worker, plan.good * expected)
         finally:
             worker.close()
-        fleet = fleet_report(worker, sent, plan.good, expected, queue_depths(node, plan.partitions))
+        fleet = fleet_report(worker, sent, plan.good, expected, node.queue_depths(FLEET, plan.partitions))
         stores.close()  # what is queued is written (or counted dropped) before the rows are recounted
         stored = stores.report(sum(worker.received.values()))
         say("soak --faults: stopping the services")

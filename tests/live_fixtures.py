@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import paho.mqtt.client as mqtt
@@ -20,6 +21,9 @@ from streamer import broker as broker_module
 from streamer.bench_mqtt import wait_until  # noqa: F401 - the tests import it from here
 from streamer.broker import free_port  # noqa: F401 - the tests import it from here
 from streamer.mqtt import parse_broker
+
+if TYPE_CHECKING:
+    from model.config import DataConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 SECONDS = 40  # of the recording the end-to-end tests play
@@ -45,8 +49,9 @@ def mqtt_client(url: str, protocol: int = mqtt.MQTTv5) -> mqtt.Client:
     return client
 
 
-def write_tiny_checkpoint(path: Path, window: int = 128) -> Path:
-    """An untrained 1x1 network with the shipped model's inputs: enough to test the plumbing."""
+def write_tiny_checkpoint(path: Path, window: int = 128, data: DataConfig | None = None) -> Path:
+    """An untrained 1x1 network with the shipped model's inputs (or ``data``'s): enough to test the
+    plumbing."""
     import torch
 
     from model.checkpoint import save_checkpoint
@@ -56,7 +61,8 @@ def write_tiny_checkpoint(path: Path, window: int = 128) -> Path:
 
     torch.manual_seed(0)
     network = NetworkConfig(n_hidden=8, n_stacked=1, n_residual=1, dropout=0.0)  # sizes: the data's
-    config = ExperimentConfig(name=path.stem, data=DataConfig(window=window, step=window // 2), model=network)
+    data = data or DataConfig(window=window, step=window // 2)
+    config = ExperimentConfig(name=path.stem, data=data, model=network)
     model = ResidualBiLSTM(config.model)
     meta = CheckpointMeta.from_training(
         meta_path(path), config, normalisation=(model.feature_mean.tolist(), model.feature_std.tolist()),

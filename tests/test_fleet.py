@@ -387,21 +387,6 @@ def test_one_line_for_what_retrying_cannot_mend(rabbitmq, fleet, tiny64, capsys)
 
 
 # -- hostile traffic and wrong settings that must not reach the fleet ------------------------------
-def queue_depths(node: RabbitMQ, fleet: str, partitions: int) -> list[int | None]:
-    """Each partition's ready messages, or None for a queue the broker does not have."""
-    connection = pika.BlockingConnection(parse_amqp(node.amqp_url).parameters("test look-up"))
-    depths: list[int | None] = []
-    for p in range(partitions):
-        channel = connection.channel()
-        try:
-            depths.append(channel.queue_declare(f"{fleet}.{p}", passive=True).method.message_count)
-            channel.close()
-        except pika.exceptions.ChannelClosedByBroker:
-            depths.append(None)
-    connection.close()
-    return depths
-
-
 def hostile_publish(url: str, topic: str) -> bool:
     """One message from a client of its own; whether the broker kept the connection open after it."""
     client = device_client(url)
@@ -448,7 +433,7 @@ def test_a_flood_of_hostile_routing_keys_leaves_every_good_device_served(rabbitm
     assert [len(fleet_worker.of(d)) for d in ("good-a", "good-b")] == [expected, expected]
     assert fleet_worker.source.tallies["connects"] == 1 and fleet_worker.source.tallies["broker_losses"] == 0
     assert not any(refused_kept_open)  # the broker refused each one and closed its publisher
-    assert queue_depths(rabbitmq, fleet, 2) == [0, 0]  # nothing stuck at the head of a partition
+    assert rabbitmq.queue_depths(fleet, 2) == [0, 0]  # nothing stuck at the head of a partition
 
 
 def test_a_broker_that_lets_undeliverable_keys_in_is_refused_in_one_line(rabbitmq, fleet, tiny64, capsys):
@@ -463,7 +448,7 @@ def test_a_broker_that_lets_undeliverable_keys_in_is_refused_in_one_line(rabbitm
         rabbitmq.guard()
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "set_topic_permissions -p harstream USER amq.topic '^[!-~]{1,255}$'" in err[0]
-    assert queue_depths(rabbitmq, fleet, 1) == [None]  # refused before it declared anything
+    assert rabbitmq.queue_depths(fleet, 1) == [None]  # refused before it declared anything
 
 
 def test_a_worker_with_another_partition_count_is_refused_before_it_touches_the_broker(
@@ -479,7 +464,7 @@ def test_a_worker_with_another_partition_count_is_refused_before_it_touches_the_
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and f"holds 4 partitions of {fleet!r} and this worker has --partitions " \
             f"{partitions}" in err[0], err
-    assert queue_depths(rabbitmq, fleet, 8) == [0, 0, 0, 0, None, None, None, None]
+    assert rabbitmq.queue_depths(fleet, 8) == [0, 0, 0, 0, None, None, None, None]
     preflight(FleetOptions(broker, 4, name=fleet))  # a worker of the fleet still starts
 
 

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from live_fixtures import ROOT, Lines
+from live_fixtures import ROOT, Lines, write_tiny_checkpoint
 
 from streamer.cli import main
 
@@ -18,27 +18,12 @@ from streamer.cli import main
 def write_own_model(path: Path, classes: tuple[str, ...]) -> Path:
     """An untrained tiny network as a model trained on the user's own CSV recordings would be: HAPT's
     channels and units, its own class names."""
-    import torch
-
-    from model.checkpoint import save_checkpoint
-    from model.checkpoint_meta import CheckpointMeta, meta_path
-    from model.config import DataConfig, ExperimentConfig, NetworkConfig
-    from model.network import ResidualBiLSTM
+    from model.config import DataConfig
     from model.recordings import HAPT_CHANNELS, HAPT_UNITS
 
-    torch.manual_seed(0)
     data = DataConfig(dataset="csv", classes=classes, channels=HAPT_CHANNELS, units=HAPT_UNITS, window=64,
                       step=32)  # fmt: skip
-    config = ExperimentConfig(name=path.stem, data=data, model=NetworkConfig(n_hidden=8, n_stacked=1,
-                                                                             n_residual=1, dropout=0.0))
-    model = ResidualBiLSTM(config.model)
-    meta = CheckpointMeta.from_training(
-        meta_path(path), config, normalisation=(model.feature_mean.tolist(), model.feature_std.tolist()),
-        best_epoch=0, val=None, test={}, history=[], data_fingerprint="untrained", command="tests",
-        train_seconds=0.0, wall_seconds=0.0, machine="", torch_version=torch.__version__,
-    )  # fmt: skip
-    save_checkpoint(path, model, meta)
-    return path
+    return write_tiny_checkpoint(path, data=data)
 
 
 def replay_own_model(capsys, path: Path) -> tuple[list[dict], list[str]]:
