@@ -357,20 +357,8 @@ def version() -> str:
         return "unknown"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    width = shutil.get_terminal_size().columns - 2  # argparse's own
-    parser = OneLineParser(  # its subparsers too: a wrong value is one line, exit 2
-        prog="harstream", usage="%(prog)s [-h] [--debug] [--version] COMMAND [OPTIONS]",
-        description="Real-time activity recognition for wearables.\n\n" + command_list(width),
-        epilog=EXAMPLES, formatter_class=HelpFormatter,
-    )  # fmt: skip
-    parser.add_argument("--debug", action="store_true", help="full tracebacks and debug logging")
-    parser.add_argument("--version", action="version", version=f"harstream {version()}")
-    # the commands' help, descriptions and examples: streamer/commands.py's table, which also lists
-    # them, grouped, in the description above (argparse's own list is one flat list: suppressed)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", action=CommandsAction,
-                                help=argparse.SUPPRESS, prog="harstream")  # prog: not the usage above
-
+def add_model_commands(sub: argparse._SubParsersAction) -> None:
+    """The commands whose parsers live here: evaluate, replay, soak, export, download, bench."""
     p = sub.add_parser("evaluate")
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, metavar="FILE.pt",
                    help="the model to score (default: the shipped model/weights/uci_har_3x3.pt)")
@@ -431,6 +419,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --fleet: seconds of real-time traffic per run (default %(default)g)")
     p.set_defaults(run=cmd_bench)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    width = shutil.get_terminal_size().columns - 2  # argparse's own
+    parser = OneLineParser(  # its subparsers too: a wrong value is one line, exit 2
+        prog="harstream", usage="%(prog)s [-h] [--debug] [--version] COMMAND [OPTIONS]",
+        description="Real-time activity recognition for wearables.\n\n" + command_list(width),
+        epilog=EXAMPLES, formatter_class=HelpFormatter,
+    )  # fmt: skip
+    parser.add_argument("--debug", action="store_true", help="full tracebacks and debug logging")
+    parser.add_argument("--version", action="version", version=f"harstream {version()}")
+    # the commands' help, descriptions and examples: streamer/commands.py's table, which also lists
+    # them, grouped, in the description above (argparse's own list is one flat list: suppressed)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", action=CommandsAction,
+                                help=argparse.SUPPRESS, prog="harstream")  # prog: not the usage above
+
+    add_model_commands(sub)  # evaluate, replay, soak, export, download, bench
     add_wearable_commands(sub)  # mqtt, serial, publish, record
     from streamer.fleet_cli import add_fleet_command
 
