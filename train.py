@@ -163,12 +163,7 @@ def run(args: argparse.Namespace, context: distributed.Context, argv: list[str] 
             return 0
     scored = not (args.no_test or fold)
     if not scored:
-        last = result.history[-1]
-        console.print(
-            f"kept epoch {result.best_epoch}: validation {result.best_val['accuracy']:.4f} "
-            f"accuracy, {result.best_val['f1_weighted']:.4f} weighted F1; last epoch {last.epoch}: "
-            f"{last.val_accuracy:.4f} accuracy, {last.val_f1:.4f} weighted F1 (test not scored)"
-        )
+        report_kept(console, result)
         if not args.out:  # a fold's model is kept only when asked for (an ensemble's, a teacher's)
             return 0
     test = evaluate(result.model, splits.test, classes, null_class(config)) if scored else {}
@@ -229,6 +224,16 @@ def train(console: Console, config: ExperimentConfig, splits: Splits, context: d
             print(f"train.py: interrupted in epoch {len(finished) + 1} of {config.train.epochs}; "
                   f"nothing saved ({kept})", file=sys.stderr)  # fmt: skip
         return 130
+
+
+def report_kept(console: Console, result: FitResult) -> None:
+    """A fold's (or an unscored run's) one line: the kept epoch beside the last, on validation."""
+    last = result.history[-1]
+    console.print(
+        f"kept epoch {result.best_epoch}: validation {result.best_val['accuracy']:.4f} "
+        f"accuracy, {result.best_val['f1_weighted']:.4f} weighted F1; last epoch {last.epoch}: "
+        f"{last.val_accuracy:.4f} accuracy, {last.val_f1:.4f} weighted F1 (test not scored)"
+    )
 
 
 def describe(console: Console, config: ExperimentConfig, splits: Splits, fold: tuple[int, int] | None,
