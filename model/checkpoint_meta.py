@@ -4,7 +4,7 @@ A checkpoint is untrusted input: the metadata is read into one typed, frozen :cl
 and checked against what inference needs before anything is built from it, so a bad file is one
 :class:`CheckpointError` line naming the file and the field, never a traceback, a model of
 gigabytes, or a recognizer that dies at its first window. The live path needs nothing else from a
-checkpoint when it runs the ONNX export (:mod:`streamer.backends`), so nothing here imports torch;
+checkpoint when it runs the ONNX export (:mod:`streamer.core.backends`), so nothing here imports torch;
 :mod:`model.checkpoint` loads the weights.
 """
 

@@ -1,5 +1,5 @@
 """The bounds on raw samples that the live path and training share: when a silence is a gap, and
-which values are beyond any wearable. A leaf (numpy alone): :mod:`streamer.limits` re-exports these
+which values are beyond any wearable. A leaf (numpy alone): :mod:`streamer.core.limits` re-exports these
 names for the live path, and training reads recordings with the same numbers, so that a recording
 replayed live and the same recording trained on are cut by one rule.
 """

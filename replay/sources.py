@@ -18,7 +18,7 @@ import numpy as np
 
 from model.dataset_kinds import KINDS, Inputs, find_dataset_kind  # Inputs: importable from here too
 from model.recordings import Recording
-from streamer.types import SampleBatch
+from streamer.core.types import SampleBatch
 
 SESSION_GAP_S = 2.0  # silence put between one wearer's sessions: the scheduler restarts there
 
@@ -47,7 +47,7 @@ def parse_source(spec: str, inputs: Inputs) -> list[Device]:
 class ReplaySource:
     """Plays a device's recordings at real time × ``speed`` in bursts of ``burst_s`` seconds.
 
-    A :class:`streamer.source.Source`: not live (the pipeline's full queue pauses it, which is how
+    A :class:`streamer.core.source.Source`: not live (the pipeline's full queue pauses it, which is how
     ``--speed 0`` keeps pace with inference); it drops nothing itself and holds nothing to close."""
 
     live = False

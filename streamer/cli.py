@@ -1,7 +1,7 @@
 """The ``harstream`` command line: the parser, and the commands that are not about live wearables
 (``evaluate``, ``replay``, ``soak``, ``export``, ``download``, ``bench``). The live plumbing they share
-with ``mqtt``, ``serial``, ``publish`` and ``record`` (:mod:`streamer.wearables_cli`) is in
-:mod:`streamer.live_command`."""
+with ``mqtt``, ``serial``, ``publish`` and ``record`` (:mod:`streamer.commands.wearables_cli`) is in
+:mod:`streamer.commands.live_command`."""
 
 from __future__ import annotations
 
@@ -16,9 +16,8 @@ from typing import TYPE_CHECKING
 
 from model.extras import missing_package
 from model.strict_json import dumps
-from streamer.commands import BY_NAME, CommandsAction, HelpFormatter, command_list
-from streamer.kit_cli import add_kit_commands
-from streamer.live_command import (
+from streamer.commands.kit_cli import add_kit_commands
+from streamer.commands.live_command import (
     DEFAULT_CHECKPOINT,
     CliError,
     LiveOptions,
@@ -30,8 +29,9 @@ from streamer.live_command import (
     run_live,
     say,
 )
-from streamer.options import MAX_THREADS, OneLineParser, count, number
-from streamer.wearables_cli import add_wearable_commands
+from streamer.commands.options import MAX_THREADS, OneLineParser, count, number
+from streamer.commands.table import BY_NAME, CommandsAction, HelpFormatter, command_list
+from streamer.commands.wearables_cli import add_wearable_commands
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -176,7 +176,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from model.checkpoint import load_checkpoint
-    from streamer.bench import run_bench
+    from streamer.tools.bench import run_bench
 
     torch.set_num_threads(args.threads)
     open_checkpoint(args.checkpoint)  # a missing one: the same line as everywhere
@@ -197,11 +197,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_fleet(args: argparse.Namespace) -> int:
-    """``bench --fleet``: recognizer processes through mosquitto and RabbitMQ (streamer/bench_fleet.py)."""
+    """``bench --fleet``: recognizer processes through mosquitto and RabbitMQ
+    (streamer/tools/bench_fleet.py)."""
     from rich.console import Console
 
-    from streamer.bench_fleet import fleet_figures, fleet_table
-    from streamer.rabbitmq import rabbitmq_installed
+    from streamer.tools.bench_fleet import fleet_figures, fleet_table
+    from streamer.tools.rabbitmq import rabbitmq_installed
 
     if not rabbitmq_installed():
         raise CliError("bench --fleet starts a private RabbitMQ: apt-get install -y rabbitmq-server")
@@ -239,7 +240,7 @@ def cmd_soak(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import Progress
 
-    from streamer.soak import run_soak
+    from streamer.tools.soak import run_soak
 
     plan = fault_plan(args) if args.faults else None
     checkpoint = open_checkpoint(args.checkpoint)
@@ -264,9 +265,9 @@ def cmd_soak(args: argparse.Namespace) -> int:
     return 0
 
 
-def fault_plan(args: argparse.Namespace):  # -> streamer.soak_faults.FaultPlan
+def fault_plan(args: argparse.Namespace):  # -> streamer.tools.soak_faults.FaultPlan
     """``--faults``' plan, once its services are known to be here (else one line, exit 1)."""
-    from streamer.soak_faults import FaultPlan, unavailable
+    from streamer.tools.soak_faults import FaultPlan, unavailable
 
     missing = unavailable()
     if missing:
@@ -275,9 +276,9 @@ def fault_plan(args: argparse.Namespace):  # -> streamer.soak_faults.FaultPlan
 
 
 def fault_soak(args: argparse.Namespace, checkpoint: CheckpointMeta, plan, say) -> dict:
-    from streamer.broker import BrokerError
-    from streamer.postgres import PostgresError
-    from streamer.soak_faults import run_fault_soak
+    from streamer.tools.broker import BrokerError
+    from streamer.tools.postgres import PostgresError
+    from streamer.tools.soak_faults import run_fault_soak
 
     try:
         return run_fault_soak(args.checkpoint, checkpoint, plan, args.backend, args.threads, say)
@@ -287,7 +288,7 @@ def fault_soak(args: argparse.Namespace, checkpoint: CheckpointMeta, plan, say) 
 
 def add_soak_command(sub: argparse._SubParsersAction) -> None:
     """``harstream soak`` and its options (the in-process soak; ``--faults``: the services' faults)."""
-    p = sub.add_parser("soak")  # its help, description and examples: streamer/commands.py
+    p = sub.add_parser("soak")  # its help, description and examples: streamer/commands/table.py
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, metavar="FILE.pt",
                    help="the model the devices' windows go through (default: the shipped model)")
     p.add_argument("--hours", type=number(0.001, 1000, unit="hours"), default=1.0, metavar="HOURS",
@@ -429,23 +430,23 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     parser.add_argument("--debug", action="store_true", help="full tracebacks and debug logging")
     parser.add_argument("--version", action="version", version=f"harstream {version()}")
-    # the commands' help, descriptions and examples: streamer/commands.py's table, which also lists
+    # the commands' help, descriptions and examples: streamer/commands/table.py's table, which also lists
     # them, grouped, in the description above (argparse's own list is one flat list: suppressed)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", action=CommandsAction,
                                 help=argparse.SUPPRESS, prog="harstream")  # prog: not the usage above
 
     add_model_commands(sub)  # evaluate, replay, soak, export, download, bench
     add_wearable_commands(sub)  # mqtt, serial, publish, record
-    from streamer.fleet_cli import add_fleet_command
+    from streamer.commands.fleet_cli import add_fleet_command
 
     add_fleet_command(sub)  # fleet: recognizers sharing devices through RabbitMQ
     add_kit_commands(sub)  # check, init-config, calibrate: your own wearable
-    from streamer.history import add_history_command
+    from streamer.commands.history import add_history_command
 
     add_history_command(sub)  # history: from a --store
     unbuilt = sorted(set(BY_NAME) - set(sub.choices))
     if unbuilt:  # listed in the help, but no parser
-        raise RuntimeError(f"streamer/commands.py lists commands that have no parser: {', '.join(unbuilt)}")
+        raise RuntimeError(f"streamer/commands/table.py lists commands with no parser: {', '.join(unbuilt)}")
     return parser
 
 

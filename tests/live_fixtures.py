@@ -17,10 +17,10 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from model.recordings import Recording, load_hapt, write_csv_recording
-from streamer import broker as broker_module
-from streamer.bench_mqtt import wait_until  # noqa: F401 - the tests import it from here
-from streamer.broker import free_port  # noqa: F401 - the tests import it from here
-from streamer.mqtt import parse_broker
+from streamer.sources.mqtt import parse_broker
+from streamer.tools import broker as broker_module
+from streamer.tools.bench_mqtt import wait_until  # noqa: F401 - the tests import it from here
+from streamer.tools.broker import free_port  # noqa: F401 - the tests import it from here
 
 if TYPE_CHECKING:
     from model.config import DataConfig
@@ -30,7 +30,7 @@ SECONDS = 40  # of the recording the end-to-end tests play
 
 
 class Mosquitto(broker_module.Mosquitto):
-    """The shared broker helper (:mod:`streamer.broker`); a broker that cannot start fails the test,
+    """The shared broker helper (:mod:`streamer.tools.broker`); a broker that cannot start fails the test,
     since CI installs mosquitto: a missing broker is a broken setup, not a skip."""
 
     def start(self, timeout: float = 10.0) -> None:
@@ -99,7 +99,7 @@ def replay_reference(checkpoint: Path, recording: Path, hop: int = 64) -> list[d
     """What ``harstream replay`` predicts for the recording, computed in this process."""
     from replay.sources import Inputs, ReplaySource, parse_source
     from streamer.cli import build_parser
-    from streamer.live_command import LiveOptions, live_parts, open_checkpoint
+    from streamer.commands.live_command import LiveOptions, live_parts, open_checkpoint
 
     args = build_parser().parse_args(["replay", "--checkpoint", str(checkpoint), "--hop", str(hop)])
     ck = open_checkpoint(checkpoint)
@@ -153,7 +153,7 @@ def predictions(lines: list[str]) -> list[dict]:
 def mqtt_options(url: str, client_id: str = "recognizer", persistent: bool = False, announce: bool = True):
     """MQTT options for ``har/+/imu`` on ``url``; ``persistent`` keeps the session on the broker,
     ``announce`` publishes the recognizer's availability."""
-    from streamer.mqtt import MqttOptions, TopicPattern
+    from streamer.sources.mqtt import MqttOptions, TopicPattern
 
     return MqttOptions(parse_broker(url), TopicPattern.parse("har/+/imu"), client_id=client_id,
                        persistent=persistent, announce=announce)  # fmt: skip
@@ -166,8 +166,8 @@ class Recognizer:
                  publish: bool = False, discovery: bool = False,
                  persistent: bool = False) -> None:  # fmt: skip
         from streamer.cli import build_parser
-        from streamer.live_command import LiveOptions, live_parts, open_checkpoint
-        from streamer.mqtt import MqttSource, PredictionPublisher
+        from streamer.commands.live_command import LiveOptions, live_parts, open_checkpoint
+        from streamer.sources.mqtt import MqttSource, PredictionPublisher
 
         argv = ["mqtt", "--broker", url, "--checkpoint", str(checkpoint), "--hop", "64", *extra]
         live = LiveOptions.from_args(build_parser().parse_args(argv))

@@ -1,5 +1,5 @@
 """A real PostgreSQL server for the tests, on a free loopback port in a temporary folder of its own
-(DESIGN.md, "Services the tests start"; the server itself: :class:`streamer.postgres.Postgres`). A
+(DESIGN.md, "Services the tests start"; the server itself: :class:`streamer.tools.postgres.Postgres`). A
 server that cannot start fails the test: CI installs PostgreSQL (.ci/run), so a missing one is a
 broken setup, not a skip."""
 
@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from streamer.postgres import Postgres, PostgresError
+from streamer.tools.postgres import Postgres, PostgresError
 
 __all__ = ["Postgres", "postgres", "postgres_server"]
 

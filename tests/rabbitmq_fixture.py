@@ -1,5 +1,5 @@
 """A real RabbitMQ 3.10 node for the tests (DESIGN.md, "Services the tests start"), with the MQTT and
-consistent-hash plugins, on free loopback ports in a temporary folder (:mod:`streamer.rabbitmq`).
+consistent-hash plugins, on free loopback ports in a temporary folder (:mod:`streamer.tools.rabbitmq`).
 
 It takes about 10-13 s to start, so one node serves the whole session; each test declares its own
 fleet (``--fleet-name``) and deletes it after. A node that cannot start fails the test: CI installs
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from streamer.broker import BrokerError
-from streamer.rabbitmq import RabbitMQ
+from streamer.tools.broker import BrokerError
+from streamer.tools.rabbitmq import RabbitMQ
 
 
 @pytest.fixture(scope="session")
@@ -36,7 +36,7 @@ def rabbitmq():
 def active_consumers(node: RabbitMQ, prefix: str) -> dict[str, str]:
     """Queue -> the consumer tag of its single active consumer, for the queues named ``prefix*``
     (``rabbitmqctl list_consumers``: the broker's own account)."""
-    from streamer.rabbitmq import VHOST
+    from streamer.tools.rabbitmq import VHOST
 
     columns = ("queue_name", "consumer_tag", "active")
     done = node.ctl("list_consumers", "-p", VHOST, "--formatter", "json", *columns)

@@ -5,10 +5,10 @@ import threading
 import pytest
 
 from model.checkpoint import load_checkpoint
-from streamer.backends import make_backend
-from streamer.bench import Fleet, default_backend, end_to_end
 from streamer.cli import build_parser
-from streamer.types import FleetBatch
+from streamer.core.backends import make_backend
+from streamer.core.types import FleetBatch
+from streamer.tools.bench import Fleet, default_backend, end_to_end
 
 
 @pytest.mark.parametrize("backend", ["torch", "onnx"])
@@ -54,7 +54,7 @@ def test_models_are_compared_side_by_side_with_their_cost_and_recorded_scores(tm
 
     from model.config import NetworkConfig
     from model.network import ResidualBiLSTM
-    from streamer.bench_models import main as bench_models
+    from streamer.tools.bench_models import main as bench_models
 
     small = write_tiny_checkpoint(tmp_path / "small.pt")
     large = write_tiny_checkpoint(tmp_path / "large.pt")

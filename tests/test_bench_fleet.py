@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from live_fixtures import write_tiny_checkpoint
 
-from streamer.bench_fleet import SETUPS, Brokers, fleet_figures, fleet_table
 from streamer.cli import main
+from streamer.tools.bench_fleet import SETUPS, Brokers, fleet_figures, fleet_table
 
 pytestmark = pytest.mark.slow
 

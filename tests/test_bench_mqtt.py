@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from streamer.bench_mqtt import measure_mqtt_ingestion
+from streamer.tools.bench_mqtt import measure_mqtt_ingestion
 
 
 @pytest.mark.parametrize("fmt", ["batch", "binary"])

@@ -14,17 +14,17 @@ from rich.console import Console
 from model.checkpoint import load_checkpoint
 from model.recordings import HAPT_CHANNELS
 from replay.sources import Device, ReplaySource
-from streamer.backends import TorchBackend
-from streamer.bench import Fleet
-from streamer.dashboard import Dashboard
-from streamer.drops import RETIRED, Drops
-from streamer.engine import NON_FINITE, Decider, InferenceEngine
-from streamer.mqtt import MqttSource
-from streamer.pipeline import Pipeline, PipelineStats
-from streamer.scheduler import Scheduler
-from streamer.serial_source import SerialSource
-from streamer.source import Source, SourceBase
-from streamer.types import Prediction, SampleBatch, Window
+from streamer.core.backends import TorchBackend
+from streamer.core.drops import RETIRED, Drops
+from streamer.core.engine import NON_FINITE, Decider, InferenceEngine
+from streamer.core.pipeline import Pipeline, PipelineStats
+from streamer.core.scheduler import Scheduler
+from streamer.core.source import Source, SourceBase
+from streamer.core.types import Prediction, SampleBatch, Window
+from streamer.sources.mqtt import MqttSource
+from streamer.sources.serial_source import SerialSource
+from streamer.tools.bench import Fleet
+from streamer.ui.dashboard import Dashboard
 
 
 def test_every_source_declares_what_the_pipeline_and_the_commands_use(short_recording) -> None:
@@ -53,7 +53,7 @@ def test_what_a_source_refused_before_its_pipeline_existed_is_counted_there(tiny
     from live_fixtures import mqtt_options
 
     from streamer.cli import build_parser
-    from streamer.live_command import LiveOptions, live_parts, open_checkpoint
+    from streamer.commands.live_command import LiveOptions, live_parts, open_checkpoint
 
     source = MqttSource(mqtt_options("mqtt://127.0.0.1:1"), HAPT_CHANNELS)
     source.handle("har/wrist/imu", b"garbage")  # e.g. while `harstream mqtt` still builds its pipeline

@@ -18,13 +18,13 @@ from live_fixtures import ROOT
 
 from model.preprocessing import PreprocessingSpec
 from model.recordings import HAPT_CHANNELS, read_csv_recording
-from streamer.activity_log import episodes_of, finish_history
 from streamer.cli import build_parser
-from streamer.episodes import Episodes, EpisodeTracker, Event
-from streamer.live_command import DEFAULT_CHECKPOINT, LiveOptions, live_parts, open_checkpoint
-from streamer.scheduler import Scheduler
-from streamer.source import Emit, SourceBase
-from streamer.types import Prediction, SampleBatch
+from streamer.commands.activity_log import episodes_of, finish_history
+from streamer.commands.live_command import DEFAULT_CHECKPOINT, LiveOptions, live_parts, open_checkpoint
+from streamer.core.scheduler import Scheduler
+from streamer.core.source import Emit, SourceBase
+from streamer.core.types import Prediction, SampleBatch
+from streamer.sinks.episodes import Episodes, EpisodeTracker, Event
 
 SEGMENT_S = 6.0  # of samples between two clock jumps
 JUMPS_BACK_S = (7.0, 6.0, 9.0, 8.0)  # more than the scheduler's CLOCK_JUMP_S, less than the tracker's gap

@@ -1,11 +1,11 @@
-"""The docs state what ``python -m streamer.figures`` prints (issue 21: figures drift).
+"""The docs state what ``python -m streamer.tools.figures`` prints (issue 21: figures drift).
 
 Every number marked ``<!-- figure: NAME.KEY -->`` in README.md and docs/*.md must equal the value
 docs/figures.json stores for it, as the docs round it; every stored value must be stated somewhere;
-and the figures cheap enough for every run (``ci=True`` in streamer/figures.py: MFLOP, the HAPT
+and the figures cheap enough for every run (``ci=True`` in streamer/tools/figures.py: MFLOP, the HAPT
 data, the ONNX export) are recomputed here. The others (the replays, the agreement table,
 evaluation, calibration: a few minutes in all)
-are recomputed by ``python -m streamer.figures --check``, not by this suite.
+are recomputed by ``python -m streamer.tools.figures --check``, not by this suite.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from streamer.figures import BY_NAME, FIGURES, FIGURES_JSON, ROOT, Workspace, compute, stored
+from streamer.tools.figures import BY_NAME, FIGURES, FIGURES_JSON, ROOT, Workspace, compute, stored
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # A number, an optional percent sign or unit, closing emphasis or quotes, then the marker.
@@ -54,7 +54,7 @@ def test_figures_json_is_strict_json_with_a_date_and_commands_for_every_figure()
     text = FIGURES_JSON.read_text(encoding="utf-8")
     json.loads(text, parse_constant=lambda c: pytest.fail(f"{FIGURES_JSON} holds {c}: not JSON"))
     figures = stored()
-    assert list(figures) == [f.name for f in FIGURES], "run python -m streamer.figures --write"
+    assert list(figures) == [f.name for f in FIGURES], "run python -m streamer.tools.figures --write"
     for name, figure in figures.items():
         assert re.fullmatch(r"\d{4}-\d\d-\d\d", figure["date"]), name
         assert figure["commands"] == list(BY_NAME[name].commands), f"{name}: run --write --only {name}"

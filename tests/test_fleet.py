@@ -30,10 +30,10 @@ from rabbitmq_fixture import active_consumers
 
 from model.recordings import HAPT_CHANNELS, load_hapt
 from streamer.cli import main
-from streamer.fleet import FleetOptions, FleetRefused, FleetSource, parse_amqp, preflight
-from streamer.rabbitmq import RabbitMQ
-from streamer.shard import Shard
-from streamer.wire import encode_json_batch
+from streamer.core.shard import Shard
+from streamer.core.wire import encode_json_batch
+from streamer.sources.fleet import FleetOptions, FleetRefused, FleetSource, parse_amqp, preflight
+from streamer.tools.rabbitmq import RabbitMQ
 
 pytestmark = pytest.mark.slow
 DEVICES = [f"wrist-{k:02d}" for k in range(40)]
@@ -126,7 +126,7 @@ def by_device(records: list[dict]) -> dict[str, list[dict]]:
 
 
 def test_the_fleet_source_is_a_source_and_each_worker_owns_every_nth_partition() -> None:
-    from streamer.source import Source
+    from streamer.core.source import Source
 
     options = FleetOptions(parse_amqp("amqp://u:p@127.0.0.1:1/v"), 8, Shard(1, 3), name="f")
     source = FleetSource(options, HAPT_CHANNELS)  # never started
@@ -310,7 +310,7 @@ class FleetWorker:
 
     def __init__(self, node: RabbitMQ, name: str, checkpoint: Path, *extra: str) -> None:
         from streamer.cli import build_parser
-        from streamer.live_command import LiveOptions, live_parts, open_checkpoint
+        from streamer.commands.live_command import LiveOptions, live_parts, open_checkpoint
 
         argv = ["fleet", "--amqp", node.amqp_url, "--partitions", "2", "--fleet-name", name,
                 "--checkpoint", str(checkpoint), "--hop", "32", "--max-wait-ms", "5", *extra]  # fmt: skip
@@ -437,7 +437,7 @@ def test_a_flood_of_hostile_routing_keys_leaves_every_good_device_served(rabbitm
 
 
 def test_a_broker_that_lets_undeliverable_keys_in_is_refused_in_one_line(rabbitmq, fleet, tiny64, capsys):
-    from streamer.rabbitmq import USER, VHOST
+    from streamer.tools.rabbitmq import USER, VHOST
 
     argv = ["fleet", "--amqp", rabbitmq.amqp_url, "--partitions", "2", "--fleet-name", fleet,
             "--checkpoint", str(tiny64), "--headless"]  # fmt: skip

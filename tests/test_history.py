@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 from live_fixtures import ROOT, Lines, Recognizer, TimedLines, harstream, mqtt_client, predictions, wait_until
 
-from streamer.activity_log import episodes_of, finish_history
-from streamer.episode_publisher import EpisodePublisher
-from streamer.episodes import Episodes, EpisodeTracker
-from streamer.live_command import DEFAULT_CHECKPOINT
-from streamer.store import Store, StoreSink, Target
-from streamer.types import Prediction
+from streamer.commands.activity_log import episodes_of, finish_history
+from streamer.commands.live_command import DEFAULT_CHECKPOINT
+from streamer.core.types import Prediction
+from streamer.sinks.episode_publisher import EpisodePublisher
+from streamer.sinks.episodes import Episodes, EpisodeTracker
+from streamer.sinks.store import Store, StoreSink, Target
 
 
 def feed(tracker: EpisodeTracker, labels: list[str], confidence: float = 0.9, t0: float = 0.0):
@@ -245,7 +245,7 @@ def test_episode_events_arrive_on_mqtt_through_a_real_mosquitto(broker, short_re
 
 
 def test_the_store_keeps_up_with_a_fleet_and_costs_the_pipeline_microseconds() -> None:
-    from streamer.bench_store import measure_store
+    from streamer.tools.bench_store import measure_store
 
     result = measure_store(devices=300, hop=32, seconds=3.0)
     assert result["kept_up"] and result["rows_written_per_s"] > 0.9 * 300 * 50 / 32
@@ -259,8 +259,8 @@ def test_the_dashboard_shows_what_each_wearer_did_today_from_the_store(tiny_chec
     from model.checkpoint import load_checkpoint
     from model.recordings import HAPT_ACTIVITIES, read_csv_recording
     from replay.sources import Device
-    from streamer.dashboard import Dashboard
-    from streamer.today import TodayTotals
+    from streamer.ui.dashboard import Dashboard
+    from streamer.ui.today import TodayTotals
 
     store = tmp_path / "today.db"
     done = replay(tiny_checkpoint, short_recording, "--store", str(store))

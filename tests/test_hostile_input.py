@@ -19,14 +19,14 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from model.preprocessing import PreprocessingSpec
 from model.strict_json import dumps
-from streamer import limits
-from streamer.backends import TorchBackend
-from streamer.engine import Decider, InferenceEngine
-from streamer.pipeline import Pipeline
-from streamer.scheduler import DEVICE_LIMIT, Scheduler
-from streamer.source import SourceBase
-from streamer.types import SampleBatch
-from streamer.wire import ACC, GYRO, HEADER, MAGIC, WireError, decode, encode_binary
+from streamer.core import limits
+from streamer.core.backends import TorchBackend
+from streamer.core.engine import Decider, InferenceEngine
+from streamer.core.pipeline import Pipeline
+from streamer.core.scheduler import DEVICE_LIMIT, Scheduler
+from streamer.core.source import SourceBase
+from streamer.core.types import SampleBatch
+from streamer.core.wire import ACC, GYRO, HEADER, MAGIC, WireError, decode, encode_binary
 
 CHANNELS = ACC + GYRO
 UNITS = ("g",) * 3 + ("rad/s",) * 3

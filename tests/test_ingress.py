@@ -11,10 +11,10 @@ from live_fixtures import wait_until
 
 from model.recordings import HAPT_CHANNELS
 from streamer.cli import build_parser
-from streamer.live_command import LiveOptions, live_parts, open_checkpoint
-from streamer.pipeline import NEW_DEVICES, SHED, Ingress, _Finished
-from streamer.source import SourceBase
-from streamer.types import SampleBatch
+from streamer.commands.live_command import LiveOptions, live_parts, open_checkpoint
+from streamer.core.pipeline import NEW_DEVICES, SHED, Ingress, _Finished
+from streamer.core.source import SourceBase
+from streamer.core.types import SampleBatch
 
 
 def batch(device: str, n: int = 5, t0: float = 0.0) -> SampleBatch:

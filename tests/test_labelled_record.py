@@ -13,9 +13,15 @@ import pytest
 from live_fixtures import Lines, harstream, mqtt_client, mqtt_options, wait_until
 
 from model.recordings import read_csv_recording
-from streamer import limits
-from streamer.labelling import MAX_NAMES, LabelBoard, LabelledMqttSource, ProtocolError, RecordingProtocol
-from streamer.recorder import CsvRecorder
+from streamer.core import limits
+from streamer.sinks.recorder import CsvRecorder
+from streamer.sources.labelling import (
+    MAX_NAMES,
+    LabelBoard,
+    LabelledMqttSource,
+    ProtocolError,
+    RecordingProtocol,
+)
 
 CLASSES = ("UPRIGHT", "SHAKING")
 CHANNELS = ("acc_x", "acc_y", "acc_z", "gyro_x", "gyro_y", "gyro_z")

@@ -13,14 +13,14 @@ from model.datasets import recording_windows
 from model.recordings import HAPT_ACTIVITIES, Recording, load_hapt
 from model.training import predict_proba
 from replay.sources import Device, Inputs, ReplaySource, parse_source
-from streamer.backends import TorchBackend
 from streamer.cli import main
-from streamer.dashboard import Dashboard
-from streamer.engine import UNCERTAIN, Decider, InferenceEngine
-from streamer.pipeline import Pipeline
-from streamer.scheduler import Scheduler
-from streamer.source import SourceBase
-from streamer.types import FleetBatch
+from streamer.core.backends import TorchBackend
+from streamer.core.engine import UNCERTAIN, Decider, InferenceEngine
+from streamer.core.pipeline import Pipeline
+from streamer.core.scheduler import Scheduler
+from streamer.core.source import SourceBase
+from streamer.core.types import FleetBatch
+from streamer.ui.dashboard import Dashboard
 
 
 def pipeline_for(checkpoint, devices, hop=64, speed=0.0, max_batch=256, **decider):
@@ -72,7 +72,7 @@ def test_batching_across_devices_gives_the_same_predictions_as_one_at_a_time(tin
 
 def test_smoothing_and_the_uncertain_label():
     windows_probs = np.array([[0.9, 0.1], [0.1, 0.9], [0.1, 0.9]])
-    from streamer.types import Window
+    from streamer.core.types import Window
 
     windows = [Window("d", float(i), np.zeros((2, 1), np.float32), time.monotonic(), None, i, 0)
                for i in range(3)]  # fmt: skip
@@ -231,7 +231,7 @@ def test_a_fleet_batch_s_windows_are_inferred_at_once_not_after_max_wait(tiny_ch
 
 
 def test_dashboard_fills_the_terminal_reads_without_colour_and_says_when_it_is_warming_up(tiny_checkpoint):
-    from streamer.dashboard import summary_table
+    from streamer.ui.dashboard import summary_table
 
     checkpoint = load_checkpoint(tiny_checkpoint)
     pipeline = pipeline_for(checkpoint, [Device("hapt-s02", [short_recording(30.0)])], hop=8)
@@ -264,7 +264,7 @@ def test_dashboard_fills_the_terminal_reads_without_colour_and_says_when_it_is_w
 
 
 def test_a_unix_time_is_shown_as_a_time_of_day():
-    from streamer.dashboard import clock
+    from streamer.ui.dashboard import clock
 
     assert clock(1795915540.7).count(":") == 2 and "1795915540" not in clock(1795915540.7)
     assert clock(82.54) == "82.5 s"
@@ -284,7 +284,7 @@ def test_the_command_line_explains_itself(capsys, monkeypatch):
 
 
 def test_headless_without_jsonl_says_how_it_is_going(tiny_checkpoint, capsys, monkeypatch):
-    import streamer.live_command as live_command
+    import streamer.commands.live_command as live_command
 
     monkeypatch.setattr(live_command, "PROGRESS_S", 0.0)
     argv = ["replay", "hapt:24", "--checkpoint", str(tiny_checkpoint), "--speed", "0", "--headless"]

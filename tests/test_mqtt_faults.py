@@ -33,12 +33,12 @@ from live_fixtures import (
 from model.recordings import HAPT_ACTIVITIES, HAPT_CHANNELS, read_csv_recording
 from replay.sources import Device
 from streamer.cli import DEFAULT_CHECKPOINT
-from streamer.mqtt import MqttSource, PredictionPublisher, parse_broker
-from streamer.pipeline import SHED_MESSAGES
-from streamer.publisher import Publisher
-from streamer.scheduler import DEVICE_LIMIT
-from streamer.types import Prediction
-from streamer.wire import decode, encode_json_batch
+from streamer.core.pipeline import SHED_MESSAGES
+from streamer.core.scheduler import DEVICE_LIMIT
+from streamer.core.types import Prediction
+from streamer.core.wire import decode, encode_json_batch
+from streamer.sources.mqtt import MqttSource, PredictionPublisher, parse_broker
+from streamer.tools.publisher import Publisher
 
 
 def recording(path: Path):

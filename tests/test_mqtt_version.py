@@ -10,7 +10,7 @@ from live_fixtures import ROOT
 
 from model.recordings import HAPT_CHANNELS
 from streamer.cli import build_parser
-from streamer.wearables_cli import mqtt_options, start_mqtt
+from streamer.commands.wearables_cli import mqtt_options, start_mqtt
 
 
 def publish(url: str, *extra: str) -> subprocess.CompletedProcess:

@@ -57,7 +57,7 @@ def test_a_model_sharing_some_classes_gets_truth_by_name(tmp_path, capsys) -> No
 
 @pytest.mark.parametrize("truth", [None, 0, 2, 3, -1])
 def test_the_decider_never_indexes_past_its_classes(truth) -> None:
-    from streamer.engine import Decider
+    from streamer.core.engine import Decider
 
     decider = Decider(("A", "B", "C"))
     assert decider.truth_name(truth) == {0: "A", 2: "C"}.get(truth)

@@ -19,8 +19,8 @@ from model.config import load_config
 from model.datasets import recording_windows
 from model.recordings import HAPT_CHANNELS, Recording, read_csv_recording, write_csv_recording
 from streamer.cli import main as harstream
-from streamer.scheduler import Scheduler
-from streamer.types import SampleBatch
+from streamer.core.scheduler import Scheduler
+from streamer.core.types import SampleBatch
 
 CLASSES = ("UPRIGHT", "SHAKING")
 RATE = 50.0

@@ -17,9 +17,9 @@ from model.checkpoint_meta import checkpoint_sha256
 from model.config import from_dict
 from model.datasets import build_splits
 from model.onnx_export import operator_counts, read_metadata
-from streamer.backends import OnnxBackend, TorchBackend, make_backend
 from streamer.cli import DEFAULT_CHECKPOINT, main
-from streamer.engine import InferenceEngine
+from streamer.core.backends import OnnxBackend, TorchBackend, make_backend
+from streamer.core.engine import InferenceEngine
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +147,7 @@ def test_without_torch_an_export_that_is_not_up_to_date_is_one_line(case, tiny_c
     if case == "corrupt":
         checkpoint.with_suffix(".onnx").write_bytes(b"\x08\x07garbage")
     capsys.readouterr()
-    monkeypatch.setattr("streamer.backends.has_torch", lambda: False)
+    monkeypatch.setattr("streamer.core.backends.has_torch", lambda: False)
     argv = ["replay", f"csv:{short_recording}", "--checkpoint", str(checkpoint), "--speed", "0", "--headless"]
     assert main([*argv, "--backend", "onnx"]) == 1
     err = capsys.readouterr().err.strip()

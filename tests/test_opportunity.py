@@ -264,8 +264,8 @@ def test_the_dashboard_fits_18_gestures_with_null_set_apart():
     from rich.console import Console
 
     from model.opportunity import classes
-    from streamer.dashboard import NULL_STYLE, Dashboard
-    from streamer.types import Prediction
+    from streamer.core.types import Prediction
+    from streamer.ui.dashboard import NULL_STYLE, Dashboard
 
     gestures = classes("gestures")
     dashboard = Dashboard(pipeline=None, classes=gestures, title="opportunity")  # type: ignore[arg-type]

@@ -10,9 +10,9 @@ from live_fixtures import Lines, harstream, mqtt_client, wait_until
 from rich.console import Console
 
 from model.recordings import read_csv_table
-from streamer.labelling import MAX_LABEL_CHARS, MAX_NAMES, LabelBoard
-from streamer.record_session import panel
-from streamer.recorder import CsvRecorder
+from streamer.commands.record_session import panel
+from streamer.sinks.recorder import CsvRecorder
+from streamer.sources.labelling import MAX_LABEL_CHARS, MAX_NAMES, LabelBoard
 
 CHANNELS = ("acc_x", "acc_y", "acc_z", "gyro_x", "gyro_y", "gyro_z")
 

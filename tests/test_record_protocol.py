@@ -12,9 +12,9 @@ from live_fixtures import Lines, harstream, mqtt_client
 from rich.console import Console
 
 from model.recordings import read_csv_recording
-from streamer.labelling import LabelBoard, RecordingProtocol, Step
-from streamer.record_session import panel
-from streamer.recorder import CsvRecorder
+from streamer.commands.record_session import panel
+from streamer.sinks.recorder import CsvRecorder
+from streamer.sources.labelling import LabelBoard, RecordingProtocol, Step
 
 CLASSES = ("UPRIGHT", "SHAKING")
 CHANNELS = ("acc_x", "acc_y", "acc_z", "gyro_x", "gyro_y", "gyro_z")

@@ -11,9 +11,9 @@ from live_fixtures import Lines, harstream, wait_until
 from test_serial import Pty
 
 from model.recordings import HAPT_ACTIVITIES, HAPT_CHANNELS, read_csv_recording
-from streamer import recorder as recorder_module
-from streamer.recorder import CsvRecorder
-from streamer.types import SampleBatch
+from streamer.core.types import SampleBatch
+from streamer.sinks import recorder as recorder_module
+from streamer.sinks.recorder import CsvRecorder
 
 HEADER = b"t," + ",".join(HAPT_CHANNELS).encode() + b"\r\n"
 

@@ -2,7 +2,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamer.ringbuffer import RingBuffer
+from streamer.core.ringbuffer import RingBuffer
 
 
 @settings(max_examples=200, deadline=None)

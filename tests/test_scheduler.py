@@ -4,8 +4,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from model.preprocessing import UCI_HAR_INPUTS, PreprocessingSpec
-from streamer.scheduler import Scheduler
-from streamer.types import FleetBatch, SampleBatch
+from streamer.core.scheduler import Scheduler
+from streamer.core.types import FleetBatch, SampleBatch
 
 IDENTITY = PreprocessingSpec(kind="identity", inputs=("x", "y"))
 

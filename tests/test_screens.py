@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from streamer.dashboard import Dashboard
-from streamer.pipeline import PipelineStats
-from streamer.types import Prediction
+from streamer.core.pipeline import PipelineStats
+from streamer.core.types import Prediction
+from streamer.ui.dashboard import Dashboard
 
 ROOT = Path(__file__).resolve().parent.parent
 HAPT = ("WALKING", "WALKING_UPSTAIRS", "WALKING_DOWNSTAIRS", "SITTING", "STANDING", "LAYING")
@@ -130,7 +130,7 @@ class FakeMqttSource:
 
 
 def mqtt_options():
-    from streamer.mqtt import MqttOptions, TopicPattern, parse_broker
+    from streamer.sources.mqtt import MqttOptions, TopicPattern, parse_broker
 
     broker = parse_broker("mqtt://broker.example.org:1883")
     return MqttOptions(broker=broker, topic=TopicPattern.parse("har/+/imu"), client_id="harstream-test")
@@ -138,7 +138,7 @@ def mqtt_options():
 
 @pytest.mark.parametrize("headless", [False, True])
 def test_connected_shows_in_the_dashboard_s_source_line_printed_only_headless(headless: bool, capsys) -> None:
-    from streamer.wearables_cli import start_mqtt
+    from streamer.commands.wearables_cli import start_mqtt
 
     source = FakeMqttSource()
     start_mqtt(mqtt_options(), HAPT, connect_timeout=1.0, headless=headless, source=source)  # type: ignore[arg-type]
@@ -165,7 +165,7 @@ class AwayMqttSource(FakeMqttSource):
 
 
 def test_a_broker_out_of_reach_is_said_on_the_dashboard_not_above_it(capsys) -> None:
-    from streamer.wearables_cli import start_mqtt
+    from streamer.commands.wearables_cli import start_mqtt
 
     source = AwayMqttSource()
     start_mqtt(mqtt_options(), HAPT, connect_timeout=1.0, headless=False, source=source)  # type: ignore[arg-type]
@@ -220,7 +220,7 @@ def test_history_plot_says_what_it_wrote_in_one_line(tiny_checkpoint, short_reco
 def test_the_plot_and_the_dashboard_colour_an_activity_alike() -> None:
     from rich.color import Color
 
-    from streamer.activity_colours import activity_colours
+    from streamer.ui.activity_colours import activity_colours
 
     dashboard = Dashboard(FakePipeline(), (*HAPT, "Badminton"), "colours")  # type: ignore[arg-type]
     plotted = activity_colours(["LAYING", "Badminton", "WALKING"])  # a store holds a subset
@@ -231,7 +231,7 @@ def test_the_plot_and_the_dashboard_colour_an_activity_alike() -> None:
 
 
 def test_the_plot_module_imports_neither_rich_nor_matplotlib() -> None:
-    code = ("import sys, streamer.history_plot; "
+    code = ("import sys, streamer.ui.history_plot; "
             "print(sorted(m for m in ('rich', 'matplotlib', 'torch') if m in sys.modules))")  # fmt: skip
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr

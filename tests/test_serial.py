@@ -15,9 +15,9 @@ from live_fixtures import Lines, harstream, predictions, replay_reference, same_
 
 from model.recordings import HAPT_ACTIVITIES, HAPT_CHANNELS, read_csv_recording
 from streamer import cli
-from streamer.drops import Drops
-from streamer.serial_source import LineParser, SerialSource
-from streamer.wire import WireError
+from streamer.core.drops import Drops
+from streamer.core.wire import WireError
+from streamer.sources.serial_source import LineParser, SerialSource
 
 CHANNELS = HAPT_CHANNELS
 

@@ -16,10 +16,10 @@ from live_fixtures import Lines, harstream, mqtt_client, predictions, write_tiny
 
 from model.recordings import HAPT_CHANNELS, load_hapt
 from streamer.cli import CliError, build_parser
-from streamer.mqtt import MqttOptions, MqttSource, TopicPattern, parse_broker
-from streamer.shard import Shard, shard_of
-from streamer.wearables_cli import recognizer_mqtt_options
-from streamer.wire import encode_json_batch
+from streamer.commands.wearables_cli import recognizer_mqtt_options
+from streamer.core.shard import Shard, shard_of
+from streamer.core.wire import encode_json_batch
+from streamer.sources.mqtt import MqttOptions, MqttSource, TopicPattern, parse_broker
 
 DEVICES = [f"wrist-{k:02d}" for k in range(20)]
 WINDOW, HOP = 64, 32

@@ -8,10 +8,10 @@ import logging
 import pytest
 
 from model.checkpoint import load_checkpoint
-from streamer.backends import TorchBackend
 from streamer.cli import main
-from streamer.engine import InferenceEngine
-from streamer.soak import ATTACKS, run_soak
+from streamer.core.backends import TorchBackend
+from streamer.core.engine import InferenceEngine
+from streamer.tools.soak import ATTACKS, run_soak
 
 
 def test_good_devices_never_miss_a_window_while_hostile_ones_attack_and_floods_come(tiny_checkpoint):
@@ -45,7 +45,7 @@ def test_the_faults_soak_accounts_for_every_good_window_through_hostile_keys_and
     consumer can be handed and invalid ids; their predictions into a SQLite file that is deleted, then
     replaced, and a PostgreSQL server frozen for 3 s: every window is received, and in each store
     written or counted, the file and the database recounted against the store's counters."""
-    caplog.set_level(logging.ERROR, logger="streamer.store")
+    caplog.set_level(logging.ERROR, logger="streamer.sinks.store")
     argv = ["soak", "--checkpoint", str(tiny_checkpoint), "--hours", "0.005", "--good", "3", "--hostile", "2",
             "--faults", "--fault-seconds", "8", "--freeze", "3", "--json"]  # fmt: skip
     assert main(argv) == 0
@@ -75,9 +75,9 @@ def test_the_faults_soak_accounts_for_every_good_window_through_hostile_keys_and
 
 def test_the_faults_soak_without_its_services_says_so_in_one_line(tiny_checkpoint, monkeypatch,
                                                                   capsys) -> None:  # fmt: skip
-    import streamer.soak_faults
+    import streamer.tools.soak_faults
 
-    monkeypatch.setattr(streamer.soak_faults, "postgres_installed", lambda: False)  # a machine without it
+    monkeypatch.setattr(streamer.tools.soak_faults, "postgres_installed", lambda: False)  # as if missing
     assert main(["soak", "--checkpoint", str(tiny_checkpoint), "--faults", "--json"]) == 1
     out = capsys.readouterr()
     assert out.out == "" and out.err.count("\n") == 1 and "needs PostgreSQL" in out.err, out.err

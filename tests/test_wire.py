@@ -8,7 +8,7 @@ import struct
 import numpy as np
 import pytest
 
-from streamer.wire import (
+from streamer.core.wire import (
     ACC,
     GYRO,
     HEADER,

@@ -1,0 +1,308 @@
+"""``harstream bench --fleet``: what recognizer processes sustain through a broker, side by side in
+one run: ``harstream mqtt`` on a private mosquitto, and ``harstream fleet`` with 1 and with 2 workers
+on a private RabbitMQ (:mod:`streamer.tools.rabbitmq`), the devices speaking MQTT to each.
+
+For each setup and each fleet size: the recognizers start as real processes (``--headless
+--jsonl``, one inference thread each), a publisher in another process sends every device's real
+HAPT samples at real time (a JSON batch of ``per_message`` samples each time the last of them is
+due, QoS 1, wall-clock timestamps; the devices switched on at moments spread over one message's
+period, as real wearables are, so as in ``harstream bench`` their messages do not all come in one
+burst), and each prediction is timed as the recognizer prints it. The
+latency of a window is from the moment the message that completed it was due to be sent, to its
+prediction: the broker, the recognizer's queue, scheduler and inference. A fleet size holds when
+every window expected came, none was dropped, and p99 ≤ 250 ms; sizes step up until one does not.
+
+    python -m streamer.tools.bench_fleet --sizes 100,200,400 --seconds 30
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from model.strict_json import dumps
+from streamer.tools.bench_mqtt import wait_until
+
+RATE_HZ = 50.0
+PARTITIONS = 4  # the fleet's partition queues, with one worker or two
+HELD_P99_MS = 250.0
+SETTLE_S = 3.0  # after the workers say they are connected: two workers hand each other their shares
+SETUPS = ("mosquitto", "rabbitmq_1", "rabbitmq_2")
+
+
+def quiet(stage: str) -> None:
+    """The default progress callback: says nothing."""
+
+
+# -- the devices (another process) --------------------------------------------------------------
+def phase(device: int, devices: int, per_message: int) -> float:
+    """When device ``device`` starts (s after t0): the fleet spread over one message's period, as
+    real wearables switched on at different moments are, so that their messages do not all come
+    in one burst."""
+    return device / devices * per_message / RATE_HZ
+
+
+def _publish(host: str, port: int, devices: int, rounds: int, per_message: int, t0: float,
+             values: np.ndarray, late) -> None:  # fmt: skip
+    """Every device's messages, each when its last sample is due."""
+    import paho.mqtt.client as mqtt
+
+    from model.recordings import HAPT_CHANNELS
+    from streamer.core.wire import encode_json_batch
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)  # both brokers speak it
+    client.max_inflight_messages_set(1000)
+    client.connect(host, port)
+    client.loop_start()
+    info = None
+    period = per_message / RATE_HZ
+    schedule = sorted((t0 + phase(d, devices, per_message) + (m + 1) * period, m, d)
+                      for m in range(rounds) for d in range(devices))  # fmt: skip
+    for due, m, d in schedule:
+        time.sleep(max(0.0, due - time.time()))
+        late.value = max(late.value, time.time() - due)
+        start = (997 * d + m * per_message) % (len(values) - per_message)
+        payload = encode_json_batch(due - period, RATE_HZ, HAPT_CHANNELS, values[start : start + per_message])
+        info = client.publish(f"har/bench-{d:04d}/imu", payload, qos=1)
+    if info is not None:
+        info.wait_for_publish(30)
+    client.disconnect()
+    client.loop_stop()
+
+
+# -- the recognizers (processes) ------------------------------------------------------------------
+class Worker:
+    """A recognizer process; its predictions, each with the wall-clock time it was read."""
+
+    def __init__(self, args: list[str]) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+        self.process = subprocess.Popen([sys.executable, "-m", "streamer.cli", *args], env=env, text=True,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+        self.predictions: list[tuple[float, dict]] = []
+        self.summary: dict = {}
+        self.errors: list[str] = []
+        self.connected = threading.Event()
+        threading.Thread(target=self._read_out, daemon=True).start()
+        threading.Thread(target=self._read_err, daemon=True).start()
+
+    def _read_out(self) -> None:
+        for line in self.process.stdout:
+            now = time.time()
+            record = json.loads(line)
+            if "summary" in record:
+                self.summary = record["summary"]
+            else:
+                self.predictions.append((now, record))
+
+    def _read_err(self) -> None:
+        for line in self.process.stderr:
+            if "connected to" in line:
+                self.connected.set()
+            else:
+                self.errors.append(line.rstrip())
+
+    def cpu_s(self) -> float:
+        """User + system CPU seconds the process has used (Linux /proc)."""
+        try:
+            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            return float("nan")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+        time.sleep(0.2)  # the summary line
+
+
+@dataclass(frozen=True)
+class Brokers:
+    mqtt_host: str  # where devices publish (mosquitto; the MQTT plugin for the fleet setups)
+    mqtt_port: int
+    rabbit_mqtt_port: int
+    amqp_url: str
+
+
+def _workers(setup: str, brokers: Brokers, fleet: str, common: list[str]) -> list[Worker]:
+    if setup == "mosquitto":
+        return [Worker(["mqtt", "--broker", f"mqtt://{brokers.mqtt_host}:{brokers.mqtt_port}", *common])]
+    n = int(setup.rsplit("_", 1)[1])
+    return [Worker(["fleet", "--amqp", brokers.amqp_url, "--partitions", str(PARTITIONS), "--worker",
+                    f"{k}/{n}", "--fleet-name", fleet, *common]) for k in range(n)]  # fmt: skip
+
+
+def _drop_fleet(amqp_url: str, fleet: str) -> None:
+    """Delete a run's topology: an exchange left bound to amq.topic would copy every later run's traffic."""
+    import pika
+
+    from streamer.sources.fleet import parse_amqp
+
+    connection = pika.BlockingConnection(parse_amqp(amqp_url).parameters("harstream bench cleanup"))
+    channel = connection.channel()
+    channel.exchange_delete(fleet)
+    for p in range(PARTITIONS):
+        channel.queue_delete(f"{fleet}.{p}")
+    connection.close()
+
+
+def run_setup(setup: str, brokers: Brokers, checkpoint: Path, devices: int, seconds: float, hop: int = 32,
+              backend: str = "onnx", per_message: int = 25) -> dict:  # fmt: skip
+    """One setup (``mosquitto``, ``rabbitmq_1``, ``rabbitmq_2``) at one fleet size, measured."""
+    from model.checkpoint_meta import read_meta
+    from model.recordings import load_hapt
+
+    window = read_meta(checkpoint).window
+    rounds = max(1, round(seconds * RATE_HZ / per_message))
+    fleet = f"bench.{uuid.uuid4().hex[:8]}"
+    common = ["--checkpoint", str(checkpoint), "--hop", str(hop), "--backend", backend, "--threads", "1",
+              "--headless", "--jsonl", "--max-devices", str(max(1000, devices))]  # fmt: skip
+    workers = _workers(setup, brokers, fleet, common)
+    context = multiprocessing.get_context("spawn")
+    late = context.RawValue("d", 0.0)
+    try:
+        for worker in workers:
+            if not worker.connected.wait(60):
+                raise RuntimeError(f"bench: {setup} did not connect: {' '.join(worker.errors[-3:])}")
+        time.sleep(SETTLE_S if len(workers) > 1 else 0.5)
+        cpu0 = [w.cpu_s() for w in workers]
+        values = load_hapt((2,))[0].values  # HAPT_CHANNELS, as the publisher encodes them
+        t0 = time.time() + 0.5
+        port = brokers.mqtt_port if setup == "mosquitto" else brokers.rabbit_mqtt_port
+        publisher = context.Process(target=_publish, daemon=True, args=(
+            brokers.mqtt_host, port, devices, rounds, per_message, t0, values, late))  # fmt: skip
+        publisher.start()
+        publisher.join(seconds + 120)
+        expected = devices * max(0, (rounds * per_message - window) // hop + 1)
+        wait_until(lambda: sum(len(w.predictions) for w in workers) >= expected, 10, step=0.1)
+        wall = time.time() - t0
+        cpu = [w.cpu_s() - c for w, c in zip(workers, cpu0, strict=True)]
+    finally:
+        for worker in workers:
+            worker.stop()
+        if setup != "mosquitto":
+            _drop_fleet(brokers.amqp_url, fleet)
+    traffic_s = rounds * per_message / RATE_HZ
+    return _figures(setup, workers, devices, expected, t0, per_message, traffic_s, wall, cpu, late.value)
+
+
+def _figures(setup: str, workers: list[Worker], devices: int, expected: int, t0: float, per_message: int,
+             traffic_s: float, wall: float, cpu: list[float], late: float) -> dict:  # fmt: skip
+    latencies, read = [], []
+    for worker in workers:
+        for read_at, p in worker.predictions:
+            read.append(read_at)
+            start = t0 + phase(int(p["device"].removeprefix("bench-")), devices, per_message)
+            last = round((p["t"] - start) * RATE_HZ)  # the window's last sample
+            sent = start + (last // per_message + 1) * per_message / RATE_HZ  # its message was due then
+            latencies.append(1000 * (read_at - sent))
+    windows = len(latencies)
+    dropped = sum(w.summary.get("dropped", 0) for w in workers)
+    p50, p99 = (float(np.percentile(latencies, q)) if latencies else float("inf") for q in (50, 99))
+    samples = sum(w.summary.get("samples", 0) for w in workers)
+    span = max(read) - min(read) if len(read) > 1 else float("inf")  # first prediction to last
+    return {
+        "setup": setup,
+        "workers": len(workers),
+        "devices": devices,
+        "windows": windows,
+        "windows_expected": expected,
+        "windows_per_s": round(max(0, windows - 1) / span, 1),  # as they came, the first wait left out
+        "samples_per_s": round(samples / traffic_s, 1),  # taken in, over the seconds the devices sent
+        "p50_ms": round(p50, 1),
+        "p99_ms": round(p99, 1),
+        "dropped": dropped,
+        "worker_cpu_percent": [round(100 * c / max(wall, 1e-9), 1) for c in cpu],
+        "publisher_late_s": round(late, 3),
+        "held": windows >= expected and dropped == 0 and p99 <= HELD_P99_MS,
+    }
+
+
+def fleet_figures(checkpoint: Path, sizes: tuple[int, ...], seconds: float, backend: str = "onnx",
+                  setups: tuple[str, ...] = SETUPS, brokers: Brokers | None = None,
+                  progress: Callable[[str], None] = quiet) -> dict:  # fmt: skip
+    """Every setup at growing fleet sizes until one does not hold (see the module's notes); starts
+    its own mosquitto and RabbitMQ unless ``brokers`` are given. Per setup: the largest fleet that
+    held, its windows/s and p99, and every run."""
+    from streamer.core.backends import make_backend
+
+    make_backend(backend, checkpoint, 1)  # made once here (an ONNX export), not by every worker at once
+    if brokers is None:
+        return _with_own_brokers(checkpoint, sizes, seconds, backend, setups, progress)
+    out: dict = {}
+    for setup in setups:
+        runs, best = [], None
+        for devices in sizes:
+            progress(f"fleet: {setup}, {devices} devices for {seconds:g} s")
+            run = run_setup(setup, brokers, checkpoint, devices, seconds, backend=backend)
+            runs.append(run)
+            if not run["held"]:
+                break
+            best = run
+        out[setup] = {"max_devices": best["devices"] if best else 0,
+                      "windows_per_s": best["windows_per_s"] if best else None,
+                      "p99_ms": best["p99_ms"] if best else None, "runs": runs}  # fmt: skip
+    return out
+
+
+def _with_own_brokers(checkpoint: Path, sizes: tuple[int, ...], seconds: float, backend: str,
+                      setups: tuple[str, ...], progress: Callable[[str], None]) -> dict:  # fmt: skip
+    from streamer.tools.broker import Mosquitto
+    from streamer.tools.rabbitmq import RabbitMQ
+
+    progress("fleet: starting a private mosquitto and RabbitMQ (about 15 s)")
+    with tempfile.TemporaryDirectory(prefix="harstream-bench-") as folder:
+        (Path(folder) / "mosquitto").mkdir()
+        (Path(folder) / "rabbitmq").mkdir()
+        with Mosquitto(Path(folder) / "mosquitto", extra=("max_queued_messages 100000",)) as mosquitto, \
+                RabbitMQ(Path(folder) / "rabbitmq") as rabbit:  # fmt: skip
+            brokers = Brokers("127.0.0.1", mosquitto.port, rabbit.mqtt_port, rabbit.amqp_url)
+            return fleet_figures(checkpoint, sizes, seconds, backend, setups, brokers, progress)
+
+
+def fleet_table(result: dict):
+    """``fleet_figures``' runs as a rich table, one row per setup and size."""
+    from rich.table import Table
+
+    table = Table("setup", "devices", "windows/s", "p50 ms", "p99 ms", "dropped", "held",
+                  title="harstream bench --fleet (message due -> prediction)")  # fmt: skip
+    for setup, figures in result.items():
+        for run in figures["runs"]:
+            held = "yes" if run["held"] else "no"
+            table.add_row(setup, str(run["devices"]), f"{run['windows_per_s']:,.0f}", f"{run['p50_ms']:.0f}",
+                          f"{run['p99_ms']:.0f}", str(run["dropped"]), held)  # fmt: skip
+    return table
+
+
+def main() -> None:
+
+    from streamer.commands.live_command import DEFAULT_CHECKPOINT
+    from streamer.commands.options import OneLineParser, number
+
+    parser = OneLineParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
+    parser.add_argument("--sizes", default="100,200,300,400,500,600,800", help="fleet sizes, in devices")
+    parser.add_argument("--seconds", type=number(1, 3600), default=30.0)
+    args = parser.parse_args()
+    sizes = tuple(int(s) for s in args.sizes.split(","))
+    print(dumps(fleet_figures(args.checkpoint, sizes, args.seconds, progress=print)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
