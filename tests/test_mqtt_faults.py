@@ -147,7 +147,9 @@ def test_a_flood_of_new_ids_never_blocks_the_broker_connection_and_sheds_with_co
     # Every sample is accounted for, exactly: it reached the scheduler, or its message was shed
     # (only flood messages are: a served device's never while new ids' are queued) and counted.
     assert summary["samples"] + shed * samples == ids * per_id * samples + published
-    assert summary["dropped_by_reason"][DEVICE_LIMIT] > 0  # the refused ids' samples are counted too
+    # the ids past the limit that got through the queue are refused and counted (on a loaded machine
+    # the queue may shed so much that fewer than 300 ids ever reach the scheduler)
+    assert summary["dropped_by_reason"].get(DEVICE_LIMIT, 0) > 0 or summary["devices"] < 300, summary
     assert late_admitted, f"a device joining after the flood waited {late_wait:.1f} s"
     assert late_wait < 12.0  # publisher start-up, a flood device's slot free after 5 s of silence, a window
 
