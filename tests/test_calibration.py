@@ -195,31 +195,23 @@ def test_lost_readings_calibrate_a_finite_model_that_still_recognises_the_wearer
     assert score(loaded.model, loaded.meta, loaded.preprocessing, second) > 0.85
 
 
-def test_an_absurd_value_refuses_calibration_naming_the_file_and_line(subject2, tmp_path, capsys):
+# 1e308: beyond any unit; 100 g: below the 1e6 any unit allows, but beyond a wearable's range in g (64),
+# which calibrate knows from the model's units
+@pytest.mark.parametrize(("column", "value", "said"), [
+    (2, 1e308, "acc_z 1e+308 is beyond any wearable's range"),
+    (0, 100.0, "acc_x 100.0 is beyond any wearable's range (|value| above 64 g)"),
+])  # fmt: skip
+def test_an_absurd_value_refuses_calibration_naming_the_file_and_line(subject2, tmp_path, capsys, column,
+                                                                      value, said):  # fmt: skip
     first, _ = subject2
     values = first.values.copy()
-    values[57, 2] = 1e308
+    values[57, column] = value
     csv = tmp_path / "wearer.csv"
     write_csv_recording(csv, replace(first, values=values))
     out = tmp_path / "w.pt"
     assert main(["calibrate", "--checkpoint", str(BASE), "--recording", str(csv), "--out", str(out)]) == 1
     err = capsys.readouterr().err
-    assert f"{csv}:59: acc_z 1e+308 is beyond any wearable's range" in err and err.count("\n") == 1, err
-    assert not out.exists()
-
-
-def test_calibrate_holds_a_recording_to_the_limits_of_the_model_s_units(subject2, tmp_path, capsys):
-    """100 g is below the 1e6 any unit allows, but beyond any wearable's range in g (64)."""
-    first, _ = subject2
-    values = first.values.copy()
-    values[57, 0] = 100.0
-    csv = tmp_path / "wearer.csv"
-    write_csv_recording(csv, replace(first, values=values))
-    out = tmp_path / "w.pt"
-    assert main(["calibrate", "--checkpoint", str(BASE), "--recording", str(csv), "--out", str(out)]) == 1
-    err = capsys.readouterr().err
-    assert f"{csv}:59: acc_x 100.0 is beyond any wearable's range (|value| above 64 g)" in err, err
-    assert err.count("\n") == 1
+    assert f"{csv}:59: {said}" in err and err.count("\n") == 1, err
     assert not out.exists()
 
 

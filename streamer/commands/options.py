@@ -94,9 +94,5 @@ def nonempty(what: str) -> Callable[[str], str]:
     return parse
 
 
-def port(text: str) -> int:
-    return count(1, MAX_PORT)(text)
-
-
-port.range = (1, MAX_PORT, False)  # type: ignore[attr-defined]
+port = count(1, MAX_PORT)  # a TCP port
 

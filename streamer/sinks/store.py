@@ -642,12 +642,14 @@ class Store:
         self.error = why
         if self._connection is None:
             return
+        if self.target.kind == "postgresql":  # a lost or frozen server: a new connection next time
+            self._disconnect()
+            return
         try:
-            if self.target.kind == "postgresql":  # a lost or frozen server: a new connection next time
-                raise ConnectionError
             self._connection.rollback()
         except Exception:
             self._disconnect()
+
 
 class StoreSink:
     """What the pipeline hands the store: each prediction (credited its hop) and each ended episode,
