@@ -17,7 +17,8 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from model.recordings import Recording, load_hapt, write_csv_recording
-from streamer.sources.mqtt import parse_broker
+from streamer.core.mqtt_connection import parse_broker
+from streamer.sinks.episodes import EpisodeSink
 from streamer.tools import broker as broker_module
 from streamer.tools.bench_mqtt import wait_until  # noqa: F401 - the tests import it from here
 from streamer.tools.broker import free_port  # noqa: F401 - the tests import it from here
@@ -153,21 +154,40 @@ def predictions(lines: list[str]) -> list[dict]:
 def mqtt_options(url: str, client_id: str = "recognizer", persistent: bool = False, announce: bool = True):
     """MQTT options for ``har/+/imu`` on ``url``; ``persistent`` keeps the session on the broker,
     ``announce`` publishes the recognizer's availability."""
-    from streamer.sources.mqtt import MqttOptions, TopicPattern
+    from streamer.core.mqtt_connection import MqttOptions, TopicPattern
 
     return MqttOptions(parse_broker(url), TopicPattern.parse("har/+/imu"), client_id=client_id,
                        persistent=persistent, announce=announce)  # fmt: skip
 
 
+class Heard(EpisodeSink):
+    """An episode sink that hands each event (and each ended episode) to plain functions."""
+
+    def __init__(self, event=None, finished=None) -> None:
+        self.on_event, self.on_finished = event, finished
+
+    def event(self, event) -> None:
+        if self.on_event is not None:
+            self.on_event(event)
+
+    def finished(self, episode) -> None:
+        if self.on_finished is not None:
+            self.on_finished(episode)
+
+
 class Recognizer:
-    """The mqtt command's parts, in this process: source, pipeline, predictions collected."""
+    """The mqtt command's parts, in this process: source, pipeline, predictions collected. Its
+    announcer publishes predictions only, or, with ``events``, hears the episodes as the command's
+    does (predictions and episode events)."""
 
     def __init__(self, url: str, checkpoint: Path, *extra: str, client_id: str = "recognizer",
-                 publish: bool = False, discovery: bool = False,
+                 publish: bool = False, discovery: bool = False, events: bool = False,
                  persistent: bool = False) -> None:  # fmt: skip
         from streamer.cli import build_parser
+        from streamer.commands.activity_log import episodes_of
         from streamer.commands.live_command import LiveOptions, live_parts, open_checkpoint
-        from streamer.sources.mqtt import MqttSource, PredictionPublisher
+        from streamer.sinks.announcer import Announcer
+        from streamer.sources.mqtt import MqttSource
 
         argv = ["mqtt", "--broker", url, "--checkpoint", str(checkpoint), "--hop", "64", *extra]
         live = LiveOptions.from_args(build_parser().parse_args(argv))
@@ -177,8 +197,8 @@ class Recognizer:
         self.pipeline, _ = live_parts(live, ck, [self.source])  # binds the source to the pipeline's drops
         self.publisher = None
         if publish or discovery:
-            self.publisher = PredictionPublisher(self.source, discovery=discovery)
-            self.pipeline.sinks.append(self.publisher)
+            self.publisher = Announcer(self.source.connection, discovery=discovery)
+            (episodes_of(self.pipeline).sinks if events else self.pipeline.sinks).append(self.publisher)
         self.predictions: list[dict] = []
         self.source.start()
         assert self.source.connected.wait(10), self.source.status

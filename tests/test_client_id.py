@@ -13,23 +13,22 @@ from paho.mqtt.client import DisconnectFlags
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
-from model.recordings import HAPT_CHANNELS
-from streamer.sources.mqtt import SESSION_TAKEN_OVER, SHORT_LIVED_S, MqttSource
+from streamer.core.mqtt_connection import SESSION_TAKEN_OVER, SHORT_LIVED_S, MqttConnection
 
 IN_USE = "client id 'same' is in use by another client, which keeps it"
 
 
-def taken_over_after(connected_for: float) -> MqttSource:
-    """A source whose connection, made ``connected_for`` seconds ago, the broker ends with "Session
-    taken over" (as an MQTT 5 broker does when another client connects with its id)."""
-    source = MqttSource(mqtt_options("mqtt://127.0.0.1:1", client_id="same"), HAPT_CHANNELS)
-    source._started = True  # as after start(), without a broker to connect to
-    source._connected_at = time.monotonic() - connected_for
-    source.answered = True  # it had a connection: the broker sent a CONNACK
+def taken_over_after(connected_for: float) -> MqttConnection:
+    """A connection, made ``connected_for`` seconds ago, that the broker ends with "Session taken
+    over" (as an MQTT 5 broker does when another client connects with its id)."""
+    connection = MqttConnection(mqtt_options("mqtt://127.0.0.1:1", client_id="same"))
+    connection._started = True  # as after start(), without a broker to connect to
+    connection._connected_at = time.monotonic() - connected_for
+    connection.answered = True  # it had a connection: the broker sent a CONNACK
     taken = ReasonCode(PacketTypes.DISCONNECT, identifier=SESSION_TAKEN_OVER)
     flags = DisconnectFlags(is_disconnect_packet_from_server=True)
-    source._on_disconnect(source.client, None, flags, taken, None)
-    return source
+    connection._on_disconnect(connection.client, None, flags, taken, None)
+    return connection
 
 
 def test_session_taken_over_stops_the_newcomer_and_the_holder_takes_it_back() -> None:

@@ -14,7 +14,7 @@ import time
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from live_fixtures import ROOT
+from live_fixtures import ROOT, Heard
 
 from model.preprocessing import PreprocessingSpec
 from model.recordings import HAPT_CHANNELS, read_csv_recording
@@ -65,7 +65,7 @@ def test_a_clock_that_jumps_back_ends_the_episode_and_no_duration_is_negative(sh
     recording = read_csv_recording(short_recording, HAPT_CHANNELS, ck.classes, 50.0)
     pipeline, _ = live_parts(options, ck, [JumpingClock(recording.values, 50.0, JUMPS_BACK_S)])
     events: list[Event] = []
-    episodes_of(pipeline).listeners.append(events.append)
+    episodes_of(pipeline).sinks.append(Heard(event=events.append))
     predictions = list(pipeline.run())
     finish_history(pipeline)
 
@@ -109,8 +109,7 @@ def test_no_episode_or_event_ever_has_a_negative_duration(steps, arrival_steps) 
     episodes = Episodes(hop_s=4 / 50.0, hold_s=0.5, min_confidence=0.5)
     events: list[Event] = []
     finished = []
-    episodes.listeners.append(events.append)
-    episodes.on_finished.append(finished.append)
+    episodes.sinks.append(Heard(event=events.append, finished=finished.append))
     t, arrival = 100.0, 0.0
     for (step, n), elapsed in zip(steps, arrival_steps, strict=False):
         t, arrival = t + step, arrival + elapsed

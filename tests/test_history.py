@@ -14,12 +14,21 @@ import time
 from pathlib import Path
 
 import pytest
-from live_fixtures import ROOT, Lines, Recognizer, TimedLines, harstream, mqtt_client, predictions, wait_until
+from live_fixtures import (
+    ROOT,
+    Heard,
+    Lines,
+    Recognizer,
+    TimedLines,
+    harstream,
+    mqtt_client,
+    predictions,
+    wait_until,
+)
 
-from streamer.commands.activity_log import episodes_of, finish_history
+from streamer.commands.activity_log import finish_history
 from streamer.commands.live_command import DEFAULT_CHECKPOINT
 from streamer.core.types import Prediction
-from streamer.sinks.episode_publisher import EpisodePublisher
 from streamer.sinks.episodes import Episodes, EpisodeTracker
 from streamer.sinks.store import Store, StoreSink, Target
 
@@ -62,13 +71,13 @@ def test_unsure_windows_never_switch_and_a_gap_ends_the_episode() -> None:
 def test_episodes_sink_tells_every_listener_and_survives_a_failing_one(caplog) -> None:
     episodes = Episodes(hop_s=1.0, hold_s=2.0, min_confidence=0.5)
     got = []
-    episodes.listeners += [lambda e: 1 / 0, got.append]
+    episodes.sinks += [Heard(event=lambda e: 1 / 0), Heard(event=got.append)]
     for k, label in enumerate(["a"] * 4 + ["b"] * 4):
         episodes(Prediction("d", k + 1.0, label, 0.9, {}, None, 0.0))
     episodes.close()
     want = [("start", "a"), ("end", "a"), ("start", "b"), ("end", "b")]
     assert [(e.event, e.activity) for e in got] == want
-    assert episodes.listener_errors == 4
+    assert episodes.sink_errors == 4
     assert len([r for r in caplog.records if r.levelno == logging.ERROR]) == 1  # reported once
 
 
@@ -82,7 +91,7 @@ def test_store_keeps_rows_while_the_file_is_locked_and_writes_them_after(tmp_pat
     sink = StoreSink(store, hop_s=1.28)
     started = time.monotonic()
     for k in range(200):
-        sink.prediction(Prediction("d", k * 1.28, "WALKING", 0.9, {}, "WALKING", 0.0))
+        sink(Prediction("d", k * 1.28, "WALKING", 0.9, {}, "WALKING", 0.0))
     assert time.monotonic() - started < 0.5  # the pipeline's side never waits for the lock
     assert wait_until(lambda: store.failures >= 2, 10)
     assert store.written == 0 and store.queued == 200
@@ -209,8 +218,8 @@ def test_episode_events_arrive_on_mqtt_through_a_real_mosquitto(broker, short_re
                                                      "body": m.payload.decode()})  # fmt: skip
     for topic in ("har/+/event", "har/+/episode", "homeassistant/#"):
         watcher.subscribe(topic, qos=1)
-    recognizer = Recognizer(broker.url, DEFAULT_CHECKPOINT, publish=True, discovery=True)
-    publisher = EpisodePublisher(recognizer.source, episodes_of(recognizer.pipeline), discovery=True)
+    recognizer = Recognizer(broker.url, DEFAULT_CHECKPOINT, publish=True, discovery=True, events=True)
+    publisher = recognizer.publisher
     try:
         publish_recording(broker.url, short_recording, "wrist")
         assert wait_until(lambda: len(recognizer.of("wrist")) >= 29, 60)  # 40 s at hop 64: 30 windows
@@ -218,7 +227,8 @@ def test_episode_events_arrive_on_mqtt_through_a_real_mosquitto(broker, short_re
         recognizer.pipeline.stop()
         recognizer.thread.join(10)
         finish_history(recognizer.pipeline)  # the open episode ends: its event goes out
-        assert wait_until(lambda: publisher.published == sum(m["topic"].endswith("/event") for m in got), 10)
+        events_seen = lambda: sum(m["topic"].endswith("/event") for m in got)  # noqa: E731
+        assert wait_until(lambda: publisher.events_published == events_seen(), 10)
     finally:
         recognizer.close()
         watcher.loop_stop()

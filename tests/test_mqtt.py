@@ -27,8 +27,9 @@ from live_fixtures import mqtt_client as client
 
 from model.recordings import HAPT_ACTIVITIES, HAPT_CHANNELS, read_csv_recording
 from replay.sources import Device
+from streamer.core.mqtt_connection import MqttOptions, TopicPattern, parse_broker
 from streamer.core.wire import encode_json_batch
-from streamer.sources.mqtt import MqttOptions, TopicPattern, discovery_id, parse_broker
+from streamer.sinks.announcer import discovery_id
 from streamer.tools.publisher import Publisher
 
 CHANNELS = HAPT_CHANNELS

@@ -33,11 +33,12 @@ from live_fixtures import (
 from model.recordings import HAPT_ACTIVITIES, HAPT_CHANNELS, read_csv_recording
 from replay.sources import Device
 from streamer.cli import DEFAULT_CHECKPOINT
+from streamer.core.mqtt_connection import MqttConnection, parse_broker
 from streamer.core.pipeline import SHED_MESSAGES
 from streamer.core.scheduler import DEVICE_LIMIT
 from streamer.core.types import Prediction
 from streamer.core.wire import decode, encode_json_batch
-from streamer.sources.mqtt import MqttSource, PredictionPublisher, parse_broker
+from streamer.sinks.announcer import Announcer
 from streamer.tools.publisher import Publisher
 
 
@@ -424,21 +425,21 @@ def test_discovery_keeps_similar_ids_apart_and_clears_what_is_no_longer_served(
 
 
 def test_a_prediction_that_is_not_strict_json_is_counted_and_never_published() -> None:
-    source = MqttSource(mqtt_options("mqtt://127.0.0.1:1", "strict"), HAPT_CHANNELS)  # never connected
-    publisher = PredictionPublisher(source, discovery=True)
+    connection = MqttConnection(mqtt_options("mqtt://127.0.0.1:1", "strict"))  # never connected
+    publisher = Announcer(connection, discovery=True)
     sent: list[tuple[str, bytes]] = []
 
     class Client:  # what the publisher hands to paho
         def publish(self, topic, payload, qos=0, retain=False):
             sent.append((topic, payload))
 
-    publisher.client = Client()
+    connection.client = Client()
     probs = {"WALKING": 0.5, "SITTING": 0.5}
     publisher(Prediction("w", 1.0, "WALKING", float("nan"), probs, None, 1.0))
     publisher(Prediction("w", 2.0, "WALKING", 0.5, {**probs, "SITTING": float("inf")}, None, 1.0))
     assert sent == []  # no config announced for it either: nothing of it is on the broker
     assert publisher.unpublishable == {"w": 2}
-    assert source.summary()["predictions_not_published"] == 2
+    assert publisher.summary()["predictions_not_published"] == 2
     publisher(Prediction("w", 3.0, "WALKING", 0.5, probs, None, 1.0))
 
     def refuse(constant: str):

@@ -50,12 +50,12 @@ def test_the_recognizer_s_source_falls_back_with_rabbitmq_and_not_with_mosquitto
                                                                                 capsys) -> None:  # fmt: skip
     source, err = connect(rabbitmq.mqtt_url, capsys)
     try:
-        assert source.connected.is_set() and source.client.protocol == 4  # paho's MQTTv311
+        assert source.connected.is_set() and source.connection.client.protocol == 4  # paho's MQTTv311
         assert err.count("\n") == 1 and "connected to" in err and "over MQTT 3.1.1" in err, err
     finally:
         source.close()
     source, err = connect(broker.url, capsys)
     try:
-        assert source.client.protocol == 5 and "3.1.1" not in err, err
+        assert source.connection.client.protocol == 5 and "3.1.1" not in err, err
     finally:
         source.close()

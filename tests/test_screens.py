@@ -130,7 +130,7 @@ class FakeMqttSource:
 
 
 def mqtt_options():
-    from streamer.sources.mqtt import MqttOptions, TopicPattern, parse_broker
+    from streamer.core.mqtt_connection import MqttOptions, TopicPattern, parse_broker
 
     broker = parse_broker("mqtt://broker.example.org:1883")
     return MqttOptions(broker=broker, topic=TopicPattern.parse("har/+/imu"), client_id="harstream-test")

@@ -1,7 +1,7 @@
 """The live commands' history parts: episodes (always), their events on ``--jsonl`` (``--events``),
 and the store (``--store``, ``--retain``). :mod:`streamer.commands.live_command` attaches them to every
 pipeline it builds (:func:`attach_history`) and finishes them after the run (:func:`finish_history`);
-the MQTT command adds its event publisher (:mod:`streamer.sinks.episode_publisher`) to the same
+the MQTT commands add their announcer (:mod:`streamer.sinks.announcer`) to the same
 :class:`~streamer.sinks.episodes.Episodes`.
 """
 
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from model.strict_json import dumps
 from streamer.commands.options import duration, nonempty, number
-from streamer.sinks.episodes import HOLD_S, MIN_CONFIDENCE, Episodes, Event
+from streamer.sinks.episodes import HOLD_S, MIN_CONFIDENCE, Episodes, EpisodeSink, Event
 
 if TYPE_CHECKING:
     from streamer.core.pipeline import Pipeline
@@ -63,18 +63,20 @@ def attach_history(options: HistorySettings, pipeline: Pipeline, hop_s: float) -
         # it ends when its run would have played it, at the latest (its own durations kept).
         lead = max((s.lead_s() for s in pipeline.sources if hasattr(s, "lead_s")), default=0.0)
         sink = StoreSink(open_store(options.store, options.retain), hop_s, wall_start=time.time() - lead)
-        episodes.on_prediction.append(sink.prediction)
-        episodes.on_finished.append(sink.episode)
+        episodes.sinks.append(sink)
         episodes.store = sink.store  # type: ignore[attr-defined]  # what finish_history closes
     if options.jsonl and options.events:
-        episodes.listeners.append(print_event)
+        episodes.sinks.append(EventLines())
     pipeline.sinks.append(episodes)
     return episodes
 
 
-def print_event(event: Event) -> None:
-    sys.stdout.write(dumps({"device": event.device, **event.to_json()}) + "\n")  # one call: see json_line
-    sys.stdout.flush()
+class EventLines(EpisodeSink):
+    """``--events``: a JSON line on stdout per episode start and end."""
+
+    def event(self, event: Event) -> None:
+        sys.stdout.write(dumps({"device": event.device, **event.to_json()}) + "\n")  # one call: see json_line
+        sys.stdout.flush()
 
 
 def episodes_of(pipeline: Pipeline) -> Episodes | None:

@@ -26,8 +26,8 @@ from streamer.commands.options import count, number, port
 from streamer.core.limits import FLEET_MAX_PARTITIONS
 
 if TYPE_CHECKING:
+    from streamer.core.mqtt_connection import MqttConnection
     from streamer.sources.fleet import FleetOptions
-    from streamer.sources.mqtt import MqttSource
 
 RETRY_S = 1.0  # between tries to reach the broker at start-up
 
@@ -75,10 +75,10 @@ def reach_broker(options: FleetOptions, timeout: float, headless: bool) -> None:
         f"first, standing by on the rest of {options.partitions}")  # fmt: skip
 
 
-def start_outlet(options: FleetOptions, mqtt_port: int, timeout: float, headless: bool) -> MqttSource:
+def start_outlet(options: FleetOptions, mqtt_port: int, timeout: float, headless: bool) -> MqttConnection:
     """The MQTT client that publishes predictions and events through RabbitMQ's MQTT plugin (3.1.1:
     the plugin speaks MQTT 5 only from RabbitMQ 3.13); it subscribes to nothing."""
-    from streamer.sources.mqtt import Broker, MqttOptions, MqttSource
+    from streamer.core.mqtt_connection import Broker, MqttConnection, MqttOptions
 
     broker = options.broker
     # the plugin's way to name a vhost: VHOST:USER
@@ -87,8 +87,8 @@ def start_outlet(options: FleetOptions, mqtt_port: int, timeout: float, headless
     mqtt = MqttOptions(Broker(broker.host, mqtt_port, broker.tls), options.topic,
                        client_id=f"harstream-fleet-{socket.gethostname()[:20]}-{os.getpid()}-{worker}",
                        username=user, password=broker.password, announce=True,
-                       name=f"{options.name}-worker-{worker}", listen=False, protocol=4)  # fmt: skip
-    outlet = MqttSource(mqtt, ())
+                       name=f"{options.name}-worker-{worker}", protocol=4)  # fmt: skip
+    outlet = MqttConnection(mqtt)  # no receiver: it subscribes to nothing
     outlet.start()
     if outlet.wait_settled(timeout if headless else min(timeout, 2.0)) and outlet.fatal:
         outlet.close()
@@ -104,9 +104,8 @@ def start_outlet(options: FleetOptions, mqtt_port: int, timeout: float, headless
 
 def cmd_fleet(args: argparse.Namespace) -> int:
     from streamer.commands.activity_log import episodes_of
-    from streamer.sinks.episode_publisher import EpisodePublisher
+    from streamer.sinks.announcer import Announcer
     from streamer.sources.fleet import FleetSource
-    from streamer.sources.mqtt import PredictionPublisher
 
     options = fleet_options(args)
     live = LiveOptions.from_args(args)
@@ -120,8 +119,8 @@ def cmd_fleet(args: argparse.Namespace) -> int:
             source.outlet = outlet = start_outlet(options, port, args.connect_timeout, live.headless)
         pipeline, hop = live_parts(live, checkpoint, [source])
         if source.outlet is not None:
-            pipeline.sinks.append(PredictionPublisher(outlet, discovery=args.ha_discovery))
-            EpisodePublisher(outlet, episodes_of(pipeline), discovery=args.ha_discovery)  # har/<device>/event
+            # predictions, episode events and discovery: the episodes tell it of all three
+            episodes_of(pipeline).sinks.append(Announcer(outlet, discovery=args.ha_discovery))
         title = (f"harstream fleet · {options.broker.url} · worker {options.worker.text} of "
                  f"{options.partitions} partitions · window {checkpoint.window} hop {hop} · Ctrl-C to stop")
         code = run_live(live, pipeline, checkpoint.classes, title)

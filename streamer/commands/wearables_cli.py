@@ -29,7 +29,8 @@ from streamer.commands.options import count, number
 from streamer.core.limits import WIRE_RATE_HZ
 
 if TYPE_CHECKING:
-    from streamer.sources.mqtt import MqttOptions, MqttSource
+    from streamer.core.mqtt_connection import MqttOptions
+    from streamer.sources.mqtt import MqttSource
     from streamer.sources.serial_source import SerialSource
     from streamer.tools.publisher import Publisher
 
@@ -40,9 +41,9 @@ def mqtt_options(args: argparse.Namespace, *, shard: str | None = None, shared_g
     """The broker connection that the options every MQTT command has ask for (``--broker``,
     ``--topic``, credentials, TLS, ``--client-id``, ``--qos``), checked; for a recognizer also
     its ``--shard`` or ``--shared-group``, and whether it ``announce``-s its availability."""
+    from streamer.core.mqtt_connection import MqttOptions, TopicPattern, parse_broker
     from streamer.core.shard import Shard
     from streamer.core.wire import valid_device_id
-    from streamer.sources.mqtt import MqttOptions, TopicPattern, parse_broker
 
     if not 0 <= args.qos <= 2:
         raise CliError(f"--qos must be 0, 1 or 2, not {args.qos}")
@@ -86,7 +87,8 @@ def start_mqtt(options: MqttOptions, channels: tuple[str, ...], *, connect_timeo
     """An MQTT source (``source``, or a plain one), connecting; a refusal for good (credentials,
     certificate) is an error, and with ``headless`` so is a broker that stays away for
     ``connect_timeout`` seconds."""
-    from streamer.sources.mqtt import MqttSource, unreachable
+    from streamer.core.mqtt_connection import unreachable
+    from streamer.sources.mqtt import MqttSource
 
     source = source or MqttSource(options, channels, max_devices=max_devices)
     source.start()
@@ -112,8 +114,6 @@ def start_mqtt(options: MqttOptions, channels: tuple[str, ...], *, connect_timeo
 
 
 def cmd_mqtt(args: argparse.Namespace) -> int:
-    from streamer.sources.mqtt import PredictionPublisher
-
     connection = recognizer_mqtt_options(args)
     shard = connection.shard  # N workers on a host share its cores (LiveOptions.inference_threads)
     options = LiveOptions.from_args(args, workers=shard.count if shard else 1)
@@ -124,11 +124,11 @@ def cmd_mqtt(args: argparse.Namespace) -> int:
     try:
         pipeline, hop = live_parts(options, checkpoint, [source])
         if args.publish or args.ha_discovery:
-            pipeline.sinks.append(PredictionPublisher(source, discovery=args.ha_discovery))
             from streamer.commands.activity_log import episodes_of
-            from streamer.sinks.episode_publisher import EpisodePublisher
+            from streamer.sinks.announcer import Announcer
 
-            EpisodePublisher(source, episodes_of(pipeline), discovery=args.ha_discovery)  # har/<device>/event
+            # predictions, episode events and discovery: the episodes tell it of all three
+            episodes_of(pipeline).sinks.append(Announcer(source.connection, discovery=args.ha_discovery))
         title = (f"harstream mqtt · {connection.broker.url} {connection.subscription} · "
                  f"window {checkpoint.window} hop {hop} · Ctrl-C to stop")  # fmt: skip
         code = run_live(options, pipeline, checkpoint.classes, title)

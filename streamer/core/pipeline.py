@@ -75,11 +75,19 @@ class PipelineStats:
 
 
 class Sink(Protocol):
-    """Told of every prediction (MQTT out, ...). A sink may also have ``forget(device)``, called
-    when the scheduler forgets a device (idle, or its slot given to a new one), to take back what
-    it published about it."""
+    """What the pipeline tells a sink (MQTT out, episodes and through them the store, ...): every
+    prediction, and each device it forgets (idle, or its slot given to a new one), so that the sink
+    takes back what it published about it; its tallies join the pipeline's :meth:`Pipeline.summary`.
+    ``close`` is for whoever ends the run. :class:`streamer.sinks.base.SinkBase` gives the defaults,
+    so every sink has all four (nothing is looked up by name)."""
 
     def __call__(self, prediction: Prediction) -> None: ...
+
+    def forget(self, device: str) -> None: ...
+
+    def close(self) -> None: ...
+
+    def summary(self) -> dict: ...
 
 
 class _Finished:
@@ -397,12 +405,10 @@ class Pipeline:
         self.decider.forget(device)
         self.latest.pop(device, None)
         for sink in self.sinks:
-            forget = getattr(sink, "forget", None)
-            if forget is not None:
-                try:
-                    forget(device)
-                except Exception as error:  # as in _infer: a sink's failure must not stop recognition
-                    log.error("sink %s failed to forget %s: %s", sink, device, error)
+            try:
+                sink.forget(device)
+            except Exception as error:  # as in _infer: a sink's failure must not stop recognition
+                log.error("sink %s failed to forget %s: %s", sink, device, error)
 
     def _infer(self, windows: list[Window]) -> Iterator[Prediction]:
         probs = self.engine.probabilities(windows)
@@ -428,6 +434,8 @@ class Pipeline:
         extra: dict = {}
         for source in self.sources:  # a source's own tallies (an MQTT shard: other shards' messages)
             extra |= source.summary()
+        for sink in self.sinks:  # a sink's own (predictions that could not be published)
+            extra |= sink.summary()
         return {
             "windows": self.stats.windows,
             "accuracy": self.stats.accuracy,

@@ -6,8 +6,14 @@ split an episode, so a change of label is a *candidate* until it has held for ``
 windows, each at least ``min_confidence`` sure; only then does the episode switch, and the switch is
 dated back to the candidate's first window (when the change happened, not when it was believed).
 A window of the current label, or one too unsure, ends a candidate: its windows stay in the current
-episode. Like Google's Activity Recognition Transition API, listeners are told of changes
+episode. Like Google's Activity Recognition Transition API, sinks are told of changes
 (:class:`Event`: ``start``/``end`` with the time it happened), not of every window.
+
+Who hears of episodes: :class:`Episodes` is a pipeline sink (:class:`~streamer.sinks.base.SinkBase`)
+that keeps sinks of its own, of the same kind (:class:`EpisodeSink`), and tells each the same four
+things the pipeline tells it (each prediction, each device forgotten, the run's end, a summary),
+plus two that only episodes make: each :class:`Event` and each ended :class:`Episode`. One list, one
+protocol: the store, the MQTT announcer and the ``--events`` lines are all such sinks.
 
 Times: a window's ``t`` is its last sample's; each window stands for the ``hop_s`` seconds before it
 (the time it adds to the stream), so an episode runs from its first window's ``t - hop_s`` to its last
@@ -35,6 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from streamer.core.types import Prediction
+from streamer.sinks.base import SinkBase
 
 log = logging.getLogger(__name__)
 
@@ -165,28 +172,34 @@ class EpisodeTracker:
         return [Event(self.device, "end", current.activity, current.end, current.seconds, current)]
 
 
-Listener = Callable[[Event], None]
+class EpisodeSink(SinkBase):
+    """A sink of :class:`Episodes`: the pipeline's four (each prediction, told before the events it
+    causes; forget; close; summary) and two more, no-ops unless overridden."""
+
+    def event(self, event: Event) -> None:
+        """An episode began or ended (its ``episode``: the one begun or ended)."""
+
+    def finished(self, episode: Episode) -> None:
+        """An episode ended: told once, after its ``end`` event."""
 
 
-class Episodes:
-    """A pipeline sink: one :class:`EpisodeTracker` per device; each event goes to every listener
-    (its ``episode``: the one begun or ended), each ended episode to ``on_finished``. A listener's failure is
-    logged once and counted, and never stops the others or recognition."""
+class Episodes(SinkBase):
+    """A pipeline sink: one :class:`EpisodeTracker` per device, and its own :attr:`sinks`, told of
+    every prediction, event and ended episode. A sink's failure is logged once and counted, and never
+    stops the others or recognition."""
 
     def __init__(self, hop_s: float, hold_s: float = HOLD_S, min_confidence: float = MIN_CONFIDENCE) -> None:
         self.hop_s = hop_s
         self.hold_s = hold_s
         self.min_confidence = min_confidence
         self.trackers: dict[str, EpisodeTracker] = {}
-        self.listeners: list[Listener] = []
-        self.on_finished: list[Callable[[Episode], None]] = []  # every episode, once, when it ends
-        self.on_prediction: list[Callable[[Prediction], None]] = []  # the store: every window too
-        self.listener_errors = 0
+        self.sinks: list[EpisodeSink] = []
+        self.sink_errors = 0
         self.events = 0
 
     def __call__(self, prediction: Prediction) -> None:
-        for call in self.on_prediction:
-            self._safely(call, prediction)
+        for sink in self.sinks:
+            self._safely(sink, prediction)
         tracker = self.trackers.get(prediction.device)
         if tracker is None:
             tracker = self.trackers[prediction.device] = EpisodeTracker(
@@ -199,35 +212,45 @@ class Episodes:
         return tracker.current if tracker is not None else None
 
     def forget(self, device: str) -> None:
+        """The pipeline forgot ``device``: its episode ends, then every sink forgets it."""
+        self._end(device)
+        for sink in self.sinks:
+            self._safely(sink.forget, device)
+
+    def close(self) -> None:
+        """The run ended: every open episode ends where its last window did, then every sink closes."""
+        for device in list(self.trackers):
+            self._end(device)
+        for sink in self.sinks:
+            self._safely(sink.close)
+
+    def summary(self) -> dict:
+        tallies: dict = {}
+        for sink in self.sinks:
+            tallies |= sink.summary()
+        return tallies
+
+    def _end(self, device: str) -> None:
         tracker = self.trackers.pop(device, None)
         if tracker is not None:
             self._tell(tracker, tracker._end_current())
-        for listener in self.listeners:  # a listener that keeps something per device (MQTT: retained)
-            forget = getattr(listener, "forget", None)
-            if forget is not None:
-                self._safely(forget, device)
-
-    def close(self) -> None:
-        """The run ended: every open episode ends where its last window did."""
-        for device in list(self.trackers):
-            self.forget(device)
 
     def _tell(self, tracker: EpisodeTracker, events: list[Event]) -> None:
         for event in events:
             self.events += 1
-            for listener in self.listeners:
-                self._safely(listener, event)
+            for sink in self.sinks:
+                self._safely(sink.event, event)
         for episode in tracker.take_finished():
-            for call in self.on_finished:
-                self._safely(call, episode)
+            for sink in self.sinks:
+                self._safely(sink.finished, episode)
 
     def _safely(self, call: Callable, *args) -> None:
         try:
             call(*args)
-        except Exception as error:  # a listener's failure must not stop recognition
-            if not self.listener_errors:
+        except Exception as error:  # a sink's failure must not stop recognition
+            if not self.sink_errors:
                 log.error("episodes: %s failed: %s", getattr(call, "__qualname__", call), error)
-            self.listener_errors += 1
+            self.sink_errors += 1
 
 
 def segments(times: list[float], labels: list[str | None], hop_s: float) -> list[tuple[str, float, float]]:

@@ -53,10 +53,11 @@ import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 
 from streamer.core.limits import FLEET_MAX_PARTITIONS, FLEET_UNACKED
+from streamer.core.mqtt_connection import MqttConnection, TopicPattern, split_url
 from streamer.core.shard import Shard
 from streamer.core.source import Deferred, Emit
 from streamer.core.wire import valid_device_id
-from streamer.sources.mqtt import INVALID_DEVICE, OTHER_DEVICES, TopicPattern, WireSource, split_url
+from streamer.sources.mqtt import INVALID_DEVICE, OTHER_DEVICES, WireSource
 
 log = logging.getLogger(__name__)
 
@@ -342,7 +343,7 @@ class FleetSource(WireSource):
         self.parts = [Partition(p, p in options.share) for p in range(options.partitions)]
         self.connection: BlockingConnection | None = None
         self.connected = threading.Event()
-        self.outlet = None  # the MQTT client that publishes predictions (its tallies join ours)
+        self.outlet: MqttConnection | None = None  # publishes predictions (its tallies join ours)
         self.tallies = {"connects": 0, "broker_losses": 0, "partitions_taken": 0, "partitions_handed_back": 0,
                         "redelivered": 0}  # fmt: skip
         self._emit: Emit | None = None

@@ -29,8 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from streamer.core import limits
+from streamer.core.mqtt_connection import MqttOptions, TopicPattern
 from streamer.core.wire import valid_device_id
-from streamer.sources.mqtt import MqttOptions, MqttSource, TopicPattern
+from streamer.sources.mqtt import MqttSource
 
 CLASS_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_ .-]{0,63}")  # fits a CSV cell and a TOML key
 MAX_STEPS = 1000
@@ -225,11 +226,8 @@ class LabelledMqttSource(MqttSource):
         super().__init__(options, channels, max_devices=max_devices)
         self.board = board
         self.labels = label_topic(options.topic)
-
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
-        super()._on_connect(client, userdata, flags, reason_code, properties)
-        if not reason_code.is_failure and self.labels is not None:  # renewed on every reconnect too
-            client.subscribe(self.labels.text, qos=self.options.qos)
+        if self.labels is not None:  # subscribed with the samples' topic, again on every reconnect
+            self.connection.subscriptions.append(self.labels.text)
 
     def handle(self, topic: str, payload: bytes, arrival: float | None = None) -> None:
         device = self.labels.device_of(topic) if self.labels is not None else None

@@ -1,19 +1,10 @@
-"""Wearables over MQTT: a source that subscribes to ``har/+/imu`` and a sink that publishes labels.
+"""Wearables over MQTT: a source that subscribes to ``har/+/imu`` on a
+:class:`~streamer.core.mqtt_connection.MqttConnection` (which owns the client, its retries and its
+failures for good; the sinks that publish predictions are handed the same connection).
 
-The client follows paho-mqtt's own advice for consumers that survive: callback API version 2,
-subscribe inside ``on_connect`` (so a reconnect renews the subscription), check
-``reason_code.is_failure``, back off with ``reconnect_delay_set``, and keep ``on_message`` to
-decode-and-emit inside its own try/except (an exception there would escape into paho's network
-loop). The network thread never blocks on the pipeline (the source is ``live``: a full queue sheds
-instead), since a client that stops reading makes the broker drop messages for it.
-
-A session is persistent (``clean_start=False``, a session expiry, QoS 1: samples published while
-the recognizer was away are delivered when it comes back, as far as the broker kept them) only with
-an explicit ``--client-id``; a default id is unique to the process, because two clients with one id
-take the session from each other over and over. What retrying cannot mend ends the source with one
-line: a refusal for credentials (not authorised), a certificate that fails verification, and a
-client id that another running client holds (the newcomer stops; the client that held the id takes
-its session back).
+``on_message`` decodes and emits inside its own try/except (an exception there would escape into
+paho's network loop). The network thread never blocks on the pipeline (the source is ``live``: a full
+queue sheds instead), since a client that stops reading makes the broker drop messages for it.
 
 Several recognizer processes can share the devices in two ways:
 
@@ -32,227 +23,25 @@ Several recognizer processes can share the devices in two ways:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import re
-import socket
-import ssl
-import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
-from urllib.parse import SplitResult, urlsplit
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from streamer.core.drops import Drops
-from streamer.core.shard import Shard
+from streamer.core.mqtt_connection import MqttConnection, MqttOptions
 from streamer.core.source import Deferred, SourceBase
-from streamer.core.types import Prediction, SampleBatch
+from streamer.core.types import SampleBatch
 from streamer.core.wire import WireError, decode, valid_device_id
 
 log = logging.getLogger(__name__)
 
-SESSION_EXPIRY_S = 3600  # how long the broker keeps our subscription and queued samples while we are away
-# CONNACK reason codes that another try with the same settings cannot change: the source gives up
-REFUSED_FOR_GOOD = {
-    0x84: "the broker does not speak this MQTT version (--mqtt-version)",  # Unsupported Protocol Version
-    0x85: "the broker does not accept this client id (--client-id)",  # Client Identifier not valid
-    0x86: "not authorised: check --username and --password",  # Bad User Name or Password
-    0x87: "not authorised: check --username and --password (and the broker's ACL)",  # Not authorized
-    0x8A: "banned by the broker",  # Banned
-    0x8C: "the broker does not accept this authentication method",  # Bad authentication method
-}
-SESSION_TAKEN_OVER = 0x8E  # DISCONNECT: another client connected with our client id
-SHORT_LIVED_S = 5.0  # a connection the broker closes sooner, with no reason given, may be a takeover
-TAKEOVER_AFTER = 3  # ... and this many in a row, each made at the first attempt, are taken as one
 INVALID_DEVICE = "(invalid device id)"  # the counter key for messages whose topic names no valid device
 OTHER_DEVICES = "(other devices)"  # the counter key once max_devices distinct keys are counted
-
-
-@dataclass(frozen=True)
-class Broker:
-    host: str
-    port: int
-    tls: bool
-
-    @property
-    def url(self) -> str:
-        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
-
-
-def parse_broker(url: str) -> Broker:
-    """``mqtt://HOST[:PORT]`` (1883) or ``mqtts://HOST[:PORT]`` (8883, TLS).
-
-    >>> parse_broker("mqtt://localhost"), parse_broker("mqtts://[::1]:9000").port
-    (Broker(host='localhost', port=1883, tls=False), 9000)
-    """
-    parts, port = split_url(url if "://" in url else f"mqtt://{url}", {"mqtt": 1883, "mqtts": 8883},
-                            "broker", "mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")  # fmt: skip
-    return Broker(parts.hostname, port, parts.scheme == "mqtts")
-
-
-def split_url(url: str, schemes: dict[str, int], what: str, expected: str) -> tuple[SplitResult, int]:
-    """``url`` split, checked to have one of ``schemes`` and a host, and its port (the scheme's
-    default where none is given); ValueError, in words, for anything else."""
-    parts = urlsplit(url)
-    if parts.scheme not in schemes or not parts.hostname:
-        raise ValueError(f"bad {what} {url!r}: expected {expected}")
-    try:
-        port = parts.port
-    except ValueError:
-        raise ValueError(f"bad {what} {url!r}: the port is not a number from 1 to 65535") from None
-    return parts, port or schemes[parts.scheme]
-
-
-@dataclass(frozen=True)
-class TopicPattern:
-    """A subscription with one ``+`` level that names the device: ``har/+/imu``.
-
-    >>> pattern = TopicPattern.parse("har/+/imu")
-    >>> pattern.device_of("har/wrist-1/imu"), pattern.device_of("har/a/b/imu"), pattern.activity("w")
-    ('wrist-1', None, 'har/w/activity')
-    """
-
-    levels: tuple[str, ...]
-    device_level: int
-
-    @classmethod
-    def parse(cls, topic: str) -> TopicPattern:
-        levels = tuple(topic.split("/"))
-        if levels.count("+") != 1 or "#" in topic:
-            raise ValueError(f"bad topic {topic!r}: it needs exactly one '+' (the device) and no '#'")
-        return cls(levels, levels.index("+"))
-
-    @property
-    def text(self) -> str:
-        return "/".join(self.levels)
-
-    def device_of(self, topic: str) -> str | None:
-        levels = topic.split("/")
-        if len(levels) != len(self.levels):
-            return None
-        fixed = all(a == b for i, (a, b) in enumerate(zip(levels, self.levels, strict=True))
-                    if i != self.device_level)  # fmt: skip
-        return levels[self.device_level] if fixed else None
-
-    def activity(self, device: str) -> str:
-        """Where the device's predictions go: its topic up to the device level, then ``activity``."""
-        return "/".join([*self.levels[: self.device_level], device, "activity"])
-
-
-@dataclass
-class MqttOptions:
-    broker: Broker
-    topic: TopicPattern
-    client_id: str
-    qos: int = 1
-    username: str | None = None
-    password: str | None = None
-    tls_ca: str | None = None
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    keepalive: int = 30
-    shard: Shard | None = None  # keep only this shard's devices (see streamer.core.shard)
-    shared_group: str | None = None  # subscribe as a member of this MQTT 5 shared-subscription group
-    persistent: bool = False  # keep the session on the broker while away (an explicit --client-id)
-    announce: bool = True  # publish the recognizer's availability at status_topic (and a last will)
-    name: str = ""  # the recognizer's stable name in status_topic (default: the client id)
-    listen: bool = True  # subscribe to the topic; False: a client that only publishes (harstream fleet)
-    protocol: int = 5  # MQTT 5, or 4 (3.1.1) for a broker without 5: RabbitMQ's plugin before 3.13
-    fallback: bool = True  # speak 3.1.1 when the broker will not answer an MQTT 5 CONNECT (fall_back)
-
-    def __post_init__(self) -> None:
-        group = self.shared_group
-        if group is not None and (not group or any(c in group for c in "/+#")):
-            raise ValueError(f"bad shared group {group!r}: a name without '/', '+' or '#'")
-
-    @property
-    def subscription(self) -> str:
-        """The topic filter to subscribe to: the pattern, or ``$share/GROUP/`` + the pattern."""
-        if self.shared_group is None:
-            return self.topic.text
-        return f"$share/{self.shared_group}/{self.topic.text}"
-
-    @property
-    def status_topic(self) -> str:
-        """The recognizer's own availability: ``online``, or ``offline`` (also its last will). Named
-        by :attr:`name`, which outlives a per-process client id, so restarts reuse one topic."""
-        return f"harstream/{self.name or self.client_id}/status"
-
-
-def new_client(options: MqttOptions, client_id: str, will: str | None = None) -> mqtt.Client:
-    protocol = mqtt.MQTTv5 if options.protocol == 5 else mqtt.MQTTv311
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol)
-    paho_log = logging.getLogger("harstream.paho")
-    if not logging.getLogger().isEnabledFor(logging.DEBUG):
-        # paho logs each failed reconnect as an error; the source's status line says it once, and
-        # ``--debug`` shows paho's own account
-        paho_log.setLevel(logging.CRITICAL)
-    client.enable_logger(paho_log)
-    if options.username is not None:
-        client.username_pw_set(options.username, options.password)
-    if options.broker.tls or options.tls_ca:
-        client.tls_set(ca_certs=options.tls_ca, certfile=options.tls_cert, keyfile=options.tls_key)
-    if will:
-        client.will_set(will, "offline", qos=1, retain=True)
-    client.reconnect_delay_set(1, 30)
-    return client
-
-
-FALLBACK_NOTE = "it does not speak MQTT 5: speaking MQTT 3.1.1 (--mqtt-version 3.1.1 says so at once)"
-
-
-def fall_back(client: mqtt.Client, options: MqttOptions, answered: bool, reason_code=None) -> bool:
-    """Switch ``client`` to MQTT 3.1.1 from its next CONNECT when a broker that has never answered
-    refuses MQTT 5 (0x84) or closes the connection without a CONNACK, as RabbitMQ's MQTT plugin before
-    3.13 does; whether it switched. paho has no public setter: it reads these two at each CONNECT."""
-    unanswered = reason_code is None and not answered  # called from on_disconnect
-    refused_5 = getattr(reason_code, "value", reason_code) == 0x84  # called from on_connect
-    if not (unanswered or refused_5) or not options.fallback or client.protocol != mqtt.MQTTv5:
-        return False
-    client._protocol = mqtt.MQTTv311
-    client._clean_session = not options.persistent  # 3.1.1's name for a session not kept
-    return True
-
-
-def session_properties() -> Properties:
-    properties = Properties(PacketTypes.CONNECT)
-    properties.SessionExpiryInterval = SESSION_EXPIRY_S  # MQTT 5: 0 would end the session on disconnect
-    return properties
-
-
-def refusal(reason_code) -> str | None:
-    """Why the broker's CONNACK refusal is for good (one line), or None if a retry may succeed."""
-    meaning = REFUSED_FOR_GOOD.get(getattr(reason_code, "value", reason_code))
-    return f"refused the connection: {reason_code}; {meaning}" if meaning else None
-
-
-def connect_error(error: BaseException | None) -> tuple[str, bool]:
-    """One line for a failed connection attempt, and whether retrying is pointless."""
-    if isinstance(error, ssl.SSLCertVerificationError):  # a wrong --tls-ca, or a host name mismatch
-        why = error.verify_message or error.reason
-        return f"TLS: {why} (certificate verify failed): check --tls-ca", True
-    if isinstance(error, ssl.SSLError):  # e.g. TLS to a plain port: may be a broker half started
-        return f"TLS: {error.reason or error}", False
-    if isinstance(error, OSError):
-        return error.strerror or str(error), False
-    return (str(error) if error else "no answer"), False
-
-
-def unreachable(broker: Broker, timeout: float = 2.0) -> str | None:
-    """Why a TCP connection to the broker fails, or None if it opens: for one-line errors."""
-    try:
-        socket.create_connection((broker.host, broker.port), timeout=timeout).close()
-    except OSError as error:
-        return error.strerror or str(error)
-    return None
 
 
 class WireSource(SourceBase):
@@ -293,26 +82,15 @@ class WireSource(SourceBase):
 
 
 class MqttSource(WireSource):
-    """Every device that publishes to the topic pattern, as one source (see :class:`Source`)."""
+    """Every device that publishes to the topic pattern, as one source (see :class:`Source`), listening
+    on its own :attr:`connection` (whose state it reports as the source's)."""
 
     def __init__(self, options: MqttOptions, channels: tuple[str, ...], max_devices: int = 10_000) -> None:
         super().__init__(channels, max_devices)
         self.options = options
         self.name = f"mqtt {options.broker.host}:{options.broker.port}"
-        self.status = "connecting"
-        self.connected = threading.Event()
-        self.settled = threading.Event()  # connected once, or failed for good
-        self.fatal: str | None = None  # why the source gave up (refused for good, its client id in use)
-        self.takeovers = 0  # sessions another client with our id took over (or we took from it)
-        self._connected_at = 0.0
-        self.answered = False  # the broker has sent a CONNACK (so it speaks this MQTT version)
-        self.fell_back = False  # speaking MQTT 3.1.1 after the broker would not answer MQTT 5
-        self._short_lived = 0  # connections in a row that the broker closed right after they were made
-        self._established = False  # held a connection for SHORT_LIVED_S: the client id is ours
-        self.retries = 0
+        self.connection = MqttConnection(options, receive=self._on_message)
         self.other_shard = 0  # messages of devices that another shard owns; one number, no per-device state
-        self.on_connected: list[Callable[[mqtt.Client], None]] = []  # sinks that publish on connect
-        self.publishers: list[PredictionPublisher] = []  # the sinks that publish through this client
         self._emit: Callable[[SampleBatch | Deferred], None] | None = None
         self._early: list[SampleBatch | Deferred] = []  # batches that arrive before run() is called
         # Hand over messages undecoded once bound to a pipeline (it decodes them in its own
@@ -320,13 +98,27 @@ class MqttSource(WireSource):
         # reads too slowly makes the broker drop its messages ("Outgoing messages are being dropped").
         self.defer_decoding = False
         self._lock = threading.Lock()
-        will = options.status_topic if options.announce else None
-        self.client = new_client(options, options.client_id, will=will)
-        self.client.on_connect = self._on_connect
-        self.client.on_connect_fail = self._on_connect_fail
-        self.client.on_disconnect = self._on_disconnect
-        self.client.on_message = self._on_message
-        self._started = False
+
+    # -- the connection's state, as the source's (the dashboard's line, the commands' checks) -----
+    @property
+    def status(self) -> str:  # type: ignore[override]
+        return self.connection.status
+
+    @status.setter
+    def status(self, text: str) -> None:
+        self.connection.status = text
+
+    @property
+    def fatal(self) -> str | None:  # type: ignore[override]
+        return self.connection.fatal
+
+    @property
+    def connected(self) -> threading.Event:
+        return self.connection.connected
+
+    @property
+    def fell_back(self) -> bool:
+        return self.connection.fell_back
 
     # -- lifecycle ---------------------------------------------------------------------------
     def bind(self, drops: Drops) -> None:
@@ -340,22 +132,11 @@ class MqttSource(WireSource):
         return Counter(self.drops.rows())
 
     def start(self) -> None:
-        """Start connecting in paho's own thread (retrying until :meth:`close` or a failure for
-        good, see :attr:`fatal`)."""
-        if self._started:
-            return
-        self._started = True
-        broker = self.options.broker
-        keepalive = self.options.keepalive
-        if self.options.persistent:
-            self.client.connect_async(broker.host, broker.port, keepalive=keepalive, clean_start=False,
-                                      properties=session_properties())  # fmt: skip
-        else:  # a session of this process alone: nothing to keep on the broker once it is gone
-            self.client.connect_async(broker.host, broker.port, keepalive=keepalive, clean_start=True)
-        self.client.loop_start()
+        """Start connecting (see :meth:`MqttConnection.start`)."""
+        self.connection.start()
 
     def run(self, emit: Callable[[SampleBatch | Deferred], None], stop: threading.Event) -> None:
-        """Hand batches to ``emit`` until ``stop``, or until the source fails for good (then its
+        """Hand batches to ``emit`` until ``stop``, or until the connection fails for good (then its
         reason is logged once, as one line, and :attr:`fatal` says it)."""
         self.start()
         with self._lock:
@@ -370,106 +151,19 @@ class MqttSource(WireSource):
 
     def wait_settled(self, timeout: float) -> bool:
         """Whether the source connected (or failed for good) within ``timeout`` seconds."""
-        return self.settled.wait(timeout)
-
-    def _give_up(self, client: mqtt.Client, why: str) -> None:
-        """Stop retrying (in paho's thread: disconnect() ends its loop) and say why, once."""
-        if self.fatal is None:
-            self.fatal = f"{self.options.broker.url} {why}"
-        self.status = why
-        client.disconnect()
-        self.settled.set()
+        return self.connection.wait_settled(timeout)
 
     def close(self) -> None:
-        if not self._started:
-            return
-        self._started = False
-        if self.connected.is_set() and self.options.announce:  # a clean goodbye; the will covers the rest
-            self.client.publish(self.options.status_topic, "offline", qos=1, retain=True).wait_for_publish(2)
-        self.client.disconnect()
-        self.client.loop_stop()
-        self.status = self.fatal or "closed"
+        self.connection.close()
 
-    # -- paho callbacks (paho's network thread) ----------------------------------------------
-    def _on_connect(self, client: mqtt.Client, userdata, flags, reason_code, properties) -> None:
-        if reason_code.is_failure and fall_back(client, self.options, self.answered, reason_code):
-            self.fell_back = True
-            return  # paho connects again, in 3.1.1
-        self.answered = True
-        if reason_code.is_failure:
-            why = refusal(reason_code)
-            if why:
-                self._give_up(client, why)
-            else:  # e.g. Server unavailable, Server busy: paho tries again
-                self.status = f"refused by the broker: {reason_code}; retrying"
-            return
-        if self.options.listen:
-            client.subscribe(self.options.subscription, qos=self.options.qos)
-        if self.options.announce:
-            client.publish(self.options.status_topic, "online", qos=1, retain=True)
-        for callback in self.on_connected:
-            callback(client)
-        self.retries = 0
-        self._connected_at = time.monotonic()
-        self.status = "connected"
-        self.connected.set()
-        self.settled.set()
-
-    def _on_connect_fail(self, client: mqtt.Client, userdata) -> None:
-        # paho calls this inside its ``except OSError`` around the attempt and passes no error:
-        # the exception being handled is the attempt's own (a refused port, a failed TLS handshake)
-        why, for_good = connect_error(sys.exc_info()[1])
-        self._short_lived = 0  # the broker is away, not closing us: not a takeover
-        if for_good:
-            self._give_up(client, f"could not connect: {why}")
-            return
-        self.retries += 1
-        self.status = f"connecting (retry {self.retries}): {why}"
-
-    def _on_disconnect(self, client: mqtt.Client, userdata, flags, reason_code, properties) -> None:
-        self.connected.clear()
-        if not self._started or self.fatal:
-            return
-        from_server = getattr(flags, "is_disconnect_packet_from_server", False)  # a DISCONNECT is an answer
-        if not from_server and fall_back(client, self.options, self.answered):  # closed unanswered
-            self.fell_back = True
-            self.status = "connecting in MQTT 3.1.1"
-            return
-        # Two clients with one id take the session from each other, every second, each losing
-        # messages, unless one gives up: the newcomer does, since the id was the other's first.
-        # An MQTT 5 broker says "Session taken over"; mosquitto before 2.0.12 only closes the
-        # socket, so a takeover also shows as connections that the broker closes again and again
-        # right after they were made (while a broker that is down refuses them instead). A client
-        # that has held a connection for SHORT_LIVED_S is no newcomer: it reconnects, taking the
-        # session back, and the newcomer, closed again at once, gives up.
-        lived = time.monotonic() - self._connected_at
-        self._established = self._established or lived >= SHORT_LIVED_S
-        self._short_lived = self._short_lived + 1 if lived < SHORT_LIVED_S and not from_server else 0
-        taken = reason_code == SESSION_TAKEN_OVER or self._short_lived >= TAKEOVER_AFTER
-        if taken:
-            self.takeovers += 1
-        if taken and not self._established:
-            clue = "" if reason_code == SESSION_TAKEN_OVER else (
-                f" (the broker closed {self._short_lived} connections in a row right after they were made)")
-            why = (f"client id {self.options.client_id!r} is in use by another client, which keeps it{clue}: "
-                   "this one stops; give each process its own --client-id")  # fmt: skip
-            self._give_up(client, why)
-            return
-        self.status = f"disconnected: {reason_code}"
-        if reason_code == SESSION_TAKEN_OVER:
-            log.warning("mqtt: another client connected with client id %r; taking the session back (the "
-                        "newcomer stops)", self.options.client_id)  # fmt: skip
-        elif self._short_lived <= 1:  # one line per outage, not one per quick reconnect
-            log.warning("mqtt: disconnected from %s (%s); reconnecting", self.options.broker.url, reason_code)
-
-    def _on_message(self, client: mqtt.Client, userdata, message: mqtt.MQTTMessage) -> None:
+    # -- messages (paho's network thread) --------------------------------------------------------
+    def _on_message(self, message: mqtt.MQTTMessage) -> None:
         try:
             self.handle(message.topic, message.payload)
         except Exception as error:  # never into paho's loop: count it and keep listening
             log.debug("mqtt: message on %s failed", message.topic, exc_info=True)
             self._count(OTHER_DEVICES, f"internal error ({type(error).__name__})")
 
-    # -- messages ----------------------------------------------------------------------------
     def handle(self, topic: str, payload: bytes, arrival: float | None = None) -> None:
         device = self.options.topic.device_of(topic)
         if device is None or not valid_device_id(device):  # checked before it names anything
@@ -494,95 +188,6 @@ class MqttSource(WireSource):
         self._emit(item)
 
     def summary(self) -> dict:
-        """The source's own tallies, for the pipeline's summary."""
+        """The source's own tallies and its connection's, for the pipeline's summary."""
         tallies = {"other_shard": self.other_shard} if self.options.shard is not None else {}
-        if self.takeovers:
-            tallies["session_takeovers"] = self.takeovers
-        for publisher in self.publishers:
-            if publisher.unpublishable:
-                tallies["predictions_not_published"] = sum(publisher.unpublishable.values())
-        return tallies
-
-
-def discovery_id(device: str) -> str:
-    """Home Assistant's object id for a device: its id in HA's alphabet ``[A-Za-z0-9_-]``, plus a
-    short hash of the real id, so ``a.b`` and ``a_b`` stay two sensors.
-
-    >>> discovery_id("wrist.left"), discovery_id("wrist_left") != discovery_id("wrist.left")
-    ('harstream_wrist_left_1737d679', True)
-    """
-    digest = hashlib.sha256(device.encode()).hexdigest()[:8]
-    return f"harstream_{re.sub(r'[^A-Za-z0-9_-]', '_', device)}_{digest}"
-
-
-class PredictionPublisher:
-    """A pipeline sink: each prediction to ``har/<device>/activity`` (retained, QoS 1) and, with
-    Home Assistant discovery, each served device announced as a sensor (again after a reconnect).
-
-    When the pipeline forgets a device (:meth:`forget`), its retained activity and discovery config
-    are cleared (an empty retained message), so the broker keeps only what is served. Everything is
-    strict JSON: a prediction that cannot be (a non-finite number) is counted and not published."""
-
-    def __init__(self, source: MqttSource, discovery: bool = False, prefix: str = "homeassistant") -> None:
-        self.source = source
-        self.client = source.client
-        self.discovery = discovery
-        self.discovery_prefix = prefix
-        self.announced: set[str] = set()  # devices whose discovery config is on the broker
-        self.published: set[str] = set()  # devices whose activity is retained on the broker
-        self.unpublishable: Counter = Counter()  # device -> predictions that were not strict JSON
-        source.on_connected.append(self._reannounce)
-        source.publishers.append(self)
-
-    def __call__(self, prediction: Prediction) -> None:
-        device = prediction.device
-        probs = {k: round(v, 4) for k, v in prediction.probs.items()}
-        body = {"label": prediction.label, "confidence": round(prediction.confidence, 4), "t": prediction.t,
-                "probs": probs}  # fmt: skip
-        try:
-            payload = json.dumps(body, allow_nan=False)  # NaN/Infinity are not JSON: consumers choke
-        except ValueError:
-            if not self.unpublishable:
-                log.error("mqtt: %s: a prediction with a non-finite number was not published", device)
-            self.unpublishable[device] += 1
-            return
-        if self.discovery and device not in self.announced:
-            self.announced.add(device)
-            self._announce(self.client, device)
-        self.published.add(device)
-        self.client.publish(self.source.options.topic.activity(device), payload, qos=1, retain=True)
-
-    def forget(self, device: str) -> None:
-        """The device is no longer served: take its retained messages off the broker."""
-        self.unpublishable.pop(device, None)
-        if device in self.announced:
-            self.announced.discard(device)
-            self.client.publish(self.config_topic(device), b"", qos=1, retain=True)
-        if device in self.published:
-            self.published.discard(device)
-            self.client.publish(self.source.options.topic.activity(device), b"", qos=1, retain=True)
-
-    def config_topic(self, device: str) -> str:
-        return f"{self.discovery_prefix}/sensor/{discovery_id(device)}/config"
-
-    def _reannounce(self, client: mqtt.Client) -> None:
-        for device in list(self.announced):  # a broker without persistence forgot them
-            self._announce(client, device)
-
-    def _announce(self, client: mqtt.Client, device: str) -> None:
-        options = self.source.options
-        unique = discovery_id(device)
-        config = {
-            "name": "Activity",
-            "unique_id": unique,
-            "object_id": unique,
-            "state_topic": options.topic.activity(device),
-            "value_template": "{{ value_json.label }}",
-            "json_attributes_topic": options.topic.activity(device),
-            "availability_topic": options.status_topic,
-            "payload_available": "online",
-            "payload_not_available": "offline",
-            "icon": "mdi:run",
-            "device": {"identifiers": [unique], "name": device, "manufacturer": "harstream"},
-        }
-        client.publish(self.config_topic(device), json.dumps(config, allow_nan=False), qos=1, retain=True)
+        return tallies | self.connection.summary()

@@ -34,9 +34,10 @@ from pathlib import Path
 import numpy as np
 
 from model.strict_json import dumps
+from streamer.core.mqtt_connection import MqttOptions, TopicPattern, new_client, parse_broker
 from streamer.core.types import SampleBatch
 from streamer.core.wire import ACC, GYRO, HEADER, MAGIC
-from streamer.sources.mqtt import MqttOptions, MqttSource, TopicPattern, new_client, parse_broker
+from streamer.sources.mqtt import MqttSource
 from streamer.tools.broker import Mosquitto
 
 FORMATS = ("batch", "binary")

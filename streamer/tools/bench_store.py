@@ -30,9 +30,7 @@ def measure_store(devices: int = 1000, hop: int = 32, seconds: float = 20.0, rat
     with tempfile.TemporaryDirectory() as folder:
         store = Store(Target.parse(target or str(Path(folder) / "bench.db"))).start()
         episodes = Episodes(hop_s)
-        sink = StoreSink(store, hop_s)
-        episodes.on_prediction.append(sink.prediction)
-        episodes.on_finished.append(sink.episode)
+        episodes.sinks.append(StoreSink(store, hop_s))
         rng = np.random.default_rng(0)
         names = [f"dev-{k:04d}" for k in range(devices)]
         activity = rng.integers(0, len(LABELS), devices)

@@ -10,9 +10,9 @@ import numpy as np
 import paho.mqtt.client as mqtt
 
 from replay.sources import Device, ReplaySource
+from streamer.core.mqtt_connection import FALLBACK_NOTE, MqttOptions, fall_back, new_client, refusal
 from streamer.core.types import SampleBatch
 from streamer.core.wire import ACC, GYRO, encode_binary, encode_json_batch, encode_json_sample
-from streamer.sources.mqtt import FALLBACK_NOTE, MqttOptions, fall_back, new_client, refusal
 
 FORMATS = ("json", "batch", "binary")
 MAX_QUEUED = 10_000  # messages paho holds for the broker (in flight or waiting); past it, publish waits

@@ -115,9 +115,7 @@ class FaultStores:
 
     def attach(self, episodes: Episodes, hop_s: float) -> None:
         for store in (self.sqlite, self.pg):
-            sink = StoreSink(store, hop_s)
-            episodes.on_prediction.append(sink.prediction)
-            episodes.on_finished.append(sink.episode)
+            episodes.sinks.append(StoreSink(store, hop_s))
 
     def delete(self) -> None:
         """The file in use deleted, as ``rm history.db`` would (its -wal and -shm stay); once it holds
@@ -251,7 +249,7 @@ def mqtt_client(url: str, loop: bool = True) -> mqtt.Client:
     its network loop runs in a thread of its own."""
     import paho.mqtt.client as mqtt
 
-    from streamer.sources.mqtt import parse_broker
+    from streamer.core.mqtt_connection import parse_broker
 
     address = parse_broker(url)
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)

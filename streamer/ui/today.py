@@ -10,8 +10,8 @@ from __future__ import annotations
 import datetime
 import threading
 
-from streamer.commands.history import first_line, read_history
 from streamer.sinks.store import Target
+from streamer.sinks.store_reader import first_line, read_history
 
 
 def midnight() -> float:
