@@ -5,7 +5,7 @@ import threading
 import pytest
 
 from model.checkpoint import load_checkpoint
-from streamer.cli import build_parser
+from streamer.cli.main import build_parser
 from streamer.core.backends import make_backend
 from streamer.core.types import FleetBatch
 from streamer.tools.bench import Fleet, default_backend, end_to_end

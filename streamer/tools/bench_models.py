@@ -51,7 +51,7 @@ def compare(paths: list[str], batch: int = 64, rounds: int = 5, seconds: float =
 
 
 def main(argv: list[str] | None = None) -> int:
-    from streamer.commands.options import OneLineParser, count, number
+    from streamer.cli.options import OneLineParser, count, number
 
     p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoints", nargs="+")

@@ -214,8 +214,8 @@ def cmd_history(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_history_command(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("history")  # its help, description and examples: streamer/commands/table.py
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("history")  # its help, description and examples: streamer/cli/table.py
     p.add_argument("--store", required=True, metavar="PATH_OR_URL", help="a SQLite file or postgresql://...")
     p.add_argument("--device", metavar="ID", help="only this device")
     p.add_argument("--since", metavar="WHEN", help="an age (2h, 7d), 'today', or an ISO date/time")

@@ -16,6 +16,8 @@ import math
 from collections.abc import Callable
 from typing import NoReturn
 
+from streamer.sinks.store import parse_duration
+
 MAX_THREADS = 256  # intra-op threads: more is no use on any machine, and 10^6 allocated 877 MB first
 MAX_PORT = 65_535
 
@@ -71,8 +73,6 @@ def count(lo: int, hi: int, *, unit: str = "") -> Callable[[str], int]:
 def duration(text: str) -> str:
     """A ``type=`` for an age such as ``30d`` or ``12h`` (:func:`streamer.sinks.store.parse_duration`),
     more than nothing: ``--retain 0`` would keep everything while seeming to prune."""
-    from streamer.sinks.store import parse_duration
-
     try:
         seconds = parse_duration(text)
     except ValueError as error:
@@ -95,4 +95,3 @@ def nonempty(what: str) -> Callable[[str], str]:
 
 
 port = count(1, MAX_PORT)  # a TCP port
-
