@@ -62,7 +62,7 @@ def test_the_pipeline_is_built_from_the_options(tiny_checkpoint) -> None:
     (["--threads", "-1"], "--threads: must be from 0 to"),
 ])  # fmt: skip
 def test_absurd_live_options_are_one_line(tiny_checkpoint, capsys, option, words) -> None:
-    with pytest.raises(SystemExit) as stopped:  # refused while parsing (streamer/cli/options.py): exit 2
+    with pytest.raises(SystemExit) as stopped:  # refused while parsing (streamer/options.py): exit 2
         main(["replay", "hapt:2", "--checkpoint", str(tiny_checkpoint), "--headless", *option])
     err = capsys.readouterr().err.strip()
     assert stopped.value.code == 2 and len(err.splitlines()) == 1 and words in err, err

@@ -1,5 +1,5 @@
 """Every numeric option of every command has a range, checked while the command line is parsed
-(streamer/cli/options.py): NaN, infinities and absurd values are refused in one line, exit 2."""
+(streamer/options.py): NaN, infinities and absurd values are refused in one line, exit 2."""
 
 from __future__ import annotations
 

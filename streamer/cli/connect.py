@@ -14,11 +14,11 @@ from pathlib import Path
 import pika.exceptions
 
 from streamer.cli.common import say
-from streamer.cli.options import count, number
 from streamer.core.limits import WIRE_RATE_HZ
 from streamer.core.shard import Shard
 from streamer.core.wire import valid_device_id
 from streamer.errors import CliError
+from streamer.options import count, number
 from streamer.sources.fleet import FleetOptions, FleetRefused, parse_amqp, preflight, why
 from streamer.sources.mqtt import Broker, MqttOptions, MqttSource, TopicPattern, parse_broker, unreachable
 from streamer.sources.serial_source import NAME, SerialSource

@@ -10,9 +10,9 @@ import argparse
 from streamer.cli.common import sigterm_as_interrupt
 from streamer.cli.connect import fleet_options, reach_broker, start_outlet
 from streamer.cli.live_options import add_device_limits, add_live_options
-from streamer.cli.options import count, number, port
 from streamer.core.limits import FLEET_MAX_PARTITIONS
 from streamer.live import LiveOptions, assemble, open_checkpoint, run_live
+from streamer.options import count, number, port
 from streamer.sinks.episode_publisher import EpisodePublisher
 from streamer.sources.fleet import FleetSource
 from streamer.sources.mqtt import PredictionPublisher

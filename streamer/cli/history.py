@@ -1,5 +1,5 @@
-"""``harstream history``: what each wearer did, from the store (Core Motion's "what did the user do
-between A and B"; STYLE.md item 15).
+"""``harstream history``: what each wearer did, from the store (as Core Motion answers "what did
+the user do between A and B").
 
 Time spent per activity is the stored predictions' (each window counted for its hop), so it matches
 what the recognizer said window by window; the episode list is the stored episodes. ``--json``

@@ -14,9 +14,9 @@ from model.recordings import read_csv_recording
 from model.strict_json import dumps
 from streamer.cli.common import say
 from streamer.cli.connect import add_mqtt_options, add_serial_options, mqtt_options, serial_source, start_mqtt
-from streamer.cli.options import count, number
 from streamer.errors import CliError
 from streamer.live import DEFAULT_CHECKPOINT, open_checkpoint
+from streamer.options import count, number
 from streamer.tools.device_check import (
     MqttListener,
     analyse,

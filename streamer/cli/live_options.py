@@ -1,16 +1,16 @@
 """The options every live command shares (``replay``, ``mqtt``, ``serial``, ``fleet``), in their
 groups: recognition, output, history and device limits. Their ``dest`` names are the fields of
-streamer/live.py's LiveOptions, which reads them once; their ranges are streamer/cli/options.py's."""
+streamer/live.py's LiveOptions, which reads them once; their ranges are streamer/options.py's."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from streamer.cli.options import MAX_THREADS, count, duration, nonempty, number
 from streamer.core import limits
 from streamer.core.backends import BACKENDS, default_backend
 from streamer.live import DEFAULT_CHECKPOINT
+from streamer.options import MAX_THREADS, count, duration, nonempty, number
 from streamer.sinks.episodes import HOLD_S, MIN_CONFIDENCE
 
 

@@ -12,9 +12,9 @@ from importlib import metadata
 
 from model.extras import missing_package
 from streamer.cli import fleet, history, kit, models, record, replay, tools, wearables
-from streamer.cli.options import OneLineParser
 from streamer.cli.table import BY_NAME, CommandsAction, HelpFormatter, command_list
 from streamer.errors import CliError
+from streamer.options import OneLineParser
 
 # In the order of their parsers; the help lists them by streamer/cli/table.py's groups.
 COMMAND_MODULES = (replay, wearables, fleet, kit, record, models, history, tools)

@@ -14,9 +14,9 @@ from model.onnx_export import export_checkpoint, operator_counts
 from model.report import confusion_table, per_class_table
 from model.strict_json import dumps
 from streamer.cli.live_options import add_backend_option
-from streamer.cli.options import MAX_THREADS, count
 from streamer.errors import CliError
 from streamer.live import DEFAULT_CHECKPOINT, live_engine, open_checkpoint
+from streamer.options import MAX_THREADS, count
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

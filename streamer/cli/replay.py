@@ -14,9 +14,9 @@ from model.checkpoint_meta import CheckpointMeta
 from replay.sources import Device, Inputs, ReplaySource, parse_source
 from streamer.cli.common import say
 from streamer.cli.live_options import add_live_options
-from streamer.cli.options import number
 from streamer.errors import CliError
 from streamer.live import DEFAULT_CHECKPOINT, LiveOptions, assemble, open_checkpoint, run_live
+from streamer.options import number
 
 
 def cmd_replay(args: argparse.Namespace) -> int:

@@ -21,10 +21,10 @@ from replay.sources import Inputs, parse_source
 from streamer.cli.common import say, sigterm_as_interrupt
 from streamer.cli.connect import add_mqtt_options, mqtt_options
 from streamer.cli.live_options import add_backend_option
-from streamer.cli.options import MAX_THREADS, count, number
 from streamer.core.wire import valid_device_id
 from streamer.errors import CliError
 from streamer.live import DEFAULT_CHECKPOINT, live_engine, open_checkpoint
+from streamer.options import MAX_THREADS, count, number
 from streamer.tools.bench_fleet import fleet_figures, fleet_table
 from streamer.tools.postgres import PostgresError
 from streamer.tools.private_mosquitto import BrokerError

@@ -292,8 +292,8 @@ def fleet_table(result: dict):
 
 def main() -> None:
 
-    from streamer.cli.options import OneLineParser, number
     from streamer.live import DEFAULT_CHECKPOINT
+    from streamer.options import OneLineParser, number
 
     parser = OneLineParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)

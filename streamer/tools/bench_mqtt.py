@@ -246,7 +246,7 @@ def _result(fmt: str, tally: Tally, published: int, n: int, refused: int, device
 
 def main() -> None:
 
-    from streamer.cli.options import OneLineParser, count, number
+    from streamer.options import OneLineParser, count, number
 
     parser = OneLineParser(description=__doc__.split("\n")[0])
     parser.add_argument("--devices", type=count(1, 100_000), default=200)
