@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from model.strict_json import dumps
-from streamer.sinks.store import StoreError, Target, parse_duration, store_text
+from streamer.options import parse_duration
+from streamer.sinks.store import StoreError, Target, store_text
 
 MAX_EPISODES_SHOWN = 50  # per device in the table (--json has them all)
 

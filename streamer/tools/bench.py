@@ -23,7 +23,8 @@ import torch
 
 from model.checkpoint import Checkpoint
 from model.network import ResidualBiLSTM
-from streamer.core.backends import Backend, OnnxBackend, TorchBackend, make_backend
+from streamer.core.backends import OnnxBackend, TorchBackend, make_backend
+from streamer.core.engine import Backend
 from streamer.core.source import SourceBase
 
 
