@@ -444,6 +444,11 @@ def build_parser() -> argparse.ArgumentParser:
     from streamer.commands.history import add_history_command
 
     add_history_command(sub)  # history: from a --store
+    from streamer.web.command import add_arguments as add_web_arguments
+    from streamer.web.command import run as run_web
+
+    add_web_arguments(sub.add_parser("web"))  # web: the fleet's page, from a --store and a --broker
+    sub.choices["web"].set_defaults(run=run_web)
     unbuilt = sorted(set(BY_NAME) - set(sub.choices))
     if unbuilt:  # listed in the help, but no parser
         raise RuntimeError(f"streamer/commands/table.py lists commands with no parser: {', '.join(unbuilt)}")

@@ -104,6 +104,7 @@ def start_outlet(options: FleetOptions, mqtt_port: int, timeout: float, headless
 
 def cmd_fleet(args: argparse.Namespace) -> int:
     from streamer.commands.activity_log import episodes_of
+    from streamer.sinks.device_health import HealthPublisher
     from streamer.sinks.episode_publisher import EpisodePublisher
     from streamer.sources.fleet import FleetSource
     from streamer.sources.mqtt import PredictionPublisher
@@ -122,6 +123,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
         if source.outlet is not None:
             pipeline.sinks.append(PredictionPublisher(outlet, discovery=args.ha_discovery))
             EpisodePublisher(outlet, episodes_of(pipeline), discovery=args.ha_discovery)  # har/<device>/event
+            pipeline.sinks.append(HealthPublisher(outlet, pipeline))  # har/<device>/health
         title = (f"harstream fleet · {options.broker.url} · worker {options.worker.text} of "
                  f"{options.partitions} partitions · window {checkpoint.window} hop {hop} · Ctrl-C to stop")
         code = run_live(live, pipeline, checkpoint.classes, title)

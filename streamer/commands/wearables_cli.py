@@ -126,9 +126,11 @@ def cmd_mqtt(args: argparse.Namespace) -> int:
         if args.publish or args.ha_discovery:
             pipeline.sinks.append(PredictionPublisher(source, discovery=args.ha_discovery))
             from streamer.commands.activity_log import episodes_of
+            from streamer.sinks.device_health import HealthPublisher
             from streamer.sinks.episode_publisher import EpisodePublisher
 
             EpisodePublisher(source, episodes_of(pipeline), discovery=args.ha_discovery)  # har/<device>/event
+            pipeline.sinks.append(HealthPublisher(source, pipeline))  # har/<device>/health
         title = (f"harstream mqtt · {connection.broker.url} {connection.subscription} · "
                  f"window {checkpoint.window} hop {hop} · Ctrl-C to stop")  # fmt: skip
         code = run_live(options, pipeline, checkpoint.classes, title)
