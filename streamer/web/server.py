@@ -44,6 +44,7 @@ PUSH_EVERY_S = 0.25  # live changes are batched: one push per this interval at m
 KEEPALIVE_S = 15.0  # a comment line, so proxies and browsers keep an idle stream open
 MAX_QUEUED = 64  # pushes waiting for one slow browser; past it, that browser is sent a full reload
 COOKIE = "harstream_token"
+MAX_LINE = 128 * 1024  # bytes of a request line (aiohttp's default, 8190, is a 900-character id in Chinese)
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")  # fmt: skip
 STATIC = {"app.js": "text/javascript", "style.css": "text/css"}
@@ -77,7 +78,9 @@ class WebApp:
         self._store_changed = False  # the last read of the store changed something: push every row
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self.pages_for_errors, self.auth])
+        # a device's page names it in the path: room for a long id (the store takes any), percent-encoded
+        app = web.Application(middlewares=[self.pages_for_errors, self.auth],
+                              handler_args={"max_line_size": MAX_LINE})
         app.on_response_prepare.append(self.headers)
         app.router.add_get("/", self.page_fleet)
         app.router.add_get("/device/{device:.+}", self.page_device)
