@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from live_fixtures import write_tiny_checkpoint
 
-from streamer.cli import main
+from streamer.cli.main import main
 from streamer.tools.bench_fleet import SETUPS, Brokers, fleet_figures, fleet_table
 
 pytestmark = pytest.mark.slow

@@ -22,7 +22,7 @@ from web_fixtures import WebServer, chromium, rendered, screenshot
 
 from model.recordings import Recording, load_hapt, write_csv_recording
 from streamer.sinks.store import Store, Target
-from streamer.tools.publisher import Publisher
+from streamer.tools.simulated_wearable import Publisher
 
 pytestmark = pytest.mark.slow
 

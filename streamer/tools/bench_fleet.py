@@ -263,7 +263,7 @@ def fleet_figures(checkpoint: Path, sizes: tuple[int, ...], seconds: float, back
 
 def _with_own_brokers(checkpoint: Path, sizes: tuple[int, ...], seconds: float, backend: str,
                       setups: tuple[str, ...], progress: Callable[[str], None]) -> dict:  # fmt: skip
-    from streamer.tools.broker import Mosquitto
+    from streamer.tools.private_mosquitto import Mosquitto
     from streamer.tools.rabbitmq import RabbitMQ
 
     progress("fleet: starting a private mosquitto and RabbitMQ (about 15 s)")
@@ -292,8 +292,8 @@ def fleet_table(result: dict):
 
 def main() -> None:
 
-    from streamer.commands.live_command import DEFAULT_CHECKPOINT
-    from streamer.commands.options import OneLineParser, number
+    from streamer.live import DEFAULT_CHECKPOINT
+    from streamer.options import OneLineParser, number
 
     parser = OneLineParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)

@@ -1,6 +1,6 @@
 """``harstream web``'s options and run: check them (a host that is not loopback needs a token), then
-serve the page until Ctrl-C or SIGTERM. The command line registers it (:func:`add_arguments`,
-:func:`run`); nothing here imports torch.
+serve the page until Ctrl-C or SIGTERM. streamer/cli/web.py registers them as the command; aiohttp
+is imported only when it runs, and nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -12,15 +12,13 @@ import os
 import signal
 import sys
 
+from streamer.errors import CliError
+from streamer.options import port
 from streamer.sinks.store import Target
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 TOKEN_ENV = "HARSTREAM_WEB_TOKEN"  # the token without it showing in `ps`
-
-
-class WebError(ValueError):
-    """Options that cannot serve safely, or a port that cannot be bound: one line, exit 1."""
 
 
 def is_loopback(host: str) -> bool:
@@ -37,16 +35,6 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be a port from 1 to 65535, not {text!r}")
-    return value
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", required=True, metavar="PATH_OR_URL",
                    help="the history store the recognizers write (a SQLite file or postgresql://...)")
@@ -61,7 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def checked(args: argparse.Namespace) -> tuple[str | None, str]:
-    """The token (None: none asked) and the page's address, or WebError."""
+    """The token (None: none asked) and the page's address, or CliError."""
     Target.parse(args.store)  # a malformed --store: one line now, not a banner later
     if args.broker:
         from streamer.sources.mqtt import parse_broker
@@ -69,9 +57,9 @@ def checked(args: argparse.Namespace) -> tuple[str | None, str]:
         parse_broker(args.broker)
     token = args.token or os.environ.get(TOKEN_ENV) or None
     if token is not None and len(token) < 8:
-        raise WebError("--token: use at least 8 characters (a guessable token guards nothing)")
+        raise CliError("--token: use at least 8 characters (a guessable token guards nothing)")
     if token is None and not is_loopback(args.host):
-        raise WebError(f"--host {args.host} lets other machines in: give --token SECRET (or ${TOKEN_ENV}), "
+        raise CliError(f"--host {args.host} lets other machines in: give --token SECRET (or ${TOKEN_ENV}), "
                        "and open the page with ?token=SECRET")  # fmt: skip
     host = f"[{args.host}]" if ":" in args.host else args.host
     return token, f"http://{host}:{args.port}/"
@@ -94,7 +82,7 @@ async def serve(app, host: str, port_number: int, address: str) -> int:
         await web.TCPSite(runner, host, port_number).start()
     except OSError as error:
         await runner.cleanup()
-        raise WebError(f"cannot listen on {host}:{port_number}: {error.strerror or error}") from None
+        raise CliError(f"cannot listen on {host}:{port_number}: {error.strerror or error}") from None
     print(f"harstream web: serving {address} (Ctrl-C to stop)", file=sys.stderr, flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

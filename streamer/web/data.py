@@ -1,6 +1,6 @@
 """What ``harstream web``'s JSON API says, from the history store and the live state together.
 
-The store is read with ``harstream history``'s own readers (:mod:`streamer.commands.history`), on a
+The store is read with ``harstream history``'s own readers (:mod:`streamer.cli.history`), on a
 worker thread, never on the server's loop; the fleet's part (each device's latest prediction and
 today's time per activity) is read every :data:`STORE_EVERY_S` seconds and kept, so a thousand
 browsers cost the database nothing more. A store that cannot be read is a status line (the page's
@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from model.report import glyphs
-from streamer.commands.history import first_line, has_device, read_history, read_latest, read_totals
+from streamer.cli.history import first_line, has_device, read_history, read_latest, read_totals
 from streamer.sinks.store import Target
 from streamer.ui.activity_colours import FIXED, activity_colours
 from streamer.web.live import LiveState

@@ -182,7 +182,7 @@ class CommandsAction(argparse._SubParsersAction):
 
     def add_parser(self, name: str, **kwargs) -> argparse.ArgumentParser:
         if name not in BY_NAME:
-            raise KeyError(f"harstream {name} is not in streamer/commands/table.py's table")
+            raise KeyError(f"harstream {name} is not in streamer/cli/table.py's table")
         given = {"help", "description", "epilog"} & kwargs.keys()
         if given:
             raise TypeError(f"harstream {name}: its {', '.join(sorted(given))} come from the table")
