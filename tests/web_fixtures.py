@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from live_fixtures import Lines, free_port, harstream
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
+from streamer.tools.bench_web import CHROMEDRIVER, CHROMIUM, chromium_driver
+
 
 
 class WebServer:
@@ -60,19 +60,10 @@ class WebServer:
 
 def chromium():
     """A headless chromium (a fresh profile each time), for a test module's ``browser`` fixture."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
     for path in (CHROMIUM, CHROMEDRIVER):
         if not Path(path).exists():
             pytest.fail(f"{path} is missing: apt-get install -y chromium chromium-driver")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                     "--window-size=1400,900", "--lang=en-GB"):  # fmt: skip
-        options.add_argument(argument)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(30)
+    driver = chromium_driver()
     yield driver
     driver.quit()
 
