@@ -19,7 +19,6 @@ from live_fixtures import Lines, free_port, harstream
 from streamer.tools.bench_web import CHROMEDRIVER, CHROMIUM, chromium_driver
 
 
-
 class WebServer:
     """``harstream web`` on a free loopback port (or ``host``), until :meth:`stop`."""
 
