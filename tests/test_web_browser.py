@@ -243,3 +243,22 @@ def test_a_token_link_lets_the_browser_in_and_nothing_else_does(browser, tmp_pat
         assert server.get("/api/fleet", {"Authorization": f"Bearer {token}"})[0] == 200
     finally:
         server.stop()
+
+
+def test_a_store_and_broker_that_are_down_are_banners_on_a_page_that_still_works(browser, tmp_path) -> None:
+    from live_fixtures import free_port
+
+    server = WebServer(tmp_path / "not-yet.db", "--broker", f"mqtt://127.0.0.1:{free_port()}")
+    try:
+        browser.get(server.url + "/")
+        rendered(browser)
+        deadline, shown = time.monotonic() + 15, []
+        while time.monotonic() < deadline and len(shown) < 2:
+            shown = browser.execute_script("return [...document.querySelectorAll('#banners .banner')]"
+                                           ".map((b) => b.textContent)")  # fmt: skip
+            time.sleep(0.2)
+        assert any(b.startswith("store: no store at") for b in shown), shown
+        assert any(b.startswith("broker: ") for b in shown), shown
+        assert browser.find_element("id", "empty").is_displayed()
+    finally:
+        server.stop()

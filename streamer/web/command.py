@@ -11,6 +11,7 @@ import ipaddress
 import os
 import signal
 import sys
+from typing import Any
 
 from streamer.errors import CliError
 from streamer.options import port
@@ -73,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     return asyncio.run(serve(app, args.host, args.port, address))
 
 
-async def serve(app, host: str, port_number: int, address: str) -> int:
+async def serve(app: Any, host: str, port_number: int, address: str) -> int:
     from aiohttp import web
 
     runner = web.AppRunner(app, access_log=None)  # a ?token= link must not end up in a log
