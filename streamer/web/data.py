@@ -49,8 +49,9 @@ def activities(names: set[str]) -> dict[str, dict[str, str]]:
 def palette(store: StoreView, names: set[str]) -> dict[str, dict[str, str]]:
     """:func:`activities` of every name seen so far, so that a letter never changes with the rows
     that one answer happens to hold."""
-    store.names |= {name for name in names if name}
-    return activities(store.names)
+    seen = store.names | {name for name in names if name}
+    store.names = seen  # a new set, never changed in place: the loop and worker threads both call this
+    return activities(seen)
 
 
 class StoreView:
