@@ -13,6 +13,7 @@ from streamer.cli.live_options import add_device_limits, add_live_options
 from streamer.core.limits import FLEET_MAX_PARTITIONS
 from streamer.live import LiveOptions, assemble, open_checkpoint, run_live
 from streamer.options import count, number, port
+from streamer.sinks.device_health import HealthPublisher
 from streamer.sinks.episode_publisher import EpisodePublisher
 from streamer.sources.fleet import FleetSource
 from streamer.sources.mqtt import PredictionPublisher
@@ -33,6 +34,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
         if source.outlet is not None:
             run.pipeline.sinks.append(PredictionPublisher(outlet, discovery=args.ha_discovery))
             EpisodePublisher(outlet, run.episodes, discovery=args.ha_discovery)  # har/<device>/event
+            run.pipeline.sinks.append(HealthPublisher(outlet, run.pipeline))  # har/<device>/health
         title = (f"harstream fleet · {options.broker.url} · worker {options.worker.text} of "
                  f"{options.partitions} partitions · window {checkpoint.window} hop {run.hop} · "
                  "Ctrl-C to stop")

@@ -11,13 +11,13 @@ import sys
 from importlib import metadata
 
 from model.extras import missing_package
-from streamer.cli import fleet, history, kit, models, record, replay, tools, wearables
+from streamer.cli import fleet, history, kit, models, record, replay, tools, wearables, web
 from streamer.cli.table import BY_NAME, CommandsAction, HelpFormatter, command_list
 from streamer.errors import CliError
 from streamer.options import OneLineParser
 
 # In the order of their parsers; the help lists them by streamer/cli/table.py's groups.
-COMMAND_MODULES = (replay, wearables, fleet, kit, record, models, history, tools)
+COMMAND_MODULES = (replay, wearables, fleet, kit, record, models, history, web, tools)
 
 EXAMPLES = """examples:
   harstream replay                                  live dashboard, held-out test subject 2

@@ -31,9 +31,11 @@ def cmd_mqtt(args: argparse.Namespace) -> int:
         run = assemble(options, checkpoint, [source])
         if args.publish or args.ha_discovery:
             run.pipeline.sinks.append(PredictionPublisher(source, discovery=args.ha_discovery))
+            from streamer.sinks.device_health import HealthPublisher
             from streamer.sinks.episode_publisher import EpisodePublisher
 
             EpisodePublisher(source, run.episodes, discovery=args.ha_discovery)  # har/<device>/event
+            run.pipeline.sinks.append(HealthPublisher(source, run.pipeline))  # har/<device>/health
         title = (f"harstream mqtt · {connection.broker.url} {connection.subscription} · "
                  f"window {checkpoint.window} hop {run.hop} · Ctrl-C to stop")  # fmt: skip
         code = run_live(options, run, checkpoint.classes, title)
