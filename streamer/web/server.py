@@ -3,7 +3,7 @@ API under ``/api/`` and the live push (Server-Sent Events), all read-only.
 
 Safe by default: every response carries a Content-Security-Policy that allows only this server's own
 script and stylesheet (no inline script, no other origin); with a token (required off loopback,
-see :mod:`streamer.web.command`) every request must carry it as a bearer header or a cookie, which a
+see :mod:`streamer.cli.web`) every request must carry it as a bearer header or a cookie, which a
 ``?token=`` link sets; a bad path or an unknown device is a 404 page; a store or broker that is down
 is a banner on the page. The store is read on worker threads, so a slow database never stalls the push.
 """
