@@ -29,7 +29,7 @@ from model.checkpoint_meta import CheckpointError, CheckpointMeta, meta_path
 from model.config import ConfigError, ExperimentConfig, load_config, override, with_train
 from model.extras import missing_package
 from model.strict_json import dumps
-from streamer.commands.options import OneLineParser, count
+from streamer.options import OneLineParser, count
 
 try:  # PyTorch and the rest of the training stack are the `train` extra: without them, one line
     import torch

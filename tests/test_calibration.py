@@ -16,7 +16,7 @@ from model.checkpoint import load_checkpoint
 from model.checkpoint_meta import CheckpointError, CheckpointMeta
 from model.preprocessing import PreprocessingSpec, build_preprocessor
 from model.recordings import Recording, load_hapt, write_csv_recording
-from streamer.cli import main
+from streamer.cli.main import main
 
 BASE = Path(__file__).resolve().parents[1] / "model" / "weights" / "uci_har_3x3.pt"
 # gravity from +x (the model's) to -y: the README's own MQTT example

@@ -15,7 +15,7 @@ import torch
 import train
 from model import distributed
 from model.recordings import HAPT_ACTIVITIES, HAPT_CHANNELS
-from streamer import cli
+from streamer.cli import main as cli
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs" / "uci_har_3x3.toml"

@@ -26,9 +26,8 @@ from live_fixtures import (
     wait_until,
 )
 
-from streamer.commands.activity_log import finish_history
-from streamer.commands.live_command import DEFAULT_CHECKPOINT
 from streamer.core.types import Prediction
+from streamer.live import DEFAULT_CHECKPOINT
 from streamer.sinks.episodes import Episodes, EpisodeTracker
 from streamer.sinks.store import Store, StoreSink, Target
 
@@ -226,7 +225,7 @@ def test_episode_events_arrive_on_mqtt_through_a_real_mosquitto(broker, short_re
         time.sleep(1.0)
         recognizer.pipeline.stop()
         recognizer.thread.join(10)
-        finish_history(recognizer.pipeline)  # the open episode ends: its event goes out
+        recognizer.run.finish()  # the open episode ends: its event goes out
         events_seen = lambda: sum(m["topic"].endswith("/event") for m in got)  # noqa: E731
         assert wait_until(lambda: publisher.events_published == events_seen(), 10)
     finally:

@@ -30,7 +30,7 @@ from replay.sources import Device
 from streamer.core.mqtt_connection import MqttOptions, TopicPattern, parse_broker
 from streamer.core.wire import encode_json_batch
 from streamer.sinks.announcer import discovery_id
-from streamer.tools.publisher import Publisher
+from streamer.tools.simulated_wearable import Publisher
 
 CHANNELS = HAPT_CHANNELS
 

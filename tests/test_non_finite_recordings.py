@@ -18,7 +18,7 @@ from model.checkpoint_meta import CheckpointError, read_meta
 from model.config import load_config
 from model.datasets import recording_windows
 from model.recordings import HAPT_CHANNELS, Recording, read_csv_recording, write_csv_recording
-from streamer.cli import main as harstream
+from streamer.cli.main import main as harstream
 from streamer.core.scheduler import Scheduler
 from streamer.core.types import SampleBatch
 

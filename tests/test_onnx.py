@@ -17,9 +17,10 @@ from model.checkpoint_meta import checkpoint_sha256
 from model.config import from_dict
 from model.datasets import build_splits
 from model.onnx_export import operator_counts, read_metadata
-from streamer.cli import DEFAULT_CHECKPOINT, main
+from streamer.cli.main import main
 from streamer.core.backends import OnnxBackend, TorchBackend, make_backend
 from streamer.core.engine import InferenceEngine
+from streamer.live import DEFAULT_CHECKPOINT
 
 
 @pytest.fixture(scope="module")

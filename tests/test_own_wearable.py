@@ -17,8 +17,8 @@ from live_fixtures import ROOT, Lines, harstream, mqtt_client
 from model.config import load_config
 from model.init_config import write_config
 from model.recordings import HAPT_CHANNELS
-from streamer.commands.check import Listened, analyse
 from streamer.core.types import SampleBatch
+from streamer.tools.device_check import Listened, analyse
 
 CLASSES = ("UPRIGHT", "SHAKING")
 

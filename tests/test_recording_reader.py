@@ -17,7 +17,7 @@ import pytest
 import train
 from model.init_config import write_config
 from model.recordings import HAPT_CHANNELS, measured_rate, read_csv_folder, read_csv_recording
-from streamer.cli import main as harstream
+from streamer.cli.main import main as harstream
 
 RATE = 50.0
 CLASSES = ("WALKING", "SITTING")

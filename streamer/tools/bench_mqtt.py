@@ -38,7 +38,7 @@ from streamer.core.mqtt_connection import MqttOptions, TopicPattern, new_client,
 from streamer.core.types import SampleBatch
 from streamer.core.wire import ACC, GYRO, HEADER, MAGIC
 from streamer.sources.mqtt import MqttSource
-from streamer.tools.broker import Mosquitto
+from streamer.tools.private_mosquitto import Mosquitto
 
 FORMATS = ("batch", "binary")
 RATE_HZ = 50.0
@@ -247,7 +247,7 @@ def _result(fmt: str, tally: Tally, published: int, n: int, refused: int, device
 
 def main() -> None:
 
-    from streamer.commands.options import OneLineParser, count, number
+    from streamer.options import OneLineParser, count, number
 
     parser = OneLineParser(description=__doc__.split("\n")[0])
     parser.add_argument("--devices", type=count(1, 100_000), default=200)

@@ -1,5 +1,5 @@
-"""``harstream history``: what each wearer did, from the store (Core Motion's "what did the user do
-between A and B"; STYLE.md item 15).
+"""``harstream history``: what each wearer did, from the store (as Core Motion answers "what did
+the user do between A and B").
 
 Time spent per activity is the stored predictions' (each window counted for its hop), so it matches
 what the recognizer said window by window; the episode list is the stored episodes. ``--json``
@@ -17,7 +17,8 @@ from datetime import datetime
 from pathlib import Path
 
 from model.strict_json import dumps
-from streamer.sinks.store import StoreError, Target, parse_duration
+from streamer.options import parse_duration
+from streamer.sinks.store import StoreError, Target
 from streamer.sinks.store_reader import read_history, unknown_device
 
 MAX_EPISODES_SHOWN = 50  # per device in the table (--json has them all)
@@ -116,8 +117,8 @@ def cmd_history(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_history_command(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("history")  # its help, description and examples: streamer/commands/table.py
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("history")  # its help, description and examples: streamer/cli/table.py
     p.add_argument("--store", required=True, metavar="PATH_OR_URL", help="a SQLite file or postgresql://...")
     p.add_argument("--device", metavar="ID", help="only this device")
     p.add_argument("--since", metavar="WHEN", help="an age (2h, 7d), 'today', or an ISO date/time")
