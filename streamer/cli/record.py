@@ -33,6 +33,7 @@ from streamer.sources.labelling import (
     RecordingProtocol,
     Step,
 )
+from streamer.sources.serial_source import SerialSource
 
 
 def session_classes(args: argparse.Namespace, protocol: RecordingProtocol | None) -> tuple[str, ...] | None:
@@ -98,16 +99,19 @@ def cmd_record(args: argparse.Namespace) -> int:
     board = LabelBoard(classes, note=say)
     recorder = CsvRecorder(args.out, HAPT_CHANNELS, note=say, labels=board.current)  # recovers a killed run's
     # no dashboard to retry behind, so a source that cannot start is an error (headless)
+    labels_at = ""  # where labels arrive besides the keys: an MQTT source's label topic
+    source: LabelledMqttSource | SerialSource
     if args.broker:
         options = mqtt_options(args)
         source = LabelledMqttSource(options, HAPT_CHANNELS, board)
+        if source.labels is not None:
+            labels_at = f", labels on {source.labels.text}"
         start_mqtt(options, HAPT_CHANNELS, connect_timeout=args.connect_timeout, headless=True, source=source)
     else:
         source = serial_source(args, HAPT_CHANNELS, headless=True)
     stop = threading.Event()
     thread = threading.Thread(target=source.run, args=(recorder.write, stop), daemon=True)
     thread.start()
-    labels_at = f", labels on {source.labels.text}" if getattr(source, "labels", None) else ""
     if labels_at and classes is None:
         labels_at += " (any name; --classes restricts)"
     say(f"recording {source.name} into {args.out}{labels_at}; Ctrl-C to stop")
