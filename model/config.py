@@ -8,8 +8,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from model.dataset_kinds import NAMES, DatasetKind, dataset_kind, find_dataset_kind
-from model.preprocessing import PreprocessingSpec
+from model.data.kinds import NAMES, DatasetKind, dataset_kind, find_dataset_kind
+from model.data.preprocessing import PreprocessingSpec
 
 
 class ConfigError(ValueError):
@@ -25,7 +25,7 @@ def _unknown(kind: str, name: str, where: str, known: list[str]) -> ConfigError:
 @dataclass(frozen=True)
 class DataConfig:
     dataset: str = "hapt"  # hapt | uci_har (original folder) | csv (generic recordings) | opportunity;
-    # each is a module of model/dataset_kinds/
+    # each is a module of model/data/kinds/
     path: str = ""  # folder for uci_har / csv; folder or zip for opportunity
     classes: tuple[str, ...] = ()  # class names in index order (csv; others know their own)
     channels: tuple[str, ...] = ()  # raw input channels (csv)
@@ -49,7 +49,7 @@ READOUTS = ("last", "mean")
 
 @dataclass(frozen=True)
 class NetworkConfig:
-    """The network's sizes. :mod:`model.network` builds it; this record stays torch-free, so that a
+    """The network's sizes. :mod:`model.net.network` builds it; this record stays torch-free, so that a
     checkpoint's metadata is read and checked where torch is not installed (a gateway)."""
 
     # In an experiment these two are derived (ExperimentConfig): the preprocessing's features and

@@ -36,7 +36,7 @@ from streamer.commands.wearables_cli import add_wearable_commands
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from model.checkpoint_meta import CheckpointMeta
+    from model.net.checkpoint_meta import CheckpointMeta
     from replay.sources import Device
 
 __all__ = ["DEFAULT_CHECKPOINT", "CliError", "build_parser", "main"]
@@ -58,8 +58,8 @@ def evaluation(args: argparse.Namespace) -> tuple[CheckpointMeta, dict, bool]:
     """The checkpoint's metadata, its metrics on ``--split`` (the data rebuilt from its config),
     and whether those windows are the ones it was trained and scored on."""
     from model.config import from_dict, override
-    from model.datasets import build_splits, null_class
-    from model.metrics import summarise
+    from model.data.datasets import build_splits, null_class
+    from model.train.metrics import summarise
 
     meta = open_checkpoint(args.checkpoint)
     if "config" not in meta:  # the live path needs none; evaluation rebuilds the data from it
@@ -81,7 +81,7 @@ def evaluation(args: argparse.Namespace) -> tuple[CheckpointMeta, dict, bool]:
 def print_evaluation(classes: tuple[str, ...], metrics: dict, split: str, same_data: bool) -> None:
     from rich.console import Console
 
-    from model.report import confusion_table, per_class_table
+    from model.train.report import confusion_table, per_class_table
 
     console = Console()
     console.print(per_class_table(metrics, classes, title=f"{split}, per class"))
@@ -175,7 +175,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import torch  # the baseline it measures against is the eager PyTorch model
     from rich.console import Console
 
-    from model.checkpoint import load_checkpoint
+    from model.net.checkpoint import load_checkpoint
     from streamer.tools.bench import run_bench
 
     torch.set_num_threads(args.threads)
@@ -317,7 +317,7 @@ def add_soak_command(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from model.onnx_export import export_checkpoint, operator_counts
+    from model.net.onnx_export import export_checkpoint, operator_counts
 
     meta = open_checkpoint(args.checkpoint)
     out = export_checkpoint(args.checkpoint, args.out)  # by default where --backend onnx looks first
@@ -329,7 +329,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    from model.download import ARCHIVES, DownloadError, download
+    from model.data.download import ARCHIVES, DownloadError, download
 
     try:
         marker = download(args.dataset, args.to, url=args.url)

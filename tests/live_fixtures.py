@@ -16,7 +16,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
 
-from model.recordings import Recording, load_hapt, write_csv_recording
+from model.data.recordings import Recording, load_hapt, write_csv_recording
 from streamer.sources.mqtt import parse_broker
 from streamer.tools import broker as broker_module
 from streamer.tools.bench_mqtt import wait_until  # noqa: F401 - the tests import it from here
@@ -54,10 +54,10 @@ def write_tiny_checkpoint(path: Path, window: int = 128, data: DataConfig | None
     plumbing."""
     import torch
 
-    from model.checkpoint import save_checkpoint
-    from model.checkpoint_meta import CheckpointMeta, meta_path
     from model.config import DataConfig, ExperimentConfig, NetworkConfig
-    from model.network import ResidualBiLSTM
+    from model.net.checkpoint import save_checkpoint
+    from model.net.checkpoint_meta import CheckpointMeta, meta_path
+    from model.net.network import ResidualBiLSTM
 
     torch.manual_seed(0)
     network = NetworkConfig(n_hidden=8, n_stacked=1, n_residual=1, dropout=0.0)  # sizes: the data's

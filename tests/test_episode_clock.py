@@ -16,8 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from live_fixtures import ROOT
 
-from model.preprocessing import PreprocessingSpec
-from model.recordings import HAPT_CHANNELS, read_csv_recording
+from model.data.preprocessing import PreprocessingSpec
+from model.data.recordings import HAPT_CHANNELS, read_csv_recording
 from streamer.cli import build_parser
 from streamer.commands.activity_log import episodes_of, finish_history
 from streamer.commands.live_command import DEFAULT_CHECKPOINT, LiveOptions, live_parts, open_checkpoint

@@ -28,7 +28,7 @@ from live_fixtures import (
 )
 from rabbitmq_fixture import active_consumers
 
-from model.recordings import HAPT_CHANNELS, load_hapt
+from model.data.recordings import HAPT_CHANNELS, load_hapt
 from streamer.cli import main
 from streamer.core.shard import Shard
 from streamer.core.wire import encode_json_batch

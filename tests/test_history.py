@@ -256,8 +256,8 @@ def test_the_dashboard_shows_what_each_wearer_did_today_from_the_store(tiny_chec
                                                                        tmp_path) -> None:  # fmt: skip
     from rich.console import Console
 
-    from model.checkpoint import load_checkpoint
-    from model.recordings import HAPT_ACTIVITIES, read_csv_recording
+    from model.data.recordings import HAPT_ACTIVITIES, read_csv_recording
+    from model.net.checkpoint import load_checkpoint
     from replay.sources import Device
     from streamer.ui.dashboard import Dashboard
     from streamer.ui.today import TodayTotals

@@ -9,7 +9,7 @@ import time
 import numpy as np
 from live_fixtures import wait_until
 
-from model.recordings import HAPT_CHANNELS
+from model.data.recordings import HAPT_CHANNELS
 from streamer.cli import build_parser
 from streamer.commands.live_command import LiveOptions, live_parts, open_checkpoint
 from streamer.core.pipeline import NEW_DEVICES, SHED, Ingress, _Finished

@@ -25,7 +25,7 @@ from live_fixtures import (
 )
 from live_fixtures import mqtt_client as client
 
-from model.recordings import HAPT_ACTIVITIES, HAPT_CHANNELS, read_csv_recording
+from model.data.recordings import HAPT_ACTIVITIES, HAPT_CHANNELS, read_csv_recording
 from replay.sources import Device
 from streamer.core.wire import encode_json_batch
 from streamer.sources.mqtt import MqttOptions, TopicPattern, discovery_id, parse_broker

@@ -30,7 +30,7 @@ from live_fixtures import (
     wait_until,
 )
 
-from model.recordings import HAPT_ACTIVITIES, HAPT_CHANNELS, read_csv_recording
+from model.data.recordings import HAPT_ACTIVITIES, HAPT_CHANNELS, read_csv_recording
 from replay.sources import Device
 from streamer.cli import DEFAULT_CHECKPOINT
 from streamer.core.pipeline import SHED_MESSAGES

@@ -8,7 +8,7 @@ import sys
 
 from live_fixtures import ROOT
 
-from model.recordings import HAPT_CHANNELS
+from model.data.recordings import HAPT_CHANNELS
 from streamer.cli import build_parser
 from streamer.commands.wearables_cli import mqtt_options, start_mqtt
 

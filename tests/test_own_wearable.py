@@ -15,8 +15,8 @@ import pytest
 from live_fixtures import ROOT, Lines, harstream, mqtt_client
 
 from model.config import load_config
-from model.init_config import write_config
-from model.recordings import HAPT_CHANNELS
+from model.data.recordings import HAPT_CHANNELS
+from model.train.init_config import write_config
 from streamer.commands.check import Listened, analyse
 from streamer.core.types import SampleBatch
 

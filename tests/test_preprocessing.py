@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from model.preprocessing import PreprocessingSpec, build_preprocessor, process_stacked
+from model.data.preprocessing import PreprocessingSpec, build_preprocessor, process_stacked
 
 SPEC = PreprocessingSpec(kind="uci_har", rate_hz=50.0)
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from live_fixtures import Lines, harstream, predictions, replay_reference, same_predictions, wait_until
 
-from model.recordings import HAPT_ACTIVITIES, HAPT_CHANNELS, read_csv_recording
+from model.data.recordings import HAPT_ACTIVITIES, HAPT_CHANNELS, read_csv_recording
 from streamer import cli
 from streamer.core.drops import Drops
 from streamer.core.wire import WireError

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from live_fixtures import Lines, harstream, mqtt_client, predictions, write_tiny_checkpoint
 
-from model.recordings import HAPT_CHANNELS, load_hapt
+from model.data.recordings import HAPT_CHANNELS, load_hapt
 from streamer.cli import CliError, build_parser
 from streamer.commands.wearables_cli import recognizer_mqtt_options
 from streamer.core.shard import Shard, shard_of

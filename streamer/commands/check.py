@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.recordings import ACC, GYRO, measured_rate
+from model.data.recordings import ACC, GYRO, measured_rate
 from streamer.core.limits import GAP_PERIODS, RATE_RATIO, value_limits
 from streamer.core.types import SampleBatch
 
@@ -55,7 +55,7 @@ def model_gravity(meta) -> np.ndarray | None:
     if data.get("dataset") in ("hapt", "uci_har", "uci-har"):
         return np.array([1.0, 0.0, 0.0])
     if data.get("dataset") == "csv" and Path(str(data.get("path", ""))).is_dir():
-        from model.recordings import read_csv_folder
+        from model.data.recordings import read_csv_folder
 
         try:
             classes = tuple(data.get("classes", ()))

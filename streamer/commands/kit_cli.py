@@ -43,7 +43,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_init_config(args: argparse.Namespace) -> int:
-    from model.init_config import write_config
+    from model.train.init_config import write_config
 
     out = Path(args.out)
     if out.exists() and not args.force:
@@ -60,9 +60,9 @@ def cmd_init_config(args: argparse.Namespace) -> int:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     import time
 
-    from model.calibration import calibrate, save
-    from model.checkpoint import load_checkpoint
-    from model.recordings import read_csv_recording
+    from model.data.recordings import read_csv_recording
+    from model.net.checkpoint import load_checkpoint
+    from model.train.calibration import calibrate, save
 
     out = Path(args.out)
     if out.exists() and not args.force:
@@ -115,7 +115,7 @@ def add_kit_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.set_defaults(run=cmd_init_config)
 
-    p = sub.add_parser("calibrate")  # model/calibration.py
+    p = sub.add_parser("calibrate")  # model/train/calibration.py
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, metavar="FILE.pt",
                    help="the base model (default: the shipped model)")
     p.add_argument("--recording", action="append", required=True, metavar="CSV",

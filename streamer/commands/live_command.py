@@ -24,7 +24,7 @@ from streamer.commands.options import MAX_THREADS, count, number
 from streamer.core import limits
 
 if TYPE_CHECKING:
-    from model.checkpoint_meta import CheckpointMeta
+    from model.net.checkpoint_meta import CheckpointMeta
     from streamer.core.engine import InferenceEngine
     from streamer.core.pipeline import Pipeline
     from streamer.core.source import Source
@@ -190,7 +190,7 @@ def add_device_limits(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> N
 def open_checkpoint(path: Path) -> CheckpointMeta:
     """The checkpoint's checked metadata: what the live path needs besides the backend, read
     without torch."""
-    from model.checkpoint_meta import read_meta
+    from model.net.checkpoint_meta import read_meta
 
     if not Path(path).exists():
         raise CliError(

@@ -84,7 +84,7 @@ def keys() -> Iterator[callable]:
 def cmd_record(args: argparse.Namespace, *, mqtt_options, serial_source, start_mqtt) -> int:
     """``record``; the broker and port plumbing comes from :mod:`streamer.commands.wearables_cli`, which
     calls this (passed in, so that neither module imports the other back)."""
-    from model.recordings import HAPT_CHANNELS
+    from model.data.recordings import HAPT_CHANNELS
     from streamer.sinks.recorder import CsvRecorder
 
     if (args.broker is None) == (args.port is None):

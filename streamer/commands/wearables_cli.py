@@ -239,7 +239,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 def make_publishers(args: argparse.Namespace) -> list[Publisher]:
     """A simulated wearable for each device of ``SOURCE``, checked, not connected yet."""
-    from model.recordings import HAPT_ACTIVITIES, HAPT_CHANNELS, HAPT_RATE_HZ
+    from model.data.recordings import HAPT_ACTIVITIES, HAPT_CHANNELS, HAPT_RATE_HZ
     from replay.sources import Inputs, parse_source
     from streamer.core.wire import valid_device_id
     from streamer.tools.publisher import FORMATS, Publisher

@@ -59,7 +59,7 @@ def _publish(host: str, port: int, devices: int, rounds: int, per_message: int, 
     """Every device's messages, each when its last sample is due."""
     import paho.mqtt.client as mqtt
 
-    from model.recordings import HAPT_CHANNELS
+    from model.data.recordings import HAPT_CHANNELS
     from streamer.core.wire import encode_json_batch
 
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)  # both brokers speak it
@@ -165,8 +165,8 @@ def _drop_fleet(amqp_url: str, fleet: str) -> None:
 def run_setup(setup: str, brokers: Brokers, checkpoint: Path, devices: int, seconds: float, hop: int = 32,
               backend: str = "onnx", per_message: int = 25) -> dict:  # fmt: skip
     """One setup (``mosquitto``, ``rabbitmq_1``, ``rabbitmq_2``) at one fleet size, measured."""
-    from model.checkpoint_meta import read_meta
-    from model.recordings import load_hapt
+    from model.data.recordings import load_hapt
+    from model.net.checkpoint_meta import read_meta
 
     window = read_meta(checkpoint).window
     rounds = max(1, round(seconds * RATE_HZ / per_message))

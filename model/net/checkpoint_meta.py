@@ -5,7 +5,7 @@ and checked against what inference needs before anything is built from it, so a 
 :class:`CheckpointError` line naming the file and the field, never a traceback, a model of
 gigabytes, or a recognizer that dies at its first window. The live path needs nothing else from a
 checkpoint when it runs the ONNX export (:mod:`streamer.core.backends`), so nothing here imports torch;
-:mod:`model.checkpoint` loads the weights.
+:mod:`model.net.checkpoint` loads the weights.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from types import MappingProxyType
 from typing import Any
 
 from model.config import READOUTS, ExperimentConfig, NetworkConfig
-from model.preprocessing import PreprocessingSpec, build_preprocessor
+from model.data.preprocessing import PreprocessingSpec, build_preprocessor
 
 # Bounds on what a checkpoint may ask for. Generous for any wearable model, and small enough that
 # a typo (or a hostile file) cannot make inference allocate gigabytes.
@@ -302,7 +302,7 @@ def _preprocessing(read: _Reader, d: Mapping[str, Any], rate_hz: float,
 
 
 def _rotation(read: _Reader, value: Any, kind: str) -> None:
-    """A calibration's rotation (model/calibration.py): 3 rows of 3 numbers, orthonormal, det +1."""
+    """A calibration's rotation (model/train/calibration.py): 3 rows of 3 numbers, orthonormal, det +1."""
     what = "must be 3 rows of 3 numbers, a rotation (orthonormal, determinant +1)"
     if kind != "uci_har":
         raise read.fail("preprocessing.rotation", "is for uci_har preprocessing only", shown=False)
@@ -411,7 +411,7 @@ def read_meta(path: str | Path) -> CheckpointMeta:
 
 def checkpoint_sha256(path: str | Path) -> str:
     """The sha256 of a checkpoint's content, weights and metadata: what its ONNX export is keyed by,
-    so an export is known to be this checkpoint's without torch (:mod:`model.onnx_export`)."""
+    so an export is known to be this checkpoint's without torch (:mod:`model.net.onnx_export`)."""
     digest = hashlib.sha256()
     for file in (Path(path), meta_path(Path(path))):
         digest.update(hashlib.sha256(file.read_bytes()).digest())

@@ -8,8 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from model.dataset_kinds.base import DatasetKind, Inputs
-from model.recordings import Recording, read_csv_folder, read_csv_recording
+from model.data.kinds.base import DatasetKind, Inputs
+from model.data.recordings import Recording, read_csv_folder, read_csv_recording
 
 if TYPE_CHECKING:
     from model.config import DataConfig

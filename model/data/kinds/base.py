@@ -6,11 +6,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from model.recordings import Recording
+from model.data.recordings import Recording
 
 if TYPE_CHECKING:  # model.config reads this package when a config is built: no import back at runtime
     from model.config import DataConfig, ExperimentConfig
-    from model.datasets import Splits
+    from model.data.datasets import Splits
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 import numpy as np
 from scipy import signal
 
-from model.recordings import ACC, GYRO
+from model.data.recordings import ACC, GYRO
 
 UCI_HAR_INPUTS = ACC + GYRO
 UCI_HAR_FEATURES = (
@@ -58,7 +58,7 @@ class PreprocessingSpec:
     inputs: tuple[str, ...] = UCI_HAR_INPUTS
     params: dict[str, Any] = field(default_factory=dict)
     # uci_har: a 3x3 rotation (rows) applied to acc and to gyro before anything else, mapping a
-    # device's axes onto the model's (a per-wearer calibration, model/calibration.py); () = none
+    # device's axes onto the model's (a per-wearer calibration, model/train/calibration.py); () = none
     rotation: tuple[tuple[float, ...], ...] = ()
 
     @property

@@ -13,12 +13,12 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
-from model import distributed
-from model.checkpoint import load_checkpoint
 from model.config import ExperimentConfig, TrainConfig
-from model.datasets import WindowSet
-from model.metrics import summarise
-from model.network import ResidualBiLSTM
+from model.data.datasets import WindowSet
+from model.net.checkpoint import load_checkpoint
+from model.net.network import ResidualBiLSTM
+from model.train import distributed
+from model.train.metrics import summarise
 
 
 @dataclass
@@ -222,7 +222,7 @@ def fit(
     on_epoch: Callable[[EpochRecord], None] | None = None,
     device: str = "cpu",
 ) -> FitResult:
-    """Train; data-parallel when a process group is initialised (see model/distributed.py).
+    """Train; data-parallel when a process group is initialised (see model/train/distributed.py).
 
     Under DDP every rank runs this with the same arguments: the shuffled order comes from the
     shared seed, each rank steps through its shard in batches of ``batch_size // world_size``,

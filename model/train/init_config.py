@@ -5,7 +5,7 @@ What the files say is read, not asked: the channels (every column but ``timestam
 angular rate that reaches past 15 is in deg/s, since 15 rad/s is a spin few wrists make), the rate
 (measured per file; files more than 2 % apart are refused), the classes (the labels that occur)
 and the subjects (the ``subject`` column, else the file name). The files are read by the reader
-training uses (:func:`model.recordings.read_csv_table`), so a file it accepts trains. From them it
+training uses (:func:`model.data.recordings.read_csv_table`), so a file it accepts trains. From them it
 chooses the window (128 by default, 24 for short gestures or short recordings), the preprocessing
 that suits the rate (UCI HAR's filters, their 20 Hz low-pass kept below the rate's Nyquist
 frequency; raw channels when they are not acc+gyro xyz) and a split: one subject held out for test
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from model.config import ConfigError, from_dict
-from model.recordings import (
+from model.data.recordings import (
     ACC,
     GYRO,
     HAPT_ACTIVITIES,
@@ -90,7 +90,7 @@ def _runs(labels: tuple[str, ...], runs: dict[str, list[int]]) -> None:
 
 def survey(folder: str | Path) -> Survey:
     """Read every ``*.csv`` in ``folder``; ValueError (one line naming the file) when they disagree
-    or one breaks a rule of :func:`model.recordings.read_csv_table`."""
+    or one breaks a rule of :func:`model.data.recordings.read_csv_table`."""
     folder = Path(folder)
     tables = _tables(folder)
     channels = tables[0].channels

@@ -1,7 +1,7 @@
 """Per-wearer calibration: a base checkpoint adapted to one wearer from a few labelled seconds.
 
     harstream calibrate --checkpoint BASE.pt --recording CSV... --out wearer.pt
-    python -m model.calibration --report [--json]      # the fixed protocol on HAPT's test subjects
+    python -m model.train.calibration --report [--json]      # the fixed protocol on HAPT's test subjects
 
 What it does, in order:
 
@@ -14,7 +14,7 @@ What it does, in order:
    difference is how this wearer stands and sits, which is what step 3 learns: rotating it away
    would erase it.
 2. **Data.** At most ``seconds`` (20) of each activity, the first labelled samples of each class in
-   the order given, cut into windows with the training code (:func:`model.datasets.stream_windows`) at
+   the order given, cut into windows with the training code (:func:`model.data.datasets.stream_windows`) at
    a step of 16; a window counts only when every one of its samples is among those seconds.
 3. **Adaptation.** Only the classifier layer (and, with ``--adapt norm``, the last block's
    LayerNorm) is trained, full batch, Adam, ``steps`` steps, on cross-entropy plus an L2 pull toward
@@ -43,12 +43,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from model.checkpoint_meta import CheckpointMeta, meta_path
 from model.config import DataConfig
-from model.datasets import WindowSet, stream_windows
-from model.preprocessing import PreprocessingSpec
-from model.recordings import UCI_HAR_TEST_SUBJECTS, Recording
+from model.data.datasets import WindowSet, stream_windows
+from model.data.preprocessing import PreprocessingSpec
+from model.data.recordings import UCI_HAR_TEST_SUBJECTS, Recording
+from model.net.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from model.net.checkpoint_meta import CheckpointMeta, meta_path
 
 SECONDS = 20.0  # per activity, at most
 STEP = 16  # samples between calibration windows
@@ -96,7 +96,7 @@ def first_seconds(recordings: Sequence[Recording], n_classes: int, samples: int)
 def windows(recordings: Sequence[Recording], meta: CheckpointMeta, spec: PreprocessingSpec, step: int,
             masks: Sequence[np.ndarray] | None = None, exclude: bool = False) -> WindowSet:  # fmt: skip
     """Labelled windows cut as training cuts them (lost readings as the live path treats them:
-    :func:`model.datasets.live_streams`); with ``masks``, only windows wholly inside the mask (or,
+    :func:`model.data.datasets.live_streams`); with ``masks``, only windows wholly inside the mask (or,
     ``exclude``, wholly outside it)."""
     data = _data(meta, step)
     parts = [stream_windows(r, data, spec, None if masks is None else masks[i], exclude)
@@ -266,7 +266,7 @@ def turn(recording: Recording, r: np.ndarray) -> Recording:
 
 
 def _sessions(subject: int, turned: bool = False) -> tuple[list[Recording], list[Recording]]:
-    from model.recordings import load_hapt
+    from model.data.recordings import load_hapt
 
     recordings = load_hapt((subject,))
     if turned:
@@ -330,7 +330,8 @@ SELECTION_GRID = tuple(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m model.calibration", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m model.train.calibration",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", type=Path, default=Path("model/weights/uci_har_3x3.pt"))
     how = parser.add_mutually_exclusive_group(required=True)
     how.add_argument("--report", action="store_true", help="the fixed protocol: second sessions, scored once")

@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from model import opportunity
-from model.dataset_kinds.base import DatasetKind, Inputs
-from model.recordings import Recording
+from model.data import opportunity
+from model.data.kinds.base import DatasetKind, Inputs
+from model.data.recordings import Recording
 
 if TYPE_CHECKING:
     from model.config import DataConfig

@@ -1,7 +1,7 @@
 """From recordings to labelled windows, split by subject (or by recording, for OPPORTUNITY).
 
 Which recordings a dataset holds, and how they are read, each dataset declares in its module of
-:mod:`model.dataset_kinds`; what is done with them is here, the same for all.
+:mod:`model.data.kinds`; what is done with them is here, the same for all.
 
 Windows are cut from the features the causal preprocessor computes over each recording, starting
 at the recording's first sample every ``step`` samples: the live scheduler with hop = step cuts
@@ -18,10 +18,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from model.config import DataConfig, ExperimentConfig
-from model.input_limits import GAP_PERIODS
-from model.labels import window_labels
-from model.preprocessing import PreprocessingSpec, build_preprocessor
-from model.recordings import Recording
+from model.data.input_limits import GAP_PERIODS
+from model.data.labels import window_labels
+from model.data.preprocessing import PreprocessingSpec, build_preprocessor
+from model.data.recordings import Recording
 from model.strict_json import dumps
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from model.dataset_kinds.base import DatasetKind, Inputs
-from model.recordings import HAPT_ACTIVITIES, Recording, load_hapt
+from model.data.kinds.base import DatasetKind, Inputs
+from model.data.recordings import HAPT_ACTIVITIES, Recording, load_hapt
 
 if TYPE_CHECKING:
     from model.config import DataConfig
