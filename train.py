@@ -25,18 +25,20 @@ from pathlib import Path
 
 from rich.console import Console
 
-from model.config import ConfigError, ExperimentConfig, load_config, override, with_train
+from model.config import ExperimentConfig
 from model.extras import missing_package
 from model.net.checkpoint_meta import CheckpointError, CheckpointMeta, meta_path
 from model.strict_json import dumps
+from model.train.experiment import ConfigError, load_config, override, with_data_path, with_train
 from streamer.commands.options import OneLineParser, count
 
 try:  # PyTorch and the rest of the training stack are the `train` extra: without them, one line
     import torch
 
-    from model.data.datasets import Splits, build_splits, null_class, parse_fold
+    from model.data.datasets import Splits, parse_fold
     from model.net.checkpoint import save_checkpoint
     from model.train import distributed
+    from model.train.experiment import build_splits, null_class
     from model.train.report import confusion_table, per_class_table, save_confusion_png
     from model.train.training import EpochRecord, FitResult, NonFiniteError, RecipeError, evaluate, fit
 except ModuleNotFoundError as error:
@@ -113,7 +115,7 @@ def experiment_config(args: argparse.Namespace) -> ExperimentConfig:
     """The config file with the command line's changes; ConfigError for a mistake in either."""
     config = override(load_config(args.config), args.set)
     if args.data_dir or args.data_zip:
-        config = override(config, [f'data.path="{args.data_zip or args.data_dir}"'])
+        config = with_data_path(config, args.data_zip or args.data_dir)
     if args.epochs is not None:
         config = with_train(config, epochs=args.epochs)
     if args.seed is not None:

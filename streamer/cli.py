@@ -57,8 +57,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def evaluation(args: argparse.Namespace) -> tuple[CheckpointMeta, dict, bool]:
     """The checkpoint's metadata, its metrics on ``--split`` (the data rebuilt from its config),
     and whether those windows are the ones it was trained and scored on."""
-    from model.config import from_dict, override
-    from model.data.datasets import build_splits, null_class
+    from model.train.experiment import build_splits, from_dict, null_class, with_data_path
     from model.train.metrics import summarise
 
     meta = open_checkpoint(args.checkpoint)
@@ -66,7 +65,7 @@ def evaluation(args: argparse.Namespace) -> tuple[CheckpointMeta, dict, bool]:
         raise CliError(f"{args.checkpoint} records no training config, so its data cannot be rebuilt")
     config = from_dict(meta["config"], f"{args.checkpoint} config")
     if args.data_dir or args.data_zip:
-        config = override(config, [f'data.path="{args.data_zip or args.data_dir}"'])
+        config = with_data_path(config, args.data_zip or args.data_dir)
     engine = live_engine(args.checkpoint, args.backend, args.threads, max_batch=512)
     splits = build_splits(config)
     windows = splits.by_name(args.split)

@@ -54,15 +54,16 @@ def write_tiny_checkpoint(path: Path, window: int = 128, data: DataConfig | None
     plumbing."""
     import torch
 
-    from model.config import DataConfig, ExperimentConfig, NetworkConfig
+    from model.config import DataConfig, NetworkConfig
     from model.net.checkpoint import save_checkpoint
     from model.net.checkpoint_meta import CheckpointMeta, meta_path
     from model.net.network import ResidualBiLSTM
+    from model.train.experiment import experiment
 
     torch.manual_seed(0)
     network = NetworkConfig(n_hidden=8, n_stacked=1, n_residual=1, dropout=0.0)  # sizes: the data's
     data = data or DataConfig(window=window, step=window // 2)
-    config = ExperimentConfig(name=path.stem, data=data, model=network)
+    config = experiment(name=path.stem, data=data, model=network)
     model = ResidualBiLSTM(config.model)
     meta = CheckpointMeta.from_training(
         meta_path(path), config, normalisation=(model.feature_mean.tolist(), model.feature_std.tolist()),

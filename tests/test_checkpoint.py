@@ -219,7 +219,7 @@ def test_a_zip_that_is_not_torchs_is_not_weights(tiny, capsys) -> None:
 
 
 def test_new_metadata_holds_each_fact_once_and_reads_back_the_whole_config(tiny) -> None:
-    from model.config import from_dict
+    from model.train.experiment import from_dict
 
     stored = json.loads(tiny.with_suffix(".json").read_text())
     assert set(stored["config"]) == {"data", "train"}  # name, preprocessing, network: the top level's

@@ -3,10 +3,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.config import DataConfig, ExperimentConfig, load_config, override
-from model.data.datasets import build_splits, recording_windows, window_labels
+from model.config import DataConfig, ExperimentConfig
+from model.data.datasets import recording_windows, window_labels
 from model.data.preprocessing import PreprocessingSpec
 from model.data.recordings import HAPT_ACTIVITIES, Recording, read_csv_folder, write_csv_recording
+from model.train.experiment import build_splits, load_config, override
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -184,14 +185,14 @@ def test_every_source_spec_is_read_by_its_datasets_module(tmp_path, hapt):
 
 def test_each_dataset_declares_its_classes_null_class_and_preprocessing():
     from model.data import opportunity
-    from model.data.datasets import class_names, null_class
+    from model.train.experiment import class_names, kind_of, null_class
 
     hapt = ExperimentConfig()
     opp = override(hapt, ['data.dataset="opportunity"', 'preprocessing.kind="opportunity"',
                           'data.labels="locomotion"'])  # fmt: skip
     assert (class_names(hapt), null_class(hapt)) == (HAPT_ACTIVITIES, None)
     assert (class_names(opp), null_class(opp)) == (opportunity.classes("locomotion"), 0)
-    assert opp.dataset_kind.preprocessing == "opportunity" and hapt.dataset_kind.preprocessing == "uci_har"
+    assert kind_of(opp).preprocessing == "opportunity" and kind_of(hapt).preprocessing == "uci_har"
 
 
 def test_the_dataset_registry_and_the_live_configs_need_neither_torch_nor_pandas(tmp_path, hapt):
@@ -210,7 +211,7 @@ class Absent:  # as on a gateway: importing torch or pandas fails
 
 sys.meta_path.insert(0, Absent())
 from model.net.checkpoint_meta import read_meta
-from model.config import load_config
+from model.train.experiment import load_config
 from model.data.recordings import HAPT_ACTIVITIES, HAPT_CHANNELS
 from replay.sources import Inputs, parse_source
 assert load_config("configs/opportunity_18.toml").model.n_classes == 18

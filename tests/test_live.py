@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from model.config import from_dict
 from model.data.datasets import recording_windows
 from model.data.recordings import HAPT_ACTIVITIES, Recording, load_hapt
 from model.net.checkpoint import load_checkpoint
+from model.train.experiment import from_dict
 from model.train.training import predict_proba
 from replay.sources import Device, Inputs, ReplaySource, parse_source
 from streamer.cli import main

@@ -13,11 +13,11 @@ import pytest
 import torch
 
 import train
-from model.config import load_config
 from model.data.datasets import recording_windows
 from model.data.recordings import HAPT_CHANNELS, Recording, read_csv_recording, write_csv_recording
 from model.net.checkpoint import load_checkpoint, save_checkpoint
 from model.net.checkpoint_meta import CheckpointError, read_meta
+from model.train.experiment import load_config
 from streamer.cli import main as harstream
 from streamer.core.scheduler import Scheduler
 from streamer.core.types import SampleBatch

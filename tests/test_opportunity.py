@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 import train
-from model.config import load_config, override
 from model.data import opportunity as opp
-from model.data.datasets import build_splits, recording_windows
+from model.data.datasets import recording_windows
 from model.data.preprocessing import PreprocessingSpec, build_preprocessor
+from model.train.experiment import build_splits, load_config, override
 from model.train.metrics import summarise
 from model.train.training import fit
 from streamer import cli

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from live_fixtures import ROOT, Lines, harstream, mqtt_client
 
-from model.config import load_config
 from model.data.recordings import HAPT_CHANNELS
+from model.train.experiment import load_config
 from model.train.init_config import write_config
 from streamer.commands.check import Listened, analyse
 from streamer.core.types import SampleBatch

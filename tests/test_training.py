@@ -1,8 +1,9 @@
 import numpy as np
 
-from model.config import ExperimentConfig, override
+from model.config import ExperimentConfig
 from model.data.datasets import WindowSet
 from model.data.recordings import HAPT_ACTIVITIES
+from model.train.experiment import override
 from model.train.training import evaluate, fit, random_rotations, xyz_groups
 
 

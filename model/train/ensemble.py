@@ -17,10 +17,10 @@ import sys
 
 import numpy as np
 
-from model.config import ConfigError, load_config, override
-from model.data.datasets import build_splits, null_class, parse_fold
+from model.data.datasets import parse_fold
 from model.net.checkpoint import load_checkpoint
 from model.strict_json import dumps
+from model.train.experiment import ConfigError, build_splits, load_config, null_class, override
 from model.train.metrics import summarise
 from model.train.training import predict_proba
 

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 
-from model.config import ConfigError, from_dict
 from model.data.recordings import (
     ACC,
     GYRO,
@@ -32,6 +31,7 @@ from model.data.recordings import (
     check_value_limits,
     read_csv_table,
 )
+from model.train.experiment import ConfigError, from_dict
 
 MIN_WINDOWS = 10  # per class: fewer and the model has too little to learn a class from
 

@@ -207,9 +207,9 @@ MFLOP_CONFIGS = {  # architectures with no shipped checkpoint: name: (config, ov
 def mflop(ws: Workspace) -> Values:
     """MFLOP a window (streamer.tools.bench.flops_per_window, which bench_models prints) of each shipped
     checkpoint and of the configs the docs compare them with."""
-    from model.config import load_config, override
     from model.net.checkpoint import load_checkpoint
     from model.net.network import ResidualBiLSTM
+    from model.train.experiment import load_config, override
     from streamer.tools.bench import flops_per_window
 
     values: Values = {}

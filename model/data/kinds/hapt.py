@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from model.config import DataConfig
 from model.data.kinds.base import DatasetKind, Inputs
 from model.data.recordings import HAPT_ACTIVITIES, Recording, load_hapt
-
-if TYPE_CHECKING:
-    from model.config import DataConfig
 
 
 def _recordings(data: DataConfig) -> list[Recording]:
