@@ -22,7 +22,7 @@ its state stacked the same way: :func:`process_stacked` runs many devices' strea
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -63,7 +63,18 @@ class PreprocessingSpec:
 
     @property
     def features(self) -> tuple[str, ...]:
-        return UCI_HAR_FEATURES if self.kind == "uci_har" else self.inputs
+        return preprocessing_kind(self.kind).features(self.inputs)
+
+    @property
+    def gravity(self) -> tuple[int, int, int] | None:
+        """The indices, in :attr:`features`, of the three features that hold gravity (x, y, z): the
+        mean of those over a wearer's windows points where gravity did. None where there are none."""
+        names = preprocessing_kind(self.kind).gravity
+        features = self.features
+        if not set(names) <= set(features):
+            return None
+        x, y, z = (features.index(name) for name in names)
+        return x, y, z
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -273,11 +284,38 @@ class CarryForwardPreprocessor:
         return out
 
 
-_KINDS = {
-    "uci_har": UciHarPreprocessor,
-    "opportunity": CarryForwardPreprocessor,
-    "identity": IdentityPreprocessor,
-}
+@dataclass(frozen=True)
+class PreprocessingKind:
+    """What one preprocessing (``PreprocessingSpec.kind``) is, answered by itself: the features it
+    makes, where gravity is in them, and which of the spec's settings it reads. Checkpoint metadata,
+    calibration and an experiment's network sizes read these, never the kind's name."""
+
+    name: str
+    build: Callable[[PreprocessingSpec], Preprocessor]
+    features: Callable[[tuple[str, ...]], tuple[str, ...]]  # its features, from its inputs
+    gravity: tuple[str, str, str] = ("acc_x", "acc_y", "acc_z")  # the features holding gravity, x y z
+    filters: bool = False  # median and low-pass filters designed for the rate (their settings checked)
+    inputs: str = ""  # the inputs it needs, for messages (any, where empty)
+    n_inputs: int | None = None  # how many (None: any)
+    rotates: bool = False  # turns acc and gyro by the spec's rotation (a per-wearer calibration)
+
+
+PREPROCESSING_KINDS: dict[str, PreprocessingKind] = {k.name: k for k in (
+    PreprocessingKind("uci_har", UciHarPreprocessor, lambda inputs: UCI_HAR_FEATURES,
+                      gravity=("total_acc_x", "total_acc_y", "total_acc_z"), filters=True,
+                      inputs="acc x, y, z and gyro x, y, z", n_inputs=6, rotates=True),
+    PreprocessingKind("opportunity", CarryForwardPreprocessor, lambda inputs: inputs),
+    PreprocessingKind("identity", IdentityPreprocessor, lambda inputs: inputs),
+)}  # fmt: skip
+
+
+def preprocessing_kind(name: str) -> PreprocessingKind:
+    """The preprocessing called ``name``; a ValueError naming the known ones otherwise."""
+    try:
+        return PREPROCESSING_KINDS[name]
+    except KeyError:
+        known = ", ".join(PREPROCESSING_KINDS)
+        raise ValueError(f"unknown preprocessing {name!r} (one of {known})") from None
 
 
 def process_stacked(stack: Preprocessor, streams: Sequence[Preprocessor], x: np.ndarray) -> np.ndarray:
@@ -300,7 +338,4 @@ def process_stacked(stack: Preprocessor, streams: Sequence[Preprocessor], x: np.
 
 
 def build_preprocessor(spec: PreprocessingSpec) -> Preprocessor:
-    try:
-        return _KINDS[spec.kind](spec)
-    except KeyError:
-        raise ValueError(f"unknown preprocessing {spec.kind!r} (one of {', '.join(_KINDS)})") from None
+    return preprocessing_kind(spec.kind).build(spec)

@@ -7,7 +7,7 @@ What it does, in order:
 
 1. **Axes.** Where the wearer's gravity (the mean total acceleration of its labelled calibration
    windows, each class weighted alike) lies more than ``ROTATE_DEG`` from the model's (the
-   training windows' mean total acceleration, kept in the network's ``feature_mean``), the device
+   training windows' mean total acceleration, :attr:`CheckpointMeta.gravity`), the device
    is worn another way up: the smallest rotation that maps the one onto the other goes into the
    calibrated checkpoint's preprocessing (``preprocessing.rotation``), applied to acc and gyro
    before the filters, by the calibration windows and by the live path alike. Closer than that, the
@@ -45,7 +45,7 @@ from torch import nn
 
 from model.config import DataConfig
 from model.data.datasets import WindowSet, stream_windows
-from model.data.preprocessing import PreprocessingSpec
+from model.data.preprocessing import PreprocessingSpec, preprocessing_kind
 from model.data.recordings import UCI_HAR_TEST_SUBJECTS, Recording
 from model.net.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from model.net.checkpoint_meta import CheckpointMeta, meta_path
@@ -104,11 +104,12 @@ def windows(recordings: Sequence[Recording], meta: CheckpointMeta, spec: Preproc
     return WindowSet.concat(parts, meta.window, len(spec.features))
 
 
-def _gravity(x: np.ndarray, y: np.ndarray, features: Sequence[str]) -> np.ndarray | None:
-    idx = [list(features).index(f"total_acc_{a}") for a in "xyz"] if "total_acc_x" in features else None
+def _gravity(x: np.ndarray, y: np.ndarray, spec: PreprocessingSpec) -> np.ndarray | None:
+    """Where gravity points in windows ``x`` labelled ``y``, each class weighted alike."""
+    idx = spec.gravity
     if idx is None or not len(y):
         return None
-    means = [x[y == c][..., idx].mean(axis=(0, 1)) for c in np.unique(y)]
+    means = [x[y == c][..., list(idx)].mean(axis=(0, 1)) for c in np.unique(y)]
     g = np.mean(means, axis=0)
     n = np.linalg.norm(g)
     return g / n if n > 0 else None
@@ -198,9 +199,8 @@ def calibrate(base: Checkpoint, recordings: Sequence[Recording], *, seconds: flo
         raise CalibrationError(f"no labelled windows of {meta.window} samples within the first {seconds:g} s "
                                "of any activity: record longer stretches of each activity")  # fmt: skip
     rotation, angle = None, None
-    wearer = _gravity(w.x, w.y, spec.features)
-    model_g = _gravity_of_model(base)
-    if wearer is not None and model_g is not None and spec.kind == "uci_har":
+    wearer, model_g = _gravity(w.x, w.y, spec), meta.gravity
+    if wearer is not None and model_g is not None and preprocessing_kind(spec.kind).rotates:
         angle = float(np.degrees(np.arccos(np.clip(wearer @ model_g, -1, 1))))
         if angle > rotate_deg:
             rotation = smallest_rotation(wearer, model_g)
@@ -230,16 +230,6 @@ def calibrate(base: Checkpoint, recordings: Sequence[Recording], *, seconds: flo
     }
     new_meta = CheckpointMeta.from_dict(raw, Path("calibrated.json"))
     return Calibration(model, new_meta, rotation, counts, angle)
-
-
-def _gravity_of_model(base: Checkpoint) -> np.ndarray | None:
-    features = list(base.preprocessing.features)
-    if "total_acc_x" not in features:
-        return None
-    idx = [features.index(f"total_acc_{a}") for a in "xyz"]
-    mean = base.model.feature_mean.numpy()[idx].astype(np.float64)
-    n = np.linalg.norm(mean)
-    return mean / n if n > 0 else None
 
 
 def save(calibration: Calibration, out: str | Path) -> CheckpointMeta:

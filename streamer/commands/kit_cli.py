@@ -12,7 +12,7 @@ from streamer.commands.options import count, number
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from streamer.commands.check import analyse, listen_mqtt, listen_serial, model_gravity, render
+    from streamer.commands.check import analyse, listen_mqtt, listen_serial, render
     from streamer.commands.wearables_cli import mqtt_options, serial_source
 
     if (args.broker is None) == (args.port is None):
@@ -31,7 +31,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         device = source.device
         heard = listen_serial(source, args.seconds)
     units = tuple(meta.get("input_units") or ())
-    report = analyse(heard, meta.rate_hz, channels, units, model_gravity(meta))
+    report = analyse(heard, meta.rate_hz, channels, units, meta.gravity)
     report = {"device": device, "seconds": args.seconds, "checkpoint": str(args.checkpoint), **report}
     if args.json:
         print(dumps(report))
