@@ -26,19 +26,26 @@ from pathlib import Path
 from rich.console import Console
 
 from model.config import ExperimentConfig
+from model.data.datasets import Splits, parse_fold
 from model.extras import missing_package
 from model.net.checkpoint_meta import CheckpointError, CheckpointMeta, meta_path
 from model.strict_json import dumps
-from model.train.experiment import ConfigError, load_config, override, with_data_path, with_train
+from model.train.experiment import (
+    ConfigError,
+    build_splits,
+    load_config,
+    null_class,
+    override,
+    with_data_path,
+    with_train,
+)
 from streamer.commands.options import OneLineParser, count
 
 try:  # PyTorch and the rest of the training stack are the `train` extra: without them, one line
     import torch
 
-    from model.data.datasets import Splits, parse_fold
     from model.net.checkpoint import save_checkpoint
     from model.train import distributed
-    from model.train.experiment import build_splits, null_class
     from model.train.report import confusion_table, per_class_table, save_confusion_png
     from model.train.training import EpochRecord, FitResult, NonFiniteError, RecipeError, evaluate, fit
 except ModuleNotFoundError as error:

@@ -46,7 +46,7 @@ from torch import nn
 from model.config import DataConfig
 from model.data.datasets import WindowSet, stream_windows
 from model.data.preprocessing import PreprocessingSpec, preprocessing_kind
-from model.data.recordings import UCI_HAR_TEST_SUBJECTS, Recording
+from model.data.recordings import UCI_HAR_TEST_SUBJECTS, Recording, load_hapt
 from model.net.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from model.net.checkpoint_meta import CheckpointMeta, meta_path
 
@@ -256,8 +256,6 @@ def turn(recording: Recording, r: np.ndarray) -> Recording:
 
 
 def _sessions(subject: int, turned: bool = False) -> tuple[list[Recording], list[Recording]]:
-    from model.data.recordings import load_hapt
-
     recordings = load_hapt((subject,))
     if turned:
         recordings = [turn(r, TURNED) for r in recordings]
