@@ -39,7 +39,7 @@ from model.train.experiment import (
     with_data_path,
     with_train,
 )
-from streamer.commands.options import OneLineParser, count
+from streamer.options import OneLineParser, count
 
 try:  # PyTorch and the rest of the training stack are the `train` extra: without them, one line
     import torch

@@ -18,9 +18,9 @@ import pytest
 
 from model.data.recordings import Recording, load_hapt, write_csv_recording
 from streamer.sources.mqtt import parse_broker
-from streamer.tools import broker as broker_module
+from streamer.tools import private_mosquitto as broker_module
 from streamer.tools.bench_mqtt import wait_until  # noqa: F401 - the tests import it from here
-from streamer.tools.broker import free_port  # noqa: F401 - the tests import it from here
+from streamer.tools.private_mosquitto import free_port  # noqa: F401 - the tests import it from here
 
 if TYPE_CHECKING:
     from model.config import DataConfig
@@ -30,8 +30,8 @@ SECONDS = 40  # of the recording the end-to-end tests play
 
 
 class Mosquitto(broker_module.Mosquitto):
-    """The shared broker helper (:mod:`streamer.tools.broker`); a broker that cannot start fails the test,
-    since CI installs mosquitto: a missing broker is a broken setup, not a skip."""
+    """The shared broker helper (:mod:`streamer.tools.private_mosquitto`); a broker that cannot start
+    fails the test, since CI installs mosquitto: a missing broker is a broken setup, not a skip."""
 
     def start(self, timeout: float = 10.0) -> None:
         try:
@@ -99,13 +99,13 @@ def short_recording(tmp_path_factory) -> Path:
 def replay_reference(checkpoint: Path, recording: Path, hop: int = 64) -> list[dict]:
     """What ``harstream replay`` predicts for the recording, computed in this process."""
     from replay.sources import Inputs, ReplaySource, parse_source
-    from streamer.cli import build_parser
-    from streamer.commands.live_command import LiveOptions, live_parts, open_checkpoint
+    from streamer.cli.main import build_parser
+    from streamer.live import LiveOptions, assemble, open_checkpoint
 
     args = build_parser().parse_args(["replay", "--checkpoint", str(checkpoint), "--hop", str(hop)])
     ck = open_checkpoint(checkpoint)
     devices = parse_source(f"csv:{recording}", Inputs(ck.input_channels, ck.classes, ck.rate_hz))
-    pipeline, _ = live_parts(LiveOptions.from_args(args), ck, [ReplaySource(devices[0], speed=0)])
+    pipeline = assemble(LiveOptions.from_args(args), ck, [ReplaySource(devices[0], speed=0)]).pipeline
     return [p.to_json() for p in pipeline.run()]
 
 
@@ -166,8 +166,8 @@ class Recognizer:
     def __init__(self, url: str, checkpoint: Path, *extra: str, client_id: str = "recognizer",
                  publish: bool = False, discovery: bool = False,
                  persistent: bool = False) -> None:  # fmt: skip
-        from streamer.cli import build_parser
-        from streamer.commands.live_command import LiveOptions, live_parts, open_checkpoint
+        from streamer.cli.main import build_parser
+        from streamer.live import LiveOptions, assemble, open_checkpoint
         from streamer.sources.mqtt import MqttSource, PredictionPublisher
 
         argv = ["mqtt", "--broker", url, "--checkpoint", str(checkpoint), "--hop", "64", *extra]
@@ -175,7 +175,8 @@ class Recognizer:
         ck = open_checkpoint(checkpoint)
         options = mqtt_options(url, client_id, persistent, announce=publish or discovery)
         self.source = MqttSource(options, ck.input_channels, max_devices=live.max_devices)
-        self.pipeline, _ = live_parts(live, ck, [self.source])  # binds the source to the pipeline's drops
+        self.run = assemble(live, ck, [self.source])  # binds the source to the pipeline's drops
+        self.pipeline = self.run.pipeline
         self.publisher = None
         if publish or discovery:
             self.publisher = PredictionPublisher(self.source, discovery=discovery)

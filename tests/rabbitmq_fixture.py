@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from streamer.tools.broker import BrokerError
+from streamer.tools.private_mosquitto import BrokerError
 from streamer.tools.rabbitmq import RabbitMQ
 
 

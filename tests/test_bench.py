@@ -5,10 +5,10 @@ import threading
 import pytest
 
 from model.net.checkpoint import load_checkpoint
-from streamer.cli import build_parser
+from streamer.cli.main import build_parser
 from streamer.core.backends import make_backend
 from streamer.core.types import FleetBatch
-from streamer.tools.bench import Fleet, default_backend, end_to_end
+from streamer.tools.bench import Fleet, end_to_end, fastest_backend
 
 
 @pytest.mark.parametrize("backend", ["torch", "onnx"])
@@ -42,8 +42,8 @@ def test_staggered_devices_start_over_one_hop_and_close_windows_on_different_tic
 
 def test_bench_takes_a_backend_and_defaults_to_onnx_when_installed():
     assert build_parser().parse_args(["bench", "--backend", "torch"]).backend == "torch"
-    assert build_parser().parse_args(["bench"]).backend is None  # run_bench picks default_backend()
-    assert default_backend() == "onnx"  # the test extra installs onnxruntime
+    assert build_parser().parse_args(["bench"]).backend is None  # run_bench picks fastest_backend()
+    assert fastest_backend() == "onnx"  # the test extra installs onnxruntime
 
 
 def test_models_are_compared_side_by_side_with_their_cost_and_recorded_scores(tmp_path, capsys):

@@ -16,7 +16,7 @@ from model.data.recordings import Recording, load_hapt, write_csv_recording
 from model.net.checkpoint import load_checkpoint
 from model.net.checkpoint_meta import CheckpointError, CheckpointMeta
 from model.train.calibration import calibrate, first_seconds, save, smallest_rotation, windows
-from streamer.cli import main
+from streamer.cli.main import main
 
 BASE = Path(__file__).resolve().parents[1] / "model" / "weights" / "uci_har_3x3.pt"
 # gravity from +x (the model's) to -y: the README's own MQTT example

@@ -15,8 +15,8 @@ from live_fixtures import Lines, harstream, mqtt_client
 
 from model.data.recordings import ACC, HAPT_CHANNELS
 from model.strict_json import dumps
-from streamer.commands.check import Listened, analyse
 from streamer.core.types import SampleBatch
+from streamer.tools.device_check import Listened, analyse
 
 UNITS = ("g", "g", "g", "rad/s", "rad/s", "rad/s")
 MINUS_Y = np.array([0.0, -1.0, 0.0])

@@ -16,7 +16,7 @@ from live_fixtures import harstream, write_tiny_checkpoint
 from model.net.checkpoint import load_checkpoint
 from model.net.checkpoint_meta import CheckpointError, CheckpointMeta, parameter_count
 from model.net.network import NetworkConfig, ResidualBiLSTM
-from streamer import cli
+from streamer.cli import main as cli
 
 SHIPPED = Path(__file__).resolve().parent.parent / "model" / "weights" / "uci_har_3x3.pt"
 

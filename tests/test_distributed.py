@@ -15,7 +15,7 @@ import torch
 import train
 from model.data.recordings import HAPT_ACTIVITIES, HAPT_CHANNELS
 from model.train import distributed
-from streamer import cli
+from streamer.cli import main as cli
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs" / "uci_har_3x3.toml"

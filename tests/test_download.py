@@ -5,7 +5,7 @@ import zipfile
 
 import pytest
 
-from streamer.cli import main
+from streamer.cli.main import main
 
 
 @pytest.fixture

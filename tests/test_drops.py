@@ -52,14 +52,14 @@ def test_every_source_declares_what_the_pipeline_and_the_commands_use(short_reco
 def test_what_a_source_refused_before_its_pipeline_existed_is_counted_there(tiny_checkpoint) -> None:
     from live_fixtures import mqtt_options
 
-    from streamer.cli import build_parser
-    from streamer.commands.live_command import LiveOptions, live_parts, open_checkpoint
+    from streamer.cli.main import build_parser
+    from streamer.live import LiveOptions, assemble, open_checkpoint
 
     source = MqttSource(mqtt_options("mqtt://127.0.0.1:1"), HAPT_CHANNELS)
     source.handle("har/wrist/imu", b"garbage")  # e.g. while `harstream mqtt` still builds its pipeline
     assert source.drops.of("wrist") == {"unknown format": 1} and not source.defer_decoding
     args = build_parser().parse_args(["mqtt", "--broker", "mqtt://h", "--checkpoint", str(tiny_checkpoint)])
-    pipeline, _ = live_parts(LiveOptions.from_args(args), open_checkpoint(tiny_checkpoint), [source])
+    pipeline = assemble(LiveOptions.from_args(args), open_checkpoint(tiny_checkpoint), [source]).pipeline
     assert source.drops is pipeline.drops and source.defer_decoding  # bound: the pipeline decodes
     assert pipeline.dropped("wrist") == {"unknown format": 1}  # moved over, not lost, not counted twice
     source.reject("wrist", "malformed JSON", 2)

@@ -18,12 +18,11 @@ from live_fixtures import ROOT
 
 from model.data.preprocessing import PreprocessingSpec
 from model.data.recordings import HAPT_CHANNELS, read_csv_recording
-from streamer.cli import build_parser
-from streamer.commands.activity_log import episodes_of, finish_history
-from streamer.commands.live_command import DEFAULT_CHECKPOINT, LiveOptions, live_parts, open_checkpoint
+from streamer.cli.main import build_parser
 from streamer.core.scheduler import Scheduler
 from streamer.core.source import Emit, SourceBase
 from streamer.core.types import Prediction, SampleBatch
+from streamer.live import DEFAULT_CHECKPOINT, LiveOptions, assemble, open_checkpoint
 from streamer.sinks.episodes import Episodes, EpisodeTracker, Event
 
 SEGMENT_S = 6.0  # of samples between two clock jumps
@@ -63,17 +62,17 @@ def test_a_clock_that_jumps_back_ends_the_episode_and_no_duration_is_negative(sh
     options = LiveOptions.from_args(build_parser().parse_args(argv))
     ck = open_checkpoint(DEFAULT_CHECKPOINT)
     recording = read_csv_recording(short_recording, HAPT_CHANNELS, ck.classes, 50.0)
-    pipeline, _ = live_parts(options, ck, [JumpingClock(recording.values, 50.0, JUMPS_BACK_S)])
+    run = assemble(options, ck, [JumpingClock(recording.values, 50.0, JUMPS_BACK_S)])
     events: list[Event] = []
-    episodes_of(pipeline).listeners.append(events.append)
-    predictions = list(pipeline.run())
-    finish_history(pipeline)
+    run.episodes.listeners.append(events.append)
+    predictions = list(run.pipeline.run())
+    run.finish()
 
     assert events and all(e.duration_s >= 0 for e in events), [e for e in events if e.duration_s < 0]
     ends = [e for e in events if e.event == "end"]
     assert all(e.t >= e.episode.start for e in ends)
     assert len(ends) >= len(JUMPS_BACK_S) + 1  # every restart ended the episode in progress
-    assert pipeline.summary()["clock_jumps"] == len(JUMPS_BACK_S)  # the scheduler's restarts
+    assert run.pipeline.summary()["clock_jumps"] == len(JUMPS_BACK_S)  # the scheduler's restarts
     assert len({p.clock for p in predictions}) == len(JUMPS_BACK_S) + 1  # each window knows its clock
     with sqlite3.connect(store) as db:
         rows = db.execute("SELECT start_t, end_t FROM episodes").fetchall()

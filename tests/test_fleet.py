@@ -29,7 +29,7 @@ from live_fixtures import (
 from rabbitmq_fixture import active_consumers
 
 from model.data.recordings import HAPT_CHANNELS, load_hapt
-from streamer.cli import main
+from streamer.cli.main import main
 from streamer.core.shard import Shard
 from streamer.core.wire import encode_json_batch
 from streamer.sources.fleet import FleetOptions, FleetRefused, FleetSource, parse_amqp, preflight
@@ -309,8 +309,8 @@ class FleetWorker:
     """The fleet command's parts in this process: source, pipeline, predictions collected."""
 
     def __init__(self, node: RabbitMQ, name: str, checkpoint: Path, *extra: str) -> None:
-        from streamer.cli import build_parser
-        from streamer.commands.live_command import LiveOptions, live_parts, open_checkpoint
+        from streamer.cli.main import build_parser
+        from streamer.live import LiveOptions, assemble, open_checkpoint
 
         argv = ["fleet", "--amqp", node.amqp_url, "--partitions", "2", "--fleet-name", name,
                 "--checkpoint", str(checkpoint), "--hop", "32", "--max-wait-ms", "5", *extra]  # fmt: skip
@@ -318,7 +318,7 @@ class FleetWorker:
         ck = open_checkpoint(checkpoint)
         options = FleetOptions(parse_amqp(node.amqp_url), 2, name=name)
         self.source = FleetSource(options, ck.input_channels)
-        self.pipeline, _ = live_parts(LiveOptions.from_args(args), ck, [self.source])
+        self.pipeline = assemble(LiveOptions.from_args(args), ck, [self.source]).pipeline
         self.predictions: list[dict] = []
         self.thread = threading.Thread(target=self._collect, daemon=True)
         self.thread.start()

@@ -23,7 +23,7 @@ from live_fixtures import Lines, predictions, replay_reference, same_predictions
 from test_mqtt import publish_recording
 from test_serial import Pty, lines_of
 
-from streamer.cli import main
+from streamer.cli.main import main
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow

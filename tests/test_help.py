@@ -11,7 +11,7 @@ import shlex
 
 import pytest
 
-from streamer.cli import build_parser, main
+from streamer.cli.main import build_parser, main
 
 GROUPS = ("live", "your own wearable", "data and models", "tools")
 # a placeholder that is an internal name: EPISODE_HOLD_S, IDLE_TIMEOUT_S, MAX_WAIT_MS, RATE_HZ ...
@@ -151,9 +151,9 @@ def test_the_leaks_the_issue_names_are_gone(capsys) -> None:
 
 
 def test_one_table_drives_the_parser_and_the_list() -> None:
-    """A command's help, description and epilog come from streamer/commands/table.py's table only: a
+    """A command's help, description and epilog come from streamer/cli/table.py's table only: a
     module that passes its own, or a command the table lacks, is refused while the parser is built."""
-    from streamer.commands.table import COMMANDS, CommandsAction
+    from streamer.cli.table import COMMANDS, CommandsAction
 
     assert [c.name for c in COMMANDS] and {c.name for c in COMMANDS} == set(subcommands())
     parser = argparse.ArgumentParser(prog="harstream")

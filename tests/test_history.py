@@ -16,9 +16,8 @@ from pathlib import Path
 import pytest
 from live_fixtures import ROOT, Lines, Recognizer, TimedLines, harstream, mqtt_client, predictions, wait_until
 
-from streamer.commands.activity_log import episodes_of, finish_history
-from streamer.commands.live_command import DEFAULT_CHECKPOINT
 from streamer.core.types import Prediction
+from streamer.live import DEFAULT_CHECKPOINT
 from streamer.sinks.episode_publisher import EpisodePublisher
 from streamer.sinks.episodes import Episodes, EpisodeTracker
 from streamer.sinks.store import Store, StoreSink, Target
@@ -210,14 +209,14 @@ def test_episode_events_arrive_on_mqtt_through_a_real_mosquitto(broker, short_re
     for topic in ("har/+/event", "har/+/episode", "homeassistant/#"):
         watcher.subscribe(topic, qos=1)
     recognizer = Recognizer(broker.url, DEFAULT_CHECKPOINT, publish=True, discovery=True)
-    publisher = EpisodePublisher(recognizer.source, episodes_of(recognizer.pipeline), discovery=True)
+    publisher = EpisodePublisher(recognizer.source, recognizer.run.episodes, discovery=True)
     try:
         publish_recording(broker.url, short_recording, "wrist")
         assert wait_until(lambda: len(recognizer.of("wrist")) >= 29, 60)  # 40 s at hop 64: 30 windows
         time.sleep(1.0)
         recognizer.pipeline.stop()
         recognizer.thread.join(10)
-        finish_history(recognizer.pipeline)  # the open episode ends: its event goes out
+        recognizer.run.finish()  # the open episode ends: its event goes out
         assert wait_until(lambda: publisher.published == sum(m["topic"].endswith("/event") for m in got), 10)
     finally:
         recognizer.close()

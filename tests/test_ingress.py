@@ -10,11 +10,11 @@ import numpy as np
 from live_fixtures import wait_until
 
 from model.data.recordings import HAPT_CHANNELS
-from streamer.cli import build_parser
-from streamer.commands.live_command import LiveOptions, live_parts, open_checkpoint
+from streamer.cli.main import build_parser
 from streamer.core.pipeline import NEW_DEVICES, SHED, Ingress, _Finished
 from streamer.core.source import SourceBase
 from streamer.core.types import SampleBatch
+from streamer.live import LiveOptions, assemble, open_checkpoint
 
 
 def batch(device: str, n: int = 5, t0: float = 0.0) -> SampleBatch:
@@ -111,7 +111,7 @@ def test_a_live_source_is_never_blocked_by_a_slow_pipeline_and_every_shed_sample
 ) -> None:
     args = build_parser().parse_args(["mqtt", "--broker", "mqtt://x", "--checkpoint", str(tiny_checkpoint)])
     flood = Flood(devices=20, messages=100)
-    pipeline, _ = live_parts(LiveOptions.from_args(args), open_checkpoint(tiny_checkpoint), [flood])
+    pipeline = assemble(LiveOptions.from_args(args), open_checkpoint(tiny_checkpoint), [flood]).pipeline
     push = pipeline.scheduler.push
 
     def slow_push(item):  # a pipeline a hundred times slower than the source

@@ -13,7 +13,7 @@ from model.net.checkpoint import load_checkpoint
 from model.train.experiment import from_dict
 from model.train.training import predict_proba
 from replay.sources import Device, Inputs, ReplaySource, parse_source
-from streamer.cli import main
+from streamer.cli.main import main
 from streamer.core.backends import TorchBackend
 from streamer.core.engine import UNCERTAIN, Decider, InferenceEngine
 from streamer.core.pipeline import Pipeline
@@ -284,9 +284,9 @@ def test_the_command_line_explains_itself(capsys, monkeypatch):
 
 
 def test_headless_without_jsonl_says_how_it_is_going(tiny_checkpoint, capsys, monkeypatch):
-    import streamer.commands.live_command as live_command
+    import streamer.live
 
-    monkeypatch.setattr(live_command, "PROGRESS_S", 0.0)
+    monkeypatch.setattr(streamer.live, "PROGRESS_S", 0.0)
     argv = ["replay", "hapt:24", "--checkpoint", str(tiny_checkpoint), "--speed", "0", "--headless"]
     assert main(argv) == 0
     err = capsys.readouterr().err

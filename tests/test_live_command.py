@@ -12,16 +12,16 @@ from pathlib import Path
 import pytest
 from live_fixtures import ROOT
 
-from streamer.cli import build_parser, main
-from streamer.commands.live_command import (
-    CliError,
+from streamer.cli.main import build_parser, main
+from streamer.core import limits
+from streamer.errors import CliError
+from streamer.live import (
     LiveOptions,
+    assemble,
     inference_threads,
     live_engine,
-    live_parts,
     open_checkpoint,
 )
-from streamer.core import limits
 
 
 def options(*argv: str, **overrides) -> LiveOptions:
@@ -47,7 +47,8 @@ def test_the_pipeline_is_built_from_the_options(tiny_checkpoint) -> None:
     live = options("mqtt", "--broker", "mqtt://h", "--checkpoint", str(tiny_checkpoint), "--hop", "16",
                    "--max-devices", "7", "--idle-timeout", "9", "--smooth", "2", "--max-wait-ms", "40",
                    "--max-batch", "8")  # fmt: skip
-    pipeline, hop = live_parts(live, open_checkpoint(tiny_checkpoint), [])
+    run = assemble(live, open_checkpoint(tiny_checkpoint), [])
+    pipeline, hop = run.pipeline, run.hop
     assert hop == pipeline.scheduler.hop == 16
     assert (pipeline.scheduler.max_devices, pipeline.scheduler.idle_timeout_s) == (7, 9.0)
     assert (pipeline.decider.smooth, pipeline.max_wait_s, pipeline.engine.max_batch) == (2, 0.04, 8)
@@ -61,7 +62,7 @@ def test_the_pipeline_is_built_from_the_options(tiny_checkpoint) -> None:
     (["--threads", "-1"], "--threads: must be from 0 to"),
 ])  # fmt: skip
 def test_absurd_live_options_are_one_line(tiny_checkpoint, capsys, option, words) -> None:
-    with pytest.raises(SystemExit) as stopped:  # refused while parsing (streamer/commands/options.py): exit 2
+    with pytest.raises(SystemExit) as stopped:  # refused while parsing (streamer/options.py): exit 2
         main(["replay", "hapt:2", "--checkpoint", str(tiny_checkpoint), "--headless", *option])
     err = capsys.readouterr().err.strip()
     assert stopped.value.code == 2 and len(err.splitlines()) == 1 and words in err, err
@@ -201,7 +202,7 @@ def test_a_publisher_says_what_it_sent_and_how_its_broker_is(short_recording) ->
 
     from model.data.recordings import HAPT_ACTIVITIES, HAPT_CHANNELS, read_csv_recording
     from replay.sources import Device
-    from streamer.tools.publisher import Publisher
+    from streamer.tools.simulated_wearable import Publisher
 
     recording = read_csv_recording(short_recording, HAPT_CHANNELS, HAPT_ACTIVITIES, 50.0)
     device = Device("w", [recording, recording])

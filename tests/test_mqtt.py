@@ -29,7 +29,7 @@ from model.data.recordings import HAPT_ACTIVITIES, HAPT_CHANNELS, read_csv_recor
 from replay.sources import Device
 from streamer.core.wire import encode_json_batch
 from streamer.sources.mqtt import MqttOptions, TopicPattern, discovery_id, parse_broker
-from streamer.tools.publisher import Publisher
+from streamer.tools.simulated_wearable import Publisher
 
 CHANNELS = HAPT_CHANNELS
 

@@ -32,13 +32,13 @@ from live_fixtures import (
 
 from model.data.recordings import HAPT_ACTIVITIES, HAPT_CHANNELS, read_csv_recording
 from replay.sources import Device
-from streamer.cli import DEFAULT_CHECKPOINT
 from streamer.core.pipeline import SHED_MESSAGES
 from streamer.core.scheduler import DEVICE_LIMIT
 from streamer.core.types import Prediction
 from streamer.core.wire import decode, encode_json_batch
+from streamer.live import DEFAULT_CHECKPOINT
 from streamer.sources.mqtt import MqttSource, PredictionPublisher, parse_broker
-from streamer.tools.publisher import Publisher
+from streamer.tools.simulated_wearable import Publisher
 
 
 def recording(path: Path):

@@ -9,8 +9,8 @@ import sys
 from live_fixtures import ROOT
 
 from model.data.recordings import HAPT_CHANNELS
-from streamer.cli import build_parser
-from streamer.commands.wearables_cli import mqtt_options, start_mqtt
+from streamer.cli.connect import mqtt_options, start_mqtt
+from streamer.cli.main import build_parser
 
 
 def publish(url: str, *extra: str) -> subprocess.CompletedProcess:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from live_fixtures import ROOT, Lines, write_tiny_checkpoint
 
-from streamer.cli import main
+from streamer.cli.main import main
 
 
 def write_own_model(path: Path, classes: tuple[str, ...]) -> Path:

@@ -18,7 +18,7 @@ from model.data.recordings import HAPT_CHANNELS, Recording, read_csv_recording, 
 from model.net.checkpoint import load_checkpoint, save_checkpoint
 from model.net.checkpoint_meta import CheckpointError, read_meta
 from model.train.experiment import load_config
-from streamer.cli import main as harstream
+from streamer.cli.main import main as harstream
 from streamer.core.scheduler import Scheduler
 from streamer.core.types import SampleBatch
 

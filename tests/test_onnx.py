@@ -16,9 +16,10 @@ from test_shipped_model import shipped  # noqa: F401 - a fixture
 from model.net.checkpoint_meta import checkpoint_sha256
 from model.net.onnx_export import operator_counts, read_metadata
 from model.train.experiment import build_splits, from_dict
-from streamer.cli import DEFAULT_CHECKPOINT, main
+from streamer.cli.main import main
 from streamer.core.backends import OnnxBackend, TorchBackend, make_backend
 from streamer.core.engine import InferenceEngine
+from streamer.live import DEFAULT_CHECKPOINT
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,8 @@ from model.data.preprocessing import PreprocessingSpec, build_preprocessor
 from model.train.experiment import build_splits, load_config, override
 from model.train.metrics import summarise
 from model.train.training import fit
-from streamer import cli
+from streamer.cli import main as cli
+from streamer.live import DEFAULT_CHECKPOINT
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs" / "opportunity_18.toml"
@@ -281,7 +282,7 @@ def test_the_dashboard_fits_18_gestures_with_null_set_apart():
 
 def test_replay_without_an_opportunity_model_names_the_training_command(dataset, tiny_checkpoint, capsys):
     run = dataset[0] / "OpportunityUCIDataset" / "dataset" / "S2-ADL4.dat"
-    assert not (Path(cli.DEFAULT_CHECKPOINT).with_name("opportunity_18.pt")).exists()
+    assert not (Path(DEFAULT_CHECKPOINT).with_name("opportunity_18.pt")).exists()
     assert cli.main(["replay", f"opportunity:{run}", "--headless"]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "python train.py --config configs/opportunity_18.toml" in err

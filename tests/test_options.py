@@ -1,5 +1,5 @@
 """Every numeric option of every command has a range, checked while the command line is parsed
-(streamer/commands/options.py): NaN, infinities and absurd values are refused in one line, exit 2."""
+(streamer/options.py): NaN, infinities and absurd values are refused in one line, exit 2."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import argparse
 
 import pytest
 
-from streamer.cli import build_parser, main
+from streamer.cli.main import build_parser, main
 
 NOT_YET: set[str] = set()  # commands whose options are not walked here (none now)
 ABSURD = ("nan", "inf", "-inf", "1e300", "-1e300", "99999999999999999999", "-99999999999999999999")

@@ -17,8 +17,8 @@ from live_fixtures import ROOT, Lines, harstream, mqtt_client
 from model.data.recordings import HAPT_CHANNELS
 from model.train.experiment import load_config
 from model.train.init_config import write_config
-from streamer.commands.check import Listened, analyse
 from streamer.core.types import SampleBatch
+from streamer.tools.device_check import Listened, analyse
 
 CLASSES = ("UPRIGHT", "SHAKING")
 

@@ -12,7 +12,7 @@ from live_fixtures import Lines, harstream, mqtt_client
 from rich.console import Console
 
 from model.data.recordings import read_csv_recording
-from streamer.commands.record_session import panel
+from streamer.cli.record import panel
 from streamer.sinks.recorder import CsvRecorder
 from streamer.sources.labelling import LabelBoard, RecordingProtocol, Step
 

@@ -17,7 +17,7 @@ import pytest
 import train
 from model.data.recordings import HAPT_CHANNELS, measured_rate, read_csv_folder, read_csv_recording
 from model.train.init_config import write_config
-from streamer.cli import main as harstream
+from streamer.cli.main import main as harstream
 
 RATE = 50.0
 CLASSES = ("WALKING", "SITTING")

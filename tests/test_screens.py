@@ -138,7 +138,7 @@ def mqtt_options():
 
 @pytest.mark.parametrize("headless", [False, True])
 def test_connected_shows_in_the_dashboard_s_source_line_printed_only_headless(headless: bool, capsys) -> None:
-    from streamer.commands.wearables_cli import start_mqtt
+    from streamer.cli.connect import start_mqtt
 
     source = FakeMqttSource()
     start_mqtt(mqtt_options(), HAPT, connect_timeout=1.0, headless=headless, source=source)  # type: ignore[arg-type]
@@ -165,7 +165,7 @@ class AwayMqttSource(FakeMqttSource):
 
 
 def test_a_broker_out_of_reach_is_said_on_the_dashboard_not_above_it(capsys) -> None:
-    from streamer.commands.wearables_cli import start_mqtt
+    from streamer.cli.connect import start_mqtt
 
     source = AwayMqttSource()
     start_mqtt(mqtt_options(), HAPT, connect_timeout=1.0, headless=False, source=source)  # type: ignore[arg-type]

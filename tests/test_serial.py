@@ -14,7 +14,7 @@ import pytest
 from live_fixtures import Lines, harstream, predictions, replay_reference, same_predictions, wait_until
 
 from model.data.recordings import HAPT_ACTIVITIES, HAPT_CHANNELS, read_csv_recording
-from streamer import cli
+from streamer.cli import main as cli
 from streamer.core.drops import Drops
 from streamer.core.wire import WireError
 from streamer.sources.serial_source import LineParser, SerialSource

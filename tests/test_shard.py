@@ -15,10 +15,11 @@ import pytest
 from live_fixtures import Lines, harstream, mqtt_client, predictions, write_tiny_checkpoint
 
 from model.data.recordings import HAPT_CHANNELS, load_hapt
-from streamer.cli import CliError, build_parser
-from streamer.commands.wearables_cli import recognizer_mqtt_options
+from streamer.cli.connect import recognizer_mqtt_options
+from streamer.cli.main import build_parser
 from streamer.core.shard import Shard, shard_of
 from streamer.core.wire import encode_json_batch
+from streamer.errors import CliError
 from streamer.sources.mqtt import MqttOptions, MqttSource, TopicPattern, parse_broker
 
 DEVICES = [f"wrist-{k:02d}" for k in range(20)]

@@ -9,7 +9,8 @@ import pytest
 from test_live import assert_live_equals_offline
 
 from model.net.checkpoint import load_checkpoint
-from streamer.cli import DEFAULT_CHECKPOINT, main
+from streamer.cli.main import main
+from streamer.live import DEFAULT_CHECKPOINT
 
 FLEET_CHECKPOINT = DEFAULT_CHECKPOINT.with_name("uci_har_2x2_fleet.pt")
 

@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from model.net.checkpoint import load_checkpoint
-from streamer.cli import main
+from streamer.cli.main import main
 from streamer.core.backends import TorchBackend
 from streamer.core.engine import InferenceEngine
 from streamer.tools.soak import ATTACKS, run_soak

@@ -18,7 +18,7 @@ import pytest
 from live_fixtures import ROOT, wait_until
 from postgres_fixture import Postgres, postgres_server  # noqa: F401 - a fixture
 
-from streamer.commands.history import read_history
+from streamer.cli.history import read_history
 from streamer.sinks.store import Store, StoreError, Target
 
 FAST = {"commit_interval": 0.1}

@@ -14,7 +14,7 @@ from live_fixtures import ROOT, Lines, harstream, wait_until
 from postgres_fixture import postgres  # noqa: F401 - a fixture
 from test_mqtt import publish_recording
 
-from streamer.tools.broker import free_port
+from streamer.tools.private_mosquitto import free_port
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:

@@ -121,7 +121,7 @@ def test_a_refit_on_every_training_subject_keeps_the_last_epoch(csv_dataset, tmp
     import json
 
     import train
-    from streamer import cli
+    from streamer.cli import main as cli
 
     out = tmp_path / "refit.pt"
     refit = tiny_csv_run(csv_dataset, "--set", "data.val_subjects=[]", "--set", 'train.keep="last"',

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -23,14 +23,6 @@ if TYPE_CHECKING:
     from model.net.network import ResidualBiLSTM
 
 BACKENDS = ("torch", "onnx")
-
-
-class Backend(Protocol):
-    n_classes: int
-
-    def probabilities(self, x: np.ndarray) -> np.ndarray:
-        """(N, K) class probabilities for windows (N, T, F)."""
-        ...
 
 
 class OnnxError(ValueError):
@@ -110,7 +102,7 @@ class OnnxBackend:
         return self.session.run([OUTPUT], {INPUT: np.ascontiguousarray(x, dtype=np.float32)})[0]
 
 
-def make_backend(name: str, checkpoint: str | Path, threads: int = 1) -> Backend:
+def make_backend(name: str, checkpoint: str | Path, threads: int = 1) -> TorchBackend | OnnxBackend:
     """The backend called ``name`` for the checkpoint whose weights file is ``checkpoint``, with
     ``threads`` intra-op threads (0: the library's default; torch's are process-wide)."""
     if name == "torch":

@@ -9,12 +9,24 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from typing import Protocol
 
 import numpy as np
 
-from streamer.core.backends import Backend
 from streamer.core.drops import Drops
 from streamer.core.types import Prediction, Window
+
+
+class Backend(Protocol):
+    """What the engine needs of a network runner (streamer/core/backends.py has the PyTorch and the
+    ONNX one): declared here, so that the engine and what imports it need no backend's imports."""
+
+    n_classes: int
+
+    def probabilities(self, x: np.ndarray) -> np.ndarray:
+        """(N, K) class probabilities for windows (N, T, F)."""
+        ...
+
 
 log = logging.getLogger(__name__)
 

@@ -71,6 +71,11 @@ class Source(Protocol):
         worker took): the pipeline forgets them, as it forgets idle ones."""
         ...
 
+    def lead_s(self) -> float:
+        """How far the source's clock would run ahead of the wall clock by its end (a replay faster
+        than real time); the store moves the run back by this much. A live source's: none."""
+        ...
+
 
 class SourceBase:
     """The defaults of :class:`Source`, and :meth:`reject`: a source's one way to count bad input."""
@@ -105,3 +110,6 @@ class SourceBase:
 
     def released(self) -> list[str]:
         return []
+
+    def lead_s(self) -> float:
+        return 0.0

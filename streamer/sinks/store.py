@@ -50,6 +50,8 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from streamer.options import parse_duration
+
 log = logging.getLogger(__name__)
 
 COMMIT_INTERVAL_S = 1.0  # the most a SIGKILL loses (Home Assistant's commit_interval)
@@ -671,19 +673,6 @@ class StoreSink:
     def episode(self, episode: Any) -> None:
         self.store.add_episode(episode.device, episode.activity, self.wall(episode.start),
                                self.wall(episode.end), episode.confidence, episode.windows)  # fmt: skip
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in ``30d``, ``12h``, ``90m``, ``45s`` (or a bare number of seconds).
-
-    >>> parse_duration("30d"), parse_duration("2h"), parse_duration("90m"), parse_duration("15")
-    (2592000.0, 7200.0, 5400.0, 15.0)
-    """
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text or "")
-    if match is None:
-        raise ValueError(f"bad duration {text!r}: use a number with s, m, h, d or w (e.g. 30d, 2h)")
-    unit = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[match.group(2)]
-    return float(match.group(1)) * unit
 
 
 def open_store(text: str, retain: str | None = None) -> Store:

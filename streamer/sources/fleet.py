@@ -31,7 +31,7 @@ partition that this worker gave up, still waiting in its pipeline's queue, are s
 pipeline's queue, so this source never makes the pipeline shed.
 
 Predictions and events go out through the MQTT plugin (``--mqtt-port``, in
-:mod:`streamer.commands.fleet_cli`), so they reach ``amq.topic`` as ``har.<device>.activity`` and
+:mod:`streamer.cli.fleet`), so they reach ``amq.topic`` as ``har.<device>.activity`` and
 MQTT subscribers see ``har/<device>/activity``, retained, as ``harstream mqtt --publish`` publishes them.
 """
 

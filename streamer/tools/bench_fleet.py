@@ -17,6 +17,7 @@ every window expected came, none was dropped, and p99 ≤ 250 ms; sizes step up 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -33,7 +34,8 @@ from pathlib import Path
 import numpy as np
 
 from model.strict_json import dumps
-from streamer.tools.bench_mqtt import wait_until
+from streamer.core.wire import BINARY_VERSION, HEADER, MAGIC
+from streamer.tools.bench_mqtt import BLOCKS, wait_until
 
 RATE_HZ = 50.0
 PARTITIONS = 4  # the fleet's partition queues, with one worker or two
@@ -55,12 +57,11 @@ def phase(device: int, devices: int, per_message: int) -> float:
 
 
 def _publish(host: str, port: int, devices: int, rounds: int, per_message: int, t0: float,
-             values: np.ndarray, late) -> None:  # fmt: skip
-    """Every device's messages, each when its last sample is due."""
+             values: np.ndarray, late, cpu) -> None:  # fmt: skip
+    """Every device's messages, each when its last sample is due, in the binary format: the samples
+    encoded once before the run (``BLOCKS`` runs of real ones), a header packed per message, so that
+    the machine measures the recognizer, not this process; its own CPU seconds into ``cpu``."""
     import paho.mqtt.client as mqtt
-
-    from model.data.recordings import HAPT_CHANNELS
-    from streamer.core.wire import encode_json_batch
 
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)  # both brokers speak it
     client.max_inflight_messages_set(1000)
@@ -68,21 +69,50 @@ def _publish(host: str, port: int, devices: int, rounds: int, per_message: int, 
     client.loop_start()
     info = None
     period = per_message / RATE_HZ
+    starts = np.linspace(0, len(values) - per_message, BLOCKS).astype(int)
+    blocks = [np.ascontiguousarray(values[s : s + per_message], dtype="<f4").tobytes() for s in starts]
+    topics = [f"har/bench-{d:04d}/imu" for d in range(devices)]
     schedule = sorted((t0 + phase(d, devices, per_message) + (m + 1) * period, m, d)
                       for m in range(rounds) for d in range(devices))  # fmt: skip
+    cpu0 = time.process_time()
     for due, m, d in schedule:
         time.sleep(max(0.0, due - time.time()))
         late.value = max(late.value, time.time() - due)
-        start = (997 * d + m * per_message) % (len(values) - per_message)
-        payload = encode_json_batch(due - period, RATE_HZ, HAPT_CHANNELS, values[start : start + per_message])
-        info = client.publish(f"har/bench-{d:04d}/imu", payload, qos=1)
+        head = HEADER.pack(MAGIC, BINARY_VERSION, 6, per_message, RATE_HZ, due - period)
+        info = client.publish(topics[d], head + blocks[(7 * d + m) % BLOCKS], qos=1)
     if info is not None:
         info.wait_for_publish(30)
     client.disconnect()
     client.loop_stop()
+    cpu.value = time.process_time() - cpu0
 
 
 # -- the recognizers (processes) ------------------------------------------------------------------
+def _stat(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command's name (which may hold spaces)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def cpu_seconds(pid: int, group: bool = False) -> float:
+    """User + system CPU seconds that process ``pid`` has used (Linux /proc), or with ``group`` every
+    live process of its process group (a RabbitMQ node: the script, the Erlang VM and its helpers);
+    NaN where /proc cannot say."""
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        if not group:
+            fields = _stat(pid)
+            return (int(fields[11]) + int(fields[12])) / tick
+        total = 0
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError, IndexError, ValueError):
+                    fields = _stat(int(entry.name))
+                    total += int(fields[11]) + int(fields[12]) if int(fields[2]) == pid else 0
+        return total / tick
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
 class Worker:
     """A recognizer process; its predictions, each with the wall-clock time it was read."""
 
@@ -114,12 +144,7 @@ class Worker:
                 self.errors.append(line.rstrip())
 
     def cpu_s(self) -> float:
-        """User + system CPU seconds the process has used (Linux /proc)."""
-        try:
-            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        except (OSError, IndexError, ValueError):
-            return float("nan")
+        return cpu_seconds(self.process.pid)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -138,6 +163,14 @@ class Brokers:
     mqtt_port: int
     rabbit_mqtt_port: int
     amqp_url: str
+    mosquitto_pid: int | None = None  # for the brokers' CPU: known when this module started them
+    rabbitmq_pgid: int | None = None
+
+    def cpu_s(self, setup: str) -> float:
+        """The CPU seconds the setup's broker has used, or NaN when it was not started here."""
+        if setup == "mosquitto":
+            return cpu_seconds(self.mosquitto_pid) if self.mosquitto_pid else float("nan")
+        return cpu_seconds(self.rabbitmq_pgid, group=True) if self.rabbitmq_pgid else float("nan")
 
 
 def _workers(setup: str, brokers: Brokers, fleet: str, common: list[str]) -> list[Worker]:
@@ -175,31 +208,58 @@ def run_setup(setup: str, brokers: Brokers, checkpoint: Path, devices: int, seco
               "--headless", "--jsonl", "--max-devices", str(max(1000, devices))]  # fmt: skip
     workers = _workers(setup, brokers, fleet, common)
     context = multiprocessing.get_context("spawn")
-    late = context.RawValue("d", 0.0)
+    late, publisher_cpu = context.RawValue("d", 0.0), context.RawValue("d", float("nan"))
     try:
         for worker in workers:
             if not worker.connected.wait(60):
                 raise RuntimeError(f"bench: {setup} did not connect: {' '.join(worker.errors[-3:])}")
         time.sleep(SETTLE_S if len(workers) > 1 else 0.5)
         cpu0 = [w.cpu_s() for w in workers]
+        broker0 = brokers.cpu_s(setup)
         values = load_hapt((2,))[0].values  # HAPT_CHANNELS, as the publisher encodes them
         t0 = time.time() + 0.5
         port = brokers.mqtt_port if setup == "mosquitto" else brokers.rabbit_mqtt_port
         publisher = context.Process(target=_publish, daemon=True, args=(
-            brokers.mqtt_host, port, devices, rounds, per_message, t0, values, late))  # fmt: skip
+            brokers.mqtt_host, port, devices, rounds, per_message, t0, values, late,
+            publisher_cpu))  # fmt: skip
         publisher.start()
         publisher.join(seconds + 120)
         expected = devices * max(0, (rounds * per_message - window) // hop + 1)
         wait_until(lambda: sum(len(w.predictions) for w in workers) >= expected, 10, step=0.1)
         wall = time.time() - t0
         cpu = [w.cpu_s() - c for w, c in zip(workers, cpu0, strict=True)]
+        others = {"publisher": publisher_cpu.value, "broker": brokers.cpu_s(setup) - broker0}
     finally:
         for worker in workers:
             worker.stop()
         if setup != "mosquitto":
             _drop_fleet(brokers.amqp_url, fleet)
     traffic_s = rounds * per_message / RATE_HZ
-    return _figures(setup, workers, devices, expected, t0, per_message, traffic_s, wall, cpu, late.value)
+    figures = _figures(setup, workers, devices, expected, t0, per_message, traffic_s, wall, cpu, late.value)
+    return figures | _cpu_figures(cpu, others, devices, traffic_s, wall)
+
+
+def _cpu_figures(cpu: list[float], others: dict[str, float], devices: int, traffic_s: float,
+                 wall: float) -> dict:  # fmt: skip
+    """CPU per device and per second of traffic, the recognizers' (all workers together) beside the
+    publisher's and the broker's, and the share of the machine each took over the run: what a
+    deployment is sized by (one core is 1,000 ms per second)."""
+    per_device_s = devices * traffic_s
+    cores = os.cpu_count() or 1
+
+    def ms(seconds: float) -> float | None:
+        return None if np.isnan(seconds) else round(1000 * seconds / per_device_s, 3)
+
+    def share(seconds: float) -> float | None:
+        return None if np.isnan(seconds) else round(100 * seconds / max(wall, 1e-9) / cores, 1)
+
+    return {
+        "recognizer_cpu_ms_per_device_s": ms(sum(cpu)),
+        "publisher_cpu_ms_per_device_s": ms(others["publisher"]),
+        "broker_cpu_ms_per_device_s": ms(others["broker"]),
+        "machine_percent": {"recognizers": share(sum(cpu)), "publisher": share(others["publisher"]),
+                            "broker": share(others["broker"])},
+    }
 
 
 def _figures(setup: str, workers: list[Worker], devices: int, expected: int, t0: float, per_message: int,
@@ -255,15 +315,15 @@ def fleet_figures(checkpoint: Path, sizes: tuple[int, ...], seconds: float, back
             if not run["held"]:
                 break
             best = run
-        out[setup] = {"max_devices": best["devices"] if best else 0,
-                      "windows_per_s": best["windows_per_s"] if best else None,
-                      "p99_ms": best["p99_ms"] if best else None, "runs": runs}  # fmt: skip
+        kept = ("windows_per_s", "p99_ms", "recognizer_cpu_ms_per_device_s")
+        out[setup] = {"largest_held": best["devices"] if best else 0,
+                      **{key: best[key] if best else None for key in kept}, "runs": runs}  # fmt: skip
     return out
 
 
 def _with_own_brokers(checkpoint: Path, sizes: tuple[int, ...], seconds: float, backend: str,
                       setups: tuple[str, ...], progress: Callable[[str], None]) -> dict:  # fmt: skip
-    from streamer.tools.broker import Mosquitto
+    from streamer.tools.private_mosquitto import Mosquitto
     from streamer.tools.rabbitmq import RabbitMQ
 
     progress("fleet: starting a private mosquitto and RabbitMQ (about 15 s)")
@@ -272,7 +332,8 @@ def _with_own_brokers(checkpoint: Path, sizes: tuple[int, ...], seconds: float, 
         (Path(folder) / "rabbitmq").mkdir()
         with Mosquitto(Path(folder) / "mosquitto", extra=("max_queued_messages 100000",)) as mosquitto, \
                 RabbitMQ(Path(folder) / "rabbitmq") as rabbit:  # fmt: skip
-            brokers = Brokers("127.0.0.1", mosquitto.port, rabbit.mqtt_port, rabbit.amqp_url)
+            brokers = Brokers("127.0.0.1", mosquitto.port, rabbit.mqtt_port, rabbit.amqp_url,
+                              mosquitto.process.pid, rabbit.process.pid)  # fmt: skip
             return fleet_figures(checkpoint, sizes, seconds, backend, setups, brokers, progress)
 
 
@@ -281,19 +342,26 @@ def fleet_table(result: dict):
     from rich.table import Table
 
     table = Table("setup", "devices", "windows/s", "p50 ms", "p99 ms", "dropped", "held",
+                  "recognizer CPU ms per device-s", "publisher", "broker",
                   title="harstream bench --fleet (message due -> prediction)")  # fmt: skip
+
+    def ms(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}"
+
     for setup, figures in result.items():
         for run in figures["runs"]:
             held = "yes" if run["held"] else "no"
             table.add_row(setup, str(run["devices"]), f"{run['windows_per_s']:,.0f}", f"{run['p50_ms']:.0f}",
-                          f"{run['p99_ms']:.0f}", str(run["dropped"]), held)  # fmt: skip
+                          f"{run['p99_ms']:.0f}", str(run["dropped"]), held,
+                          ms(run["recognizer_cpu_ms_per_device_s"]), ms(run["publisher_cpu_ms_per_device_s"]),
+                          ms(run["broker_cpu_ms_per_device_s"]))  # fmt: skip
     return table
 
 
 def main() -> None:
 
-    from streamer.commands.live_command import DEFAULT_CHECKPOINT
-    from streamer.commands.options import OneLineParser, number
+    from streamer.live import DEFAULT_CHECKPOINT
+    from streamer.options import OneLineParser, number
 
     parser = OneLineParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)

@@ -1,6 +1,6 @@
 """Cost beside accuracy for several models, measured side by side in one run (docs/results.md).
 
-    python -m streamer.tools.bench_models model/weights/uci_har_3x3.pt model/weights/uci_har_3x3_fleet.pt
+    python -m streamer.tools.bench_models model/weights/uci_har_3x3.pt model/weights/uci_har_2x2_fleet.pt
 
 For each checkpoint: MFLOP per window (:func:`streamer.tools.bench.flops_per_window`), windows per second
 through onnxruntime at one batch size on one thread, and the scores its metadata records
@@ -51,7 +51,7 @@ def compare(paths: list[str], batch: int = 64, rounds: int = 5, seconds: float =
 
 
 def main(argv: list[str] | None = None) -> int:
-    from streamer.commands.options import OneLineParser, count, number
+    from streamer.options import OneLineParser, count, number
 
     p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoints", nargs="+")

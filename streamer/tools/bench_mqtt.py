@@ -37,7 +37,7 @@ from model.strict_json import dumps
 from streamer.core.types import SampleBatch
 from streamer.core.wire import ACC, GYRO, HEADER, MAGIC
 from streamer.sources.mqtt import MqttOptions, MqttSource, TopicPattern, new_client, parse_broker
-from streamer.tools.broker import Mosquitto
+from streamer.tools.private_mosquitto import Mosquitto
 
 FORMATS = ("batch", "binary")
 RATE_HZ = 50.0
@@ -246,7 +246,7 @@ def _result(fmt: str, tally: Tally, published: int, n: int, refused: int, device
 
 def main() -> None:
 
-    from streamer.commands.options import OneLineParser, count, number
+    from streamer.options import OneLineParser, count, number
 
     parser = OneLineParser(description=__doc__.split("\n")[0])
     parser.add_argument("--devices", type=count(1, 100_000), default=200)

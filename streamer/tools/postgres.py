@@ -24,7 +24,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from streamer.tools.broker import free_port
+from streamer.tools.private_mosquitto import free_port
 
 USER = "har"  # the superuser initdb makes (trust authentication, loopback only)
 

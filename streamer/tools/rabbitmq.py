@@ -1,5 +1,6 @@
 """A private RabbitMQ node on free loopback ports, with the MQTT and consistent-hash plugins: for the
-tests and for ``harstream bench --fleet`` (as :mod:`streamer.tools.broker` starts a private mosquitto).
+tests and for ``harstream bench --fleet`` (as :mod:`streamer.tools.private_mosquitto` starts a private
+mosquitto).
 
     with RabbitMQ(folder) as node:
         node.amqp_url  # amqp://har:har@127.0.0.1:PORT/harstream: the recognizers (harstream fleet)
@@ -28,7 +29,7 @@ import pika
 import pika.exceptions
 
 from streamer.sources.fleet import KEY_RULE, parse_amqp
-from streamer.tools.broker import BrokerError, free_port
+from streamer.tools.private_mosquitto import BrokerError, free_port
 
 SBIN = Path("/usr/lib/rabbitmq/bin")  # Debian's real scripts (/usr/sbin holds wrappers that reset HOME)
 PLUGINS = "[rabbitmq_mqtt,rabbitmq_consistent_hash_exchange]."

@@ -119,6 +119,25 @@ def resident_mib() -> float:
         return int(f.read().split()[1]) * 4096 / 2**20
 
 
+def one_second(now: int, goods: list[Device], bads: list[Device], flood: int, rate: float,
+               rng: np.random.Generator, attacks: Counter) -> list[tuple[str, bytes]]:  # fmt: skip
+    """Second ``now`` of traffic: each good device's samples (JSON and binary in turn), each hostile
+    device's attack of the second (counted in ``attacks``), and ``flood`` new device ids."""
+    payloads: list[tuple[str, bytes]] = []
+    for d in goods:
+        t0, v = d.next_second(rate)
+        payload = _json(t0, rate, v) if now % 2 else encode_binary(t0, rate, v.astype(np.float32))
+        payloads.append((d.name, payload))
+    for d in bads:
+        name = str(rng.choice(list(ATTACKS)))
+        attacks[name] += 1
+        payloads += [(d.name, p) for p in ATTACKS[name](d, rate, rng)]
+    if flood:  # new ids, once each
+        burst = _json(float(now), rate, bads[0].values[:50])
+        payloads += [(f"flood-{now}-{k}", burst) for k in range(flood)]
+    return payloads
+
+
 def run_soak(checkpoint: CheckpointMeta, engine: InferenceEngine, hours: float = 1.0, good: int = 10,
              hostile: int = 10, flood_every_s: float = 600.0, flood: int = 300, hop: int = 64,
              seed: int = 0, progress: Callable[[float], None] | None = None) -> dict:  # fmt: skip
@@ -143,18 +162,8 @@ def run_soak(checkpoint: CheckpointMeta, engine: InferenceEngine, hours: float =
     started = time.monotonic()
     seconds = int(hours * 3600)
     for now in range(1, seconds + 1):  # the simulated clock, one step a second
-        payloads: list[tuple[str, bytes]] = []
-        for d in goods:
-            t0, v = d.next_second(rate)
-            payload = _json(t0, rate, v) if now % 2 else encode_binary(t0, rate, v.astype(np.float32))
-            payloads.append((d.name, payload))
-        for d in bads:
-            name = str(rng.choice(list(ATTACKS)))
-            attacks[name] += 1
-            payloads += [(d.name, p) for p in ATTACKS[name](d, rate, rng)]
-        if flood_every_s and now % flood_every_s == 0:  # new ids, once each
-            burst = _json(float(now), rate, bads[0].values[:50])
-            payloads += [(f"flood-{now}-{k}", burst) for k in range(flood)]
+        flooding = bool(flood_every_s) and now % flood_every_s == 0
+        payloads = one_second(now, goods, bads, flood if flooding else 0, rate, rng, attacks)
         windows = []
         for device, payload in payloads:
             messages += 1

@@ -37,9 +37,12 @@ from typing import TYPE_CHECKING
 from model.data.recordings import UCI_HAR_TEST_SUBJECTS, load_hapt
 from model.net.checkpoint_meta import CheckpointMeta
 from streamer.core.wire import encode_json_batch
+from streamer.live import LiveOptions, assemble
 from streamer.sinks.store import Store, StoreSink, Target
-from streamer.tools.broker import BrokerError
+from streamer.sources.fleet import FleetOptions, FleetSource, parse_amqp
+from streamer.sources.mqtt import INVALID_DEVICE, parse_broker
 from streamer.tools.postgres import Postgres, postgres_installed
+from streamer.tools.private_mosquitto import BrokerError
 from streamer.tools.rabbitmq import RabbitMQ, rabbitmq_installed
 from streamer.tools.soak import CHANNELS, Device
 
@@ -211,18 +214,14 @@ class SoakWorker:
 
     def __init__(self, node: RabbitMQ, checkpoint: Path, meta: CheckpointMeta, plan: FaultPlan,
                  stores: FaultStores, backend: str | None, threads: int) -> None:  # fmt: skip
-        from streamer.commands.activity_log import episodes_of
-        from streamer.commands.live_command import LiveOptions, live_parts
-        from streamer.sources.fleet import FleetOptions, FleetSource, parse_amqp
-
         options = FleetOptions(parse_amqp(node.amqp_url), plan.partitions, name=FLEET)
         self.source = FleetSource(options, meta.input_channels)
         chosen = {"backend": backend} if backend else {}
         live = LiveOptions(checkpoint=checkpoint, hop=plan.hop, max_wait_ms=5.0, headless=True,
                            threads=threads, **chosen)  # fmt: skip
-        self.pipeline, hop = live_parts(live, meta, [self.source])
-        self.episodes = episodes_of(self.pipeline)
-        stores.attach(self.episodes, hop / meta.rate_hz)
+        run = assemble(live, meta, [self.source])
+        self.pipeline, self.episodes = run.pipeline, run.episodes
+        stores.attach(self.episodes, run.hop / meta.rate_hz)
         self.received: Counter = Counter()
         self.thread = threading.Thread(target=self._collect, name="soak-worker", daemon=True)
         self.thread.start()
@@ -250,8 +249,6 @@ def mqtt_client(url: str, loop: bool = True) -> mqtt.Client:
     """A device's MQTT 3.1.1 client (RabbitMQ 3.10's plugin speaks it), connecting; with ``loop``
     its network loop runs in a thread of its own."""
     import paho.mqtt.client as mqtt
-
-    from streamer.sources.mqtt import parse_broker
 
     address = parse_broker(url)
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
@@ -363,8 +360,6 @@ def drive(node: RabbitMQ, stores: FaultStores, plan: FaultPlan, rate: float) -> 
 def fleet_report(worker: SoakWorker, sent: dict, devices: int, expected: int,
                  depths: list[int | None]) -> dict:  # fmt: skip
     """Every good device's windows received against ``expected``; the hostile traffic's fate."""
-    from streamer.sources.mqtt import INVALID_DEVICE
-
     good = {d: n for d, n in sorted(worker.received.items()) if d.startswith("good-")}
     counted = worker.pipeline.dropped(INVALID_DEVICE).get("invalid device id", 0)
     report = {

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime
 import threading
 
-from streamer.commands.history import first_line, read_history
+from streamer.cli.history import first_line, read_history
 from streamer.sinks.store import Target
 
 

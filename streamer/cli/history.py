@@ -1,5 +1,5 @@
-"""``harstream history``: what each wearer did, from the store (Core Motion's "what did the user do
-between A and B"; STYLE.md item 15).
+"""``harstream history``: what each wearer did, from the store (as Core Motion answers "what did
+the user do between A and B").
 
 Time spent per activity is the stored predictions' (each window counted for its hop), so it matches
 what the recognizer said window by window; the episode list is the stored episodes. ``--json``
@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from model.strict_json import dumps
-from streamer.sinks.store import StoreError, Target, parse_duration, store_text
+from streamer.options import parse_duration
+from streamer.sinks.store import StoreError, Target, store_text
 
 MAX_EPISODES_SHOWN = 50  # per device in the table (--json has them all)
 
@@ -50,18 +51,8 @@ def read_history(target: Target, device: str | None = None, since: float | None 
                  until: float | None = None, truth: bool = False) -> dict:  # fmt: skip
     """``{"devices": {id: {"seconds": {activity: s}, "episodes": [...]}}}`` from the store; with
     ``truth``, each device also gets ``"truth"``: its predictions' true labels as ``[t, seconds, label]``."""
-    try:
-        connection = target.connect_readonly()  # never writes: a read-only store, someone else's file
-    except StoreError:
-        raise
-    except Exception as error:
-        raise StoreError(f"cannot read the store {target.display}: {first_line(error)}") from None
-    try:
-        return _read(connection, target, device, since, until, truth)
-    except Exception as error:  # a locked or damaged file, a server that went away
-        raise StoreError(f"cannot read the store {target.display}: {first_line(error)}") from None
-    finally:
-        connection.close()
+    # never writes: a read-only store, someone else's file
+    return _reading(target, lambda connection: _read(connection, target, device, since, until, truth))
 
 
 def first_line(error: BaseException) -> str:
@@ -82,6 +73,74 @@ def known_devices(target: Target) -> list[str]:
         raise StoreError(f"cannot read the store {target.display}: {first_line(error)}") from None
     finally:
         connection.close()
+
+
+def read_latest(target: Target) -> dict[str, dict]:
+    """Every device's latest stored prediction, ``{id: {"label", "confidence", "t"}}`` (the web page's
+    fleet: who is there, and when each was last heard)."""
+    return _reading(target, lambda connection: _latest(connection, target))
+
+
+def read_totals(target: Target, since: float | None = None, until: float | None = None,
+                device: str | None = None) -> dict[str, dict[str, float]]:  # fmt: skip
+    """``{id: {activity: seconds}}``: :func:`read_history`'s time per activity without its episodes
+    (the web page's fleet bars and a wearer's days)."""
+    return _reading(target, lambda connection: _totals(connection.cursor(), target, device, since, until))
+
+
+def has_device(target: Target, device: str) -> bool:
+    """Whether the store holds a prediction or an episode of ``device`` (two index lookups)."""
+
+    def look(connection: Any) -> bool:
+        cursor = connection.cursor()
+        for table in ("predictions", "episodes"):
+            query = target.sql(f"SELECT 1 FROM {table} WHERE device = ? LIMIT 1")
+            cursor.execute(query, (store_text(device),))
+            if cursor.fetchone() is not None:
+                return True
+        return False
+
+    return _reading(target, look)
+
+
+def _reading(target: Target, read: Any) -> Any:
+    """``read(connection)`` on a read-only connection; every failure is a one-line StoreError."""
+    try:
+        connection = target.connect_readonly()
+    except StoreError:
+        raise
+    except Exception as error:
+        raise StoreError(f"cannot read the store {target.display}: {first_line(error)}") from None
+    try:
+        return read(connection)
+    except Exception as error:  # a locked or damaged file, a server that went away
+        raise StoreError(f"cannot read the store {target.display}: {first_line(error)}") from None
+    finally:
+        connection.close()
+
+
+def _latest(connection: Any, target: Target) -> dict[str, dict]:
+    cursor = connection.cursor()
+    cursor.execute("SELECT p.device, p.label, p.confidence, p.t FROM predictions p JOIN "
+                   "(SELECT device, MAX(t) AS t FROM predictions GROUP BY device) m "
+                   "ON p.device = m.device AND p.t = m.t ORDER BY p.device")  # fmt: skip
+    out: dict[str, dict] = {}
+    for device, label, confidence, t in cursor.fetchall():
+        sure = None if confidence is None else round(float(confidence), 4)
+        out[device] = {"label": label, "confidence": sure, "t": round(float(t), 3)}
+    cursor.close()
+    return out
+
+
+def _totals(cursor: Any, target: Target, device: str | None, since: float | None,
+            until: float | None) -> dict[str, dict[str, float]]:  # fmt: skip
+    where, params = _where("t", "t", device, since, until)
+    cursor.execute(target.sql(f"SELECT device, label, SUM(seconds) FROM predictions{where} "
+                              "GROUP BY device, label ORDER BY device, label"), params)  # fmt: skip
+    out: dict[str, dict[str, float]] = {}
+    for dev, label, seconds in cursor.fetchall():
+        out.setdefault(dev, {})[label] = round(float(seconds), 3)
+    return out
 
 
 def unknown_device(target: Target, device: str) -> str | None:
@@ -117,14 +176,9 @@ def _where(column_from: str, column_to: str, device: str | None, since: float | 
 
 def _read(connection: Any, target: Target, device: str | None, since: float | None, until: float | None,
           truth: bool) -> dict:  # fmt: skip
-    devices: dict[str, dict] = {}
     cursor = connection.cursor()
-    where, params = _where("t", "t", device, since, until)
-    cursor.execute(target.sql(f"SELECT device, label, SUM(seconds) FROM predictions{where} "
-                              "GROUP BY device, label ORDER BY device, label"), params)  # fmt: skip
-    for dev, label, seconds in cursor.fetchall():
-        entry = devices.setdefault(dev, {"seconds": {}, "episodes": []})
-        entry["seconds"][label] = round(float(seconds), 3)
+    devices: dict[str, dict] = {dev: {"seconds": seconds, "episodes": []}
+                                for dev, seconds in _totals(cursor, target, device, since, until).items()}
     where, params = _where("start_t", "end_t", device, since, until)
     cursor.execute(target.sql(f"SELECT device, activity, start_t, end_t, confidence FROM episodes{where} "
                               "ORDER BY device, start_t"), params)  # fmt: skip
@@ -214,8 +268,8 @@ def cmd_history(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_history_command(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("history")  # its help, description and examples: streamer/commands/table.py
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("history")  # its help, description and examples: streamer/cli/table.py
     p.add_argument("--store", required=True, metavar="PATH_OR_URL", help="a SQLite file or postgresql://...")
     p.add_argument("--device", metavar="ID", help="only this device")
     p.add_argument("--since", metavar="WHEN", help="an age (2h, 7d), 'today', or an ISO date/time")

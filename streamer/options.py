@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from collections.abc import Callable
 from typing import NoReturn
 
@@ -68,11 +69,22 @@ def count(lo: int, hi: int, *, unit: str = "") -> Callable[[str], int]:
     return parse
 
 
-def duration(text: str) -> str:
-    """A ``type=`` for an age such as ``30d`` or ``12h`` (:func:`streamer.sinks.store.parse_duration`),
-    more than nothing: ``--retain 0`` would keep everything while seeming to prune."""
-    from streamer.sinks.store import parse_duration
+def parse_duration(text: str) -> float:
+    """Seconds in ``30d``, ``12h``, ``90m``, ``45s`` (or a bare number of seconds).
 
+    >>> parse_duration("30d"), parse_duration("2h"), parse_duration("90m"), parse_duration("15")
+    (2592000.0, 7200.0, 5400.0, 15.0)
+    """
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text or "")
+    if match is None:
+        raise ValueError(f"bad duration {text!r}: use a number with s, m, h, d or w (e.g. 30d, 2h)")
+    unit = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[match.group(2)]
+    return float(match.group(1)) * unit
+
+
+def duration(text: str) -> str:
+    """A ``type=`` for an age such as ``30d`` or ``12h`` (:func:`parse_duration`),
+    more than nothing: ``--retain 0`` would keep everything while seeming to prune."""
     try:
         seconds = parse_duration(text)
     except ValueError as error:
@@ -95,4 +107,3 @@ def nonempty(what: str) -> Callable[[str], str]:
 
 
 port = count(1, MAX_PORT)  # a TCP port
-

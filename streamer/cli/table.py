@@ -125,6 +125,13 @@ COMMANDS: tuple[Command, ...] = (
               "one device's last two hours, as one JSON object"),
              ("harstream history --store history.db --plot today.png",
               "one timeline per device (needs matplotlib)"))),
+    Command("data and models", "web", "a read-only web page of the fleet: every wearer live, today, health",
+            "Serve a web page that shows every device of a --store, live through the topics that --publish "
+            "sends (with --broker): the fleet, each wearer's day and the last 7 days, each device's health, "
+            "and the JSON API the page uses. Read-only; on 127.0.0.1 unless --host and --token say so.",
+            (("harstream web --store history.db --broker mqtt://localhost", "the page at http://127.0.0.1:8080/"),
+             ("harstream web --store history.db --host 0.0.0.0 --token SECRET",
+              "for other machines too: open http://HOST:8080/?token=SECRET"))),
     Command("tools", "publish", "publish a recording over MQTT as a wearable would",
             "Play a recording into an MQTT broker as a wearable would send it: the quickest way to see "
             "harstream mqtt predict without a device.",
@@ -175,7 +182,7 @@ class CommandsAction(argparse._SubParsersAction):
 
     def add_parser(self, name: str, **kwargs) -> argparse.ArgumentParser:
         if name not in BY_NAME:
-            raise KeyError(f"harstream {name} is not in streamer/commands/table.py's table")
+            raise KeyError(f"harstream {name} is not in streamer/cli/table.py's table")
         given = {"help", "description", "epilog"} & kwargs.keys()
         if given:
             raise TypeError(f"harstream {name}: its {', '.join(sorted(given))} come from the table")

@@ -1,68 +1,43 @@
-"""What the live commands (``replay``, ``mqtt``, ``serial``) share, in one place: their options,
-read from argparse once into a :class:`LiveOptions`; the checkpoint's metadata; the engine and the
-pipeline assembled from them; the loop that drives the pipeline into the dashboard or JSON lines.
-
-The command files (:mod:`streamer.cli`, :mod:`streamer.commands.wearables_cli`) import this module and it
-imports neither, so ``python -m streamer.cli`` loads each module once. Nothing here imports torch:
-a gateway without it runs these commands on the ONNX backend.
+"""A live run assembled from its options: the checkpoint's metadata, the engine, the pipeline, the
+episodes and the store it feeds (a :class:`LiveRun`), and the loop that drives it into the dashboard
+or JSON lines. Every live command (``replay``, ``mqtt``, ``serial``, ``fleet``: streamer/cli/) builds
+its run here, and the soak does too; nothing here reads argparse beyond :meth:`LiveOptions.from_args`,
+and nothing imports torch, so a gateway without it runs on the ONNX backend.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from model.strict_json import dumps
-from streamer.commands.options import MAX_THREADS, count, number
+from rich.console import Console
+from rich.live import Live
+
+from model.net.checkpoint_meta import read_meta
 from streamer.core import limits
+from streamer.core.backends import default_backend, make_backend
+from streamer.core.engine import Decider, InferenceEngine
+from streamer.core.pipeline import Pipeline
+from streamer.core.scheduler import Scheduler
+from streamer.core.wire import valid_device_id
+from streamer.errors import CliError
+from streamer.sinks.episodes import HOLD_S, MIN_CONFIDENCE, Episodes
+from streamer.sinks.json_lines import json_line, print_event
+from streamer.sinks.store import StoreSink, open_store
+from streamer.ui.dashboard import Dashboard, summary_table
+from streamer.ui.today import TodayTotals
 
 if TYPE_CHECKING:
     from model.net.checkpoint_meta import CheckpointMeta
-    from streamer.core.engine import InferenceEngine
-    from streamer.core.pipeline import Pipeline
     from streamer.core.source import Source
 
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "model" / "weights" / "uci_har_3x3.pt"
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "model" / "weights" / "uci_har_3x3.pt"
 PROGRESS_S = 10.0  # how often --headless without --jsonl says how it is going
-
-
-class CliError(Exception):
-    """A failure the user can fix; printed as one line, exit code 1."""
-
-
-def say(message: str) -> None:
-    print(f"harstream: {message}", file=sys.stderr, flush=True)
-
-
-def json_line(record: dict) -> None:
-    """One JSON line on stdout, written in one call: print() writes the text and its newline
-    separately, and a SIGTERM (a KeyboardInterrupt, below) between the two glued the summary onto
-    the last prediction's line."""
-    sys.stdout.write(dumps(record) + "\n")
-    sys.stdout.flush()
-
-
-def sigterm_as_interrupt() -> None:
-    """SIGTERM stops as Ctrl-C does: sources stop, files close, the summary prints."""
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, interrupt)
-
-
-def _default_backend() -> str:
-    from streamer.core.backends import default_backend
-
-    return default_backend()
 
 
 @dataclass(frozen=True)
@@ -71,7 +46,7 @@ class LiveOptions:
     (:meth:`from_args`); everything below the command line reads these, never the Namespace."""
 
     checkpoint: Path = DEFAULT_CHECKPOINT
-    backend: str = field(default_factory=_default_backend)  # torch where installed, else onnx
+    backend: str = field(default_factory=default_backend)  # torch where installed, else onnx
     threads: int = 1  # --threads: intra-op threads for inference; 0: see inference_threads()
     workers: int = 1  # recognizers on this host that share its cores (--shard K/N: N)
     hop: int = 0  # samples between windows; 0: a quarter window
@@ -84,11 +59,11 @@ class LiveOptions:
     max_devices: int = limits.MAX_DEVICES
     idle_timeout_s: float = 0.0  # 0: never forget a device (replay, serial); mqtt: limits.IDLE_TIMEOUT_S
     calibration: tuple[str, ...] | list[str] | None = None  # --calibration DEVICE=wearer.pt or a folder
-    store: str | None = None  # --store: history kept here (commands/activity_log.py, sinks/store.py)
+    store: str | None = None  # --store: history kept here (streamer/sinks/store.py)
     retain: str | None = None
     events: bool = False
-    episode_hold_s: float = 4.0  # streamer.sinks.episodes.HOLD_S
-    episode_confidence: float = 0.6  # streamer.sinks.episodes.MIN_CONFIDENCE
+    episode_hold_s: float = HOLD_S
+    episode_confidence: float = MIN_CONFIDENCE
 
     def __post_init__(self) -> None:
         checks = (
@@ -137,61 +112,10 @@ def inference_threads(threads: int, workers: int = 1) -> int:
     return max(1, (os.cpu_count() or 1) // workers)
 
 
-# -- the command-line options ---------------------------------------------------------------------
-def add_backend_option(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    from streamer.core.backends import BACKENDS, default_backend
-
-    p.add_argument("--backend", choices=BACKENDS, default=default_backend(),
-                   help="run the network with PyTorch, or its ONNX export (made once, kept beside the "
-                   "checkpoint) with onnxruntime (default: %(default)s; onnx where torch is not installed)")
-
-
-def add_live_options(p: argparse.ArgumentParser) -> None:
-    """The options every live command reads into :class:`LiveOptions`, in two groups."""
-    model = p.add_argument_group("recognition")
-    model.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, metavar="FILE.pt",
-                       help="trained model (default: the shipped model/weights/uci_har_3x3.pt)")
-    model.add_argument("--hop", type=count(1, 100_000, unit="samples"), default=0,  # 0: LiveOptions' own
-                       metavar="SAMPLES", help="samples between windows (default: a quarter window)")
-    model.add_argument("--smooth", type=count(1, 1000), default=1, metavar="K",
-                       help="average probabilities over the last K windows (default 1: none)")
-    model.add_argument("--min-confidence", type=number(0, 1), default=0.0, metavar="FRACTION",
-                       help="below this top probability (0 to 1) the label is 'uncertain' (default 0)")
-    model.add_argument("--max-batch", type=count(1, 65_536), default=256, metavar="WINDOWS",
-                       help="largest inference batch (default %(default)s)")
-    model.add_argument("--max-wait-ms", type=number(0, 60_000, unit="ms"), default=20.0, metavar="MS",
-                       help="how long a ready window waits for others to share its batch (default "
-                       "%(default)g)")
-    model.add_argument("--threads", type=count(0, MAX_THREADS), default=1, metavar="N",
-                       help="intra-op threads for inference (default 1; 0: the library's default, all cores, "
-                       "or with --shard K/N this host's cores // N)")
-    add_backend_option(model)
-    model.add_argument("--calibration", action="append", metavar="DEVICE=WEARER.pt",
-                       help="run DEVICE on its own calibrated model (harstream calibrate), everyone else on "
-                       "--checkpoint; repeat it, or give a folder of DEVICE.pt files")
-    out = p.add_argument_group("output")
-    out.add_argument("--headless", action="store_true", help="no dashboard")
-    out.add_argument("--jsonl", action="store_true", help="one JSON object per prediction on stdout")
-    from streamer.commands.activity_log import add_history_options
-
-    add_history_options(p)
-
-
-def add_device_limits(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """How many devices a recognizer serves and how long it keeps a silent one (streamer/core/limits.py)."""
-    p.add_argument("--max-devices", type=count(1, 1_000_000), default=limits.MAX_DEVICES, metavar="N",
-                   help="serve at most this many devices at once (default %(default)s)")
-    p.add_argument("--idle-timeout", dest="idle_timeout_s", type=number(1, 30 * 86400, zero=True, unit="s"),
-                   default=limits.IDLE_TIMEOUT_S, metavar="SECONDS",
-                   help="forget a device silent for this many seconds (0 = never; default %(default)g)")
-
-
 # -- checkpoint, engine, pipeline -----------------------------------------------------------------
 def open_checkpoint(path: Path) -> CheckpointMeta:
     """The checkpoint's checked metadata: what the live path needs besides the backend, read
     without torch."""
-    from model.net.checkpoint_meta import read_meta
-
     if not Path(path).exists():
         raise CliError(
             f"no trained model at {path}: train one with python train.py --config configs/<name>.toml"
@@ -202,9 +126,6 @@ def open_checkpoint(path: Path) -> CheckpointMeta:
 def live_engine(checkpoint: Path, backend: str, threads: int, max_batch: int) -> InferenceEngine:
     """The inference engine for a checkpoint on ``backend`` with ``threads`` intra-op threads
     (0: the library's default)."""
-    from streamer.core.backends import make_backend
-    from streamer.core.engine import InferenceEngine
-
     return InferenceEngine(make_backend(backend, checkpoint, threads), max_batch=max_batch)
 
 
@@ -213,8 +134,6 @@ def calibrations(entries: tuple[str, ...] | list[str] | None,
     """``--calibration`` values (``DEVICE=wearer.pt``, or a folder of ``DEVICE.pt`` files) as
     device -> (checkpoint, its metadata); each must read the same inputs and give the same classes
     as the base model, so its windows and predictions mean the same."""
-    from streamer.core.wire import valid_device_id
-
     found: dict[str, tuple[Path, CheckpointMeta]] = {}
     for entry in entries or ():
         if Path(entry).is_dir():
@@ -240,21 +159,35 @@ def calibrations(entries: tuple[str, ...] | list[str] | None,
     return found
 
 
-def live_parts(options: LiveOptions, checkpoint: CheckpointMeta,
-               sources: list[Source]) -> tuple[Pipeline, int]:  # fmt: skip
-    """The pipeline (scheduler, engine, decider) for ``options.checkpoint``, whose metadata is
-    ``checkpoint``, fed by ``sources``; and the hop it cuts windows at."""
-    from streamer.core.engine import Decider
-    from streamer.core.pipeline import Pipeline
-    from streamer.core.scheduler import Scheduler
+@dataclass
+class LiveRun:
+    """A live run as :func:`assemble` built it: the pipeline and its hop, the episodes every run
+    keeps, and the store sink when ``--store`` asked for one. Whoever adds a sink (``--publish``)
+    finds the episodes here; :meth:`finish` ends them and the store after the run."""
 
+    pipeline: Pipeline
+    hop: int
+    episodes: Episodes
+    store: StoreSink | None = None
+
+    def finish(self) -> dict:
+        """After the run: open episodes end (their events go out), the store writes what is queued;
+        their tallies for the summary."""
+        self.episodes.close()
+        if self.store is None:
+            return {}
+        self.store.store.close()  # what it could not write is said there, in one line, and counted
+        return self.store.store.summary()
+
+
+def assemble(options: LiveOptions, checkpoint: CheckpointMeta, sources: list[Source]) -> LiveRun:
+    """The run (scheduler, engine, decider, episodes, store) for ``options.checkpoint``, whose
+    metadata is ``checkpoint``, fed by ``sources``."""
     # One intra-op thread by default (--threads): the sources and the scheduler need the other
     # core, and OpenMP threads that wait on a busy core spin instead of yielding.
     engine = live_engine(options.checkpoint, options.backend, options.inference_threads, options.max_batch)
     calibrated = calibrations(options.calibration, checkpoint)
     if calibrated:  # a wearer's own model (adapted head, maybe its own axes): batched per model
-        from streamer.core.backends import make_backend
-
         engine.per_device = {device: make_backend(options.backend, path, options.inference_threads)
                              for device, (path, _) in calibrated.items()}  # fmt: skip
     window = checkpoint.window
@@ -266,10 +199,25 @@ def live_parts(options: LiveOptions, checkpoint: CheckpointMeta,
                           device_specs={d: m.preprocessing for d, (_, m) in calibrated.items()})  # fmt: skip
     decider = Decider(checkpoint.classes, smooth=options.smooth, min_confidence=options.min_confidence)
     pipeline = Pipeline(sources, scheduler, engine, decider, max_wait_s=options.max_wait_ms / 1000.0)
-    from streamer.commands.activity_log import attach_history
+    return keep_history(options, pipeline, hop, hop / checkpoint.rate_hz)
 
-    attach_history(options, pipeline, hop / checkpoint.rate_hz)  # episodes, --store, --events
-    return pipeline, hop
+
+def keep_history(options: LiveOptions, pipeline: Pipeline, hop: int, hop_s: float) -> LiveRun:
+    """The pipeline's episodes, with the store (``--store``) and the JSON-lines events (``--events``)
+    attached as ``options`` ask; a --store that names no store raises StoreError (one line)."""
+    episodes = Episodes(hop_s, hold_s=options.episode_hold_s, min_confidence=options.episode_confidence)
+    sink = None
+    if options.store:
+        # A replay faster than real time would be stored ahead of the wall clock: moved back so that
+        # it ends when its run would have played it, at the latest (its own durations kept).
+        lead = max((source.lead_s() for source in pipeline.sources), default=0.0)
+        sink = StoreSink(open_store(options.store, options.retain), hop_s, wall_start=time.time() - lead)
+        episodes.on_prediction.append(sink.prediction)
+        episodes.on_finished.append(sink.episode)
+    if options.jsonl and options.events:
+        episodes.listeners.append(print_event)
+    pipeline.sinks.append(episodes)
+    return LiveRun(pipeline, hop, episodes, sink)
 
 
 # -- the run ---------------------------------------------------------------------------------------
@@ -279,27 +227,21 @@ def progress_line(summary: dict) -> str:
             f"{summary['windows']:,} windows{accuracy}, {summary['dropped']:,} dropped")
 
 
-def run_live(options: LiveOptions, pipeline: Pipeline, classes: tuple[str, ...], title: str) -> int:
-    """Drive the pipeline into the chosen sinks (dashboard, JSON lines, or neither) until its
-    sources end or Ctrl-C; then the summary. Exit code 130 after Ctrl-C on the dashboard."""
-    from rich.console import Console
-
-    from streamer.ui.dashboard import summary_table
-
+def run_live(options: LiveOptions, run: LiveRun, classes: tuple[str, ...], title: str) -> int:
+    """Drive the run into the chosen outputs (dashboard, JSON lines, or neither) until its sources
+    end or Ctrl-C; then the summary. Exit code 130 after Ctrl-C on the dashboard."""
     console = Console(stderr=options.jsonl)
     interrupted = False
     try:
         if options.headless:
-            _headless(options, pipeline)
+            _headless(options, run.pipeline)
         else:
-            _on_dashboard(options, pipeline, classes, title, console)
+            _on_dashboard(options, run.pipeline, classes, title, console)
     except KeyboardInterrupt:
         interrupted = True
     finally:
-        pipeline.stop()
-    from streamer.commands.activity_log import finish_history
-
-    summary = pipeline.summary() | finish_history(pipeline) | {"interrupted": interrupted}
+        run.pipeline.stop()
+    summary = run.pipeline.summary() | run.finish() | {"interrupted": interrupted}
     if options.jsonl:
         json_line({"summary": summary})
     else:
@@ -318,15 +260,9 @@ def _headless(options: LiveOptions, pipeline: Pipeline) -> None:
 
 
 def _on_dashboard(options: LiveOptions, pipeline: Pipeline, classes: tuple[str, ...], title: str,
-                  console) -> None:  # fmt: skip
-    from rich.live import Live
-
-    from streamer.ui.dashboard import Dashboard
-
+                  console: Console) -> None:  # fmt: skip
     today = None
     if options.store:  # today's totals per wearer, read from the store in a thread of its own
-        from streamer.ui.today import TodayTotals
-
         today = TodayTotals(options.store).start()
     dashboard = Dashboard(pipeline, classes, title, today=today)
     try:

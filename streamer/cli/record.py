@@ -17,8 +17,13 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
-from streamer.commands.live_command import CliError, say, sigterm_as_interrupt
+from model.data.recordings import HAPT_CHANNELS
+from streamer.cli.common import say, sigterm_as_interrupt
+from streamer.cli.connect import add_mqtt_options, add_serial_options, mqtt_options, serial_source, start_mqtt
+from streamer.errors import CliError
+from streamer.sinks.recorder import CsvRecorder
 from streamer.sources.labelling import (
     CLASS_NAME,
     LabelBoard,
@@ -81,12 +86,7 @@ def keys() -> Iterator[callable]:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
-def cmd_record(args: argparse.Namespace, *, mqtt_options, serial_source, start_mqtt) -> int:
-    """``record``; the broker and port plumbing comes from :mod:`streamer.commands.wearables_cli`, which
-    calls this (passed in, so that neither module imports the other back)."""
-    from model.data.recordings import HAPT_CHANNELS
-    from streamer.sinks.recorder import CsvRecorder
-
+def cmd_record(args: argparse.Namespace) -> int:
     if (args.broker is None) == (args.port is None):
         raise CliError("record from one of --broker URL or --port DEV")
     try:
@@ -244,3 +244,22 @@ def panel(source, recorder, board: LabelBoard, protocol: RecordingProtocol | Non
     dropped = sum(recorder.dropped.values()) + sum(board.rejected.values())
     return Panel(Group(*parts), title=f"harstream record · {source.name} · {source.status}",
                  subtitle=f"ignored {dropped} · Ctrl-C to stop")  # fmt: skip
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    # its help, description and examples: streamer/cli/table.py
+    p = sub.add_parser("record")
+    add_mqtt_options(p.add_argument_group("MQTT source (with --broker)"), required=False)
+    add_serial_options(p.add_argument_group("serial source (with --port)"), required=False)
+    out = p.add_argument_group("output")
+    out.add_argument("--out", type=Path, required=True, metavar="FOLDER",
+                     help="folder for the recordings (one file per device)")
+    labels = p.add_argument_group("labels (a device's own: publish a class name to har/<device>/label)")
+    labels.add_argument("--protocol", metavar="FILE.toml", help="a guided session that labels itself, e.g. "
+                        "configs/protocols/hapt_six.toml")
+    labels.add_argument("--classes", metavar="NAMES",
+                        help="the class names labels may take, comma-separated (default: the protocol's, "
+                        "else any name a device publishes); keys 1-9 choose one in the "
+                        "dashboard, 0 clears")
+    labels.add_argument("--headless", action="store_true", help="no dashboard: one line per step")
+    p.set_defaults(run=cmd_record)

@@ -21,6 +21,7 @@ import numpy as np
 from model.data.recordings import ACC, GYRO, measured_rate
 from streamer.core.limits import GAP_PERIODS, RATE_RATIO, value_limits
 from streamer.core.types import SampleBatch
+from streamer.sources.mqtt import MqttOptions, MqttSource
 
 STILL_G = 0.05  # the acceleration magnitude's std (g) over a second below which the wearer is still
 ORIENTATION_DEG = 45.0  # gravity further than this from the model's is a different pose
@@ -227,27 +228,27 @@ def _orientation_check(report: dict, gravity: np.ndarray | None, still: bool | N
     check("orientation", angle <= ORIENTATION_DEG, axis_name(g), axis_name(gravity), fix)
 
 
-def listen_mqtt(options, device: str, channels: tuple[str, ...], seconds: float,
-                connect_timeout: float) -> Listened:  # fmt: skip
-    """What ``device`` publishes during ``seconds`` (after connecting)."""
-    from streamer.commands.wearables_cli import start_mqtt
-    from streamer.sources.mqtt import MqttSource
+class MqttListener(MqttSource):
+    """An MQTT source that notes, into ``heard``, what ``device`` sends before the wire maps it."""
 
-    heard = Listened()
+    def __init__(self, options: MqttOptions, channels: tuple[str, ...], device: str) -> None:
+        super().__init__(options, channels)
+        self.device = device
+        self.heard = Listened()
 
-    class Listener(MqttSource):
-        def handle(self, topic: str, payload: bytes, arrival: float | None = None) -> None:
-            if self.options.topic.device_of(topic) != device:
-                return
-            heard.messages += 1
-            peek(payload, heard)
-            super().handle(topic, payload, arrival)
+    def handle(self, topic: str, payload: bytes, arrival: float | None = None) -> None:
+        if self.options.topic.device_of(topic) != self.device:
+            return
+        self.heard.messages += 1
+        peek(payload, self.heard)
+        super().handle(topic, payload, arrival)
 
-    source = start_mqtt(options, channels, connect_timeout=connect_timeout, headless=True,
-                        source=Listener(options, channels))  # fmt: skip
-    collect(source, heard, seconds)
-    heard.dropped.update(source.drops.of(device))  # messages the wire refused (a missing channel, ...)
-    return heard
+
+def listen_mqtt(source: MqttListener, seconds: float) -> Listened:
+    """What the listener's device publishes during ``seconds`` (the source connected already)."""
+    collect(source, source.heard, seconds)
+    source.heard.dropped.update(source.drops.of(source.device))  # refused by the wire (a missing channel)
+    return source.heard
 
 
 def listen_serial(source, seconds: float) -> Listened:

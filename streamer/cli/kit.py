@@ -1,20 +1,32 @@
-"""Your own wearable, end to end, on the command line: ``check``, ``init-config`` (and ``record``'s
-labels, :mod:`streamer.commands.record_session`). :mod:`streamer.cli` registers these in its parser."""
+"""Your own wearable on the command line: ``check`` (does the model fit what the device sends:
+streamer/tools/device_check.py), ``init-config`` (a training config from labelled recordings) and
+``calibrate`` (a model adapted to one wearer, model/train/calibration.py). ``record`` is
+streamer/cli/record.py."""
 
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
+from model.data.recordings import read_csv_recording
 from model.strict_json import dumps
-from streamer.commands.live_command import DEFAULT_CHECKPOINT, CliError, open_checkpoint, say
-from streamer.commands.options import count, number
+from model.train.init_config import write_config
+from streamer.cli.common import say
+from streamer.cli.connect import add_mqtt_options, add_serial_options, mqtt_options, serial_source, start_mqtt
+from streamer.errors import CliError
+from streamer.live import DEFAULT_CHECKPOINT, open_checkpoint
+from streamer.options import count, number
+from streamer.tools.device_check import (
+    MqttListener,
+    analyse,
+    listen_mqtt,
+    listen_serial,
+    render,
+)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from streamer.commands.check import analyse, listen_mqtt, listen_serial, render
-    from streamer.commands.wearables_cli import mqtt_options, serial_source
-
     if (args.broker is None) == (args.port is None):
         raise CliError("check one of --broker URL (with --device NAME) or --port DEV")
     if args.broker and not args.device:
@@ -24,7 +36,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     meta = open_checkpoint(args.checkpoint)
     channels = meta.input_channels
     if args.broker:
-        heard = listen_mqtt(mqtt_options(args), args.device, channels, args.seconds, args.connect_timeout)
+        options = mqtt_options(args)
+        listener = MqttListener(options, channels, args.device)
+        start_mqtt(options, channels, connect_timeout=args.connect_timeout, headless=True, source=listener)
+        heard = listen_mqtt(listener, args.seconds)
         device = args.device
     else:
         source = serial_source(args, channels, headless=True)
@@ -43,8 +58,6 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_init_config(args: argparse.Namespace) -> int:
-    from model.train.init_config import write_config
-
     out = Path(args.out)
     if out.exists() and not args.force:
         raise CliError(f"{out} exists: choose another --out, or --force to replace it")
@@ -58,17 +71,15 @@ def cmd_init_config(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    import time
-
-    from model.data.recordings import read_csv_recording
-    from model.net.checkpoint import load_checkpoint
-    from model.train.calibration import calibrate, save
 
     out = Path(args.out)
     if out.exists() and not args.force:
         raise CliError(f"{out} exists: choose another --out, or --force to replace it")
     if out.suffix != ".pt":
         raise CliError(f"--out must name a .pt file (its .json is written beside it), not {out}")
+    from model.net.checkpoint import load_checkpoint
+    from model.train.calibration import calibrate, save  # deferred: torch
+
     t0 = time.perf_counter()
     base = load_checkpoint(args.checkpoint)
     recordings = []
@@ -89,10 +100,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_kit_commands(sub: argparse._SubParsersAction) -> None:
-    from streamer.commands.wearables_cli import add_mqtt_options, add_serial_options
-
-    p = sub.add_parser("check")  # each command's help, description and examples: streamer/commands/table.py
+def register(sub: argparse._SubParsersAction) -> None:
+    # each command's help, description and examples: streamer/cli/table.py
+    p = sub.add_parser("check")
     add_mqtt_options(p.add_argument_group("MQTT (with --broker; --device names the device)"), required=False)
     add_serial_options(p.add_argument_group("serial (with --port)"), required=False)
     p.add_argument("--seconds", type=number(1, 600, unit="s"), default=10.0, metavar="SECONDS",
@@ -115,7 +125,7 @@ def add_kit_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.set_defaults(run=cmd_init_config)
 
-    p = sub.add_parser("calibrate")  # model/train/calibration.py
+    p = sub.add_parser("calibrate")
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, metavar="FILE.pt",
                    help="the base model (default: the shipped model)")
     p.add_argument("--recording", action="append", required=True, metavar="CSV",

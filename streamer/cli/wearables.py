@@ -1,0 +1,83 @@
+"""``harstream mqtt`` and ``harstream serial``: the activities of live wearables, from a broker or a
+serial port, built by streamer/live.py as ``replay`` is; ``mqtt --publish`` sends the predictions and
+episodes back to the broker (streamer/sources/mqtt.py, streamer/sinks/episode_publisher.py)."""
+
+from __future__ import annotations
+
+import argparse
+
+from streamer.cli.common import sigterm_as_interrupt
+from streamer.cli.connect import (
+    add_mqtt_options,
+    add_serial_options,
+    recognizer_mqtt_options,
+    serial_source,
+    start_mqtt,
+)
+from streamer.cli.live_options import add_device_limits, add_live_options
+from streamer.live import LiveOptions, assemble, open_checkpoint, run_live
+from streamer.sources.mqtt import PredictionPublisher
+
+
+def cmd_mqtt(args: argparse.Namespace) -> int:
+    connection = recognizer_mqtt_options(args)
+    shard = connection.shard  # N workers on a host share its cores (LiveOptions.inference_threads)
+    options = LiveOptions.from_args(args, workers=shard.count if shard else 1)
+    checkpoint = open_checkpoint(options.checkpoint)
+    sigterm_as_interrupt()
+    source = start_mqtt(connection, checkpoint.input_channels, connect_timeout=args.connect_timeout,
+                        headless=options.headless, max_devices=options.max_devices)  # fmt: skip
+    try:
+        run = assemble(options, checkpoint, [source])
+        if args.publish or args.ha_discovery:
+            run.pipeline.sinks.append(PredictionPublisher(source, discovery=args.ha_discovery))
+            from streamer.sinks.device_health import HealthPublisher
+            from streamer.sinks.episode_publisher import EpisodePublisher
+
+            EpisodePublisher(source, run.episodes, discovery=args.ha_discovery)  # har/<device>/event
+            run.pipeline.sinks.append(HealthPublisher(source, run.pipeline))  # har/<device>/health
+        title = (f"harstream mqtt · {connection.broker.url} {connection.subscription} · "
+                 f"window {checkpoint.window} hop {run.hop} · Ctrl-C to stop")  # fmt: skip
+        code = run_live(options, run, checkpoint.classes, title)
+        return 1 if source.fatal else code  # the source said why, in one line, when it gave up
+    finally:
+        source.close()
+
+
+def cmd_serial(args: argparse.Namespace) -> int:
+    options = LiveOptions.from_args(args)
+    checkpoint = open_checkpoint(options.checkpoint)
+    sigterm_as_interrupt()
+    source = serial_source(args, checkpoint.input_channels, headless=options.headless)
+    try:
+        run = assemble(options, checkpoint, [source])
+        title = f"harstream serial · {args.port} · window {checkpoint.window} hop {run.hop} · Ctrl-C to stop"
+        return run_live(options, run, checkpoint.classes, title)
+    finally:
+        source.close()
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    # each command's help, description and examples: streamer/cli/table.py
+    p = sub.add_parser("mqtt")
+    broker = p.add_argument_group("MQTT source")
+    add_mqtt_options(broker)
+    fleet = p.add_argument_group("devices and workers")
+    add_device_limits(fleet)
+    fleet.add_argument("--shard", metavar="K/N",
+                       help="keep only the devices with crc32(device id) %% N == K (streamer/core/shard.py); "
+                       "run N workers, K = 0 .. N-1")
+    fleet.add_argument("--shared-group", metavar="NAME",
+                       help="subscribe through the MQTT 5 shared subscription $share/NAME/TOPIC; needs a "
+                       "broker that keeps a topic on one subscriber (EMQX hash_topic), not mosquitto")
+    out = p.add_argument_group("MQTT output")
+    out.add_argument("--publish", action="store_true", help="publish predictions to har/<device>/activity")
+    out.add_argument("--ha-discovery", action="store_true",
+                     help="announce each device to Home Assistant (implies --publish)")
+    add_live_options(p)
+    p.set_defaults(run=cmd_mqtt)
+
+    p = sub.add_parser("serial")
+    add_serial_options(p.add_argument_group("serial source"))
+    add_live_options(p)
+    p.set_defaults(run=cmd_serial)
