@@ -12,8 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from model.data.preprocessing import PreprocessingSpec
-from model.data.recordings import HAPT_ACTIVITIES
+from model.data.signals import HAPT_ACTIVITIES, PreprocessingSpec
 
 
 @dataclass(frozen=True)

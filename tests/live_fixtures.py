@@ -117,7 +117,7 @@ def same_predictions(got: list[dict], want: list[dict]) -> None:
 
 def harstream(*args: str, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", "streamer.cli", *args]  # cli.py as __main__: no module loads twice
+    command = [sys.executable, "-m", "streamer.cli.main", *args]  # cli.py as __main__: no module loads twice
     return subprocess.Popen(command, cwd=ROOT, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)  # fmt: skip
 

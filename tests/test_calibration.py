@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.data.preprocessing import PreprocessingSpec, build_preprocessor
+from model.data.preprocessing import build_preprocessor
 from model.data.recordings import Recording, load_hapt, write_csv_recording
+from model.data.signals import PreprocessingSpec
 from model.net.checkpoint import load_checkpoint
 from model.net.checkpoint_meta import CheckpointError, CheckpointMeta
 from model.train.calibration import calibrate, first_seconds, save, smallest_rotation, windows

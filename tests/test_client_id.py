@@ -13,7 +13,7 @@ from paho.mqtt.client import DisconnectFlags
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
-from model.data.recordings import HAPT_CHANNELS
+from model.data.signals import HAPT_CHANNELS
 from streamer.sources.mqtt import SESSION_TAKEN_OVER, SHORT_LIVED_S, MqttSource
 
 IN_USE = "client id 'same' is in use by another client, which keeps it"

@@ -5,8 +5,8 @@ import pytest
 
 from model.config import DataConfig, ExperimentConfig
 from model.data.datasets import recording_windows, window_labels
-from model.data.preprocessing import PreprocessingSpec
-from model.data.recordings import HAPT_ACTIVITIES, Recording, read_csv_folder, write_csv_recording
+from model.data.recordings import Recording, read_csv_folder, write_csv_recording
+from model.data.signals import HAPT_ACTIVITIES, PreprocessingSpec
 from model.train.experiment import build_splits, load_config, override
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -159,7 +159,7 @@ def test_the_data_fingerprint_names_the_inputs_and_the_windows_not_their_compute
 
 def test_every_source_spec_is_read_by_its_datasets_module(tmp_path, hapt):
     from model.data.kinds import KINDS, Inputs, dataset_kind
-    from model.data.recordings import HAPT_CHANNELS
+    from model.data.signals import HAPT_CHANNELS
     from replay.sources import parse_source
 
     assert {k.name for k in KINDS} == {"hapt", "uci_har", "csv", "opportunity"}

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import train
-from model.data.recordings import HAPT_ACTIVITIES, HAPT_CHANNELS
+from model.data.signals import HAPT_ACTIVITIES, HAPT_CHANNELS
 from model.train import distributed
 from streamer.cli import main as cli
 

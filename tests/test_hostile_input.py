@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from model.data.preprocessing import PreprocessingSpec
+from model.data.signals import PreprocessingSpec
 from model.strict_json import dumps
 from streamer.core import limits
 from streamer.core.backends import TorchBackend

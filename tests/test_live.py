@@ -8,7 +8,8 @@ import pytest
 from rich.console import Console
 
 from model.data.datasets import recording_windows
-from model.data.recordings import HAPT_ACTIVITIES, Recording, load_hapt
+from model.data.recordings import Recording, load_hapt
+from model.data.signals import HAPT_ACTIVITIES
 from model.net.checkpoint import load_checkpoint
 from model.train.experiment import from_dict
 from model.train.training import predict_proba

@@ -25,7 +25,8 @@ from live_fixtures import (
 )
 from live_fixtures import mqtt_client as client
 
-from model.data.recordings import HAPT_ACTIVITIES, HAPT_CHANNELS, read_csv_recording
+from model.data.recordings import read_csv_recording
+from model.data.signals import HAPT_ACTIVITIES, HAPT_CHANNELS
 from replay.sources import Device
 from streamer.core.wire import encode_json_batch
 from streamer.sources.mqtt import MqttOptions, TopicPattern, discovery_id, parse_broker

@@ -30,7 +30,8 @@ from live_fixtures import (
     wait_until,
 )
 
-from model.data.recordings import HAPT_ACTIVITIES, HAPT_CHANNELS, read_csv_recording
+from model.data.recordings import read_csv_recording
+from model.data.signals import HAPT_ACTIVITIES, HAPT_CHANNELS
 from replay.sources import Device
 from streamer.core.pipeline import SHED_MESSAGES
 from streamer.core.scheduler import DEVICE_LIMIT

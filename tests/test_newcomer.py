@@ -19,7 +19,7 @@ def write_own_model(path: Path, classes: tuple[str, ...]) -> Path:
     """An untrained tiny network as a model trained on the user's own CSV recordings would be: HAPT's
     channels and units, its own class names."""
     from model.config import DataConfig
-    from model.data.recordings import HAPT_CHANNELS, HAPT_UNITS
+    from model.data.signals import HAPT_CHANNELS, HAPT_UNITS
 
     data = DataConfig(dataset="csv", classes=classes, channels=HAPT_CHANNELS, units=HAPT_UNITS, window=64,
                       step=32)  # fmt: skip

@@ -14,7 +14,8 @@ import torch
 
 import train
 from model.data.datasets import recording_windows
-from model.data.recordings import HAPT_CHANNELS, Recording, read_csv_recording, write_csv_recording
+from model.data.recordings import Recording, read_csv_recording, write_csv_recording
+from model.data.signals import HAPT_CHANNELS
 from model.net.checkpoint import load_checkpoint, save_checkpoint
 from model.net.checkpoint_meta import CheckpointError, read_meta
 from model.train.experiment import load_config

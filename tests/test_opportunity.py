@@ -18,7 +18,8 @@ import pytest
 import train
 from model.data import opportunity as opp
 from model.data.datasets import recording_windows
-from model.data.preprocessing import PreprocessingSpec, build_preprocessor
+from model.data.preprocessing import build_preprocessor
+from model.data.signals import PreprocessingSpec
 from model.train.experiment import build_splits, load_config, override
 from model.train.metrics import summarise
 from model.train.training import fit

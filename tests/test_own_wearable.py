@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from live_fixtures import ROOT, Lines, harstream, mqtt_client
 
-from model.data.recordings import HAPT_CHANNELS
+from model.data.signals import HAPT_CHANNELS
 from model.train.experiment import load_config
 from model.train.init_config import write_config
 from streamer.core.types import SampleBatch

@@ -2,7 +2,7 @@ import numpy as np
 
 from model.config import ExperimentConfig
 from model.data.datasets import WindowSet
-from model.data.recordings import HAPT_ACTIVITIES
+from model.data.signals import HAPT_ACTIVITIES
 from model.train.experiment import override
 from model.train.training import evaluate, fit, random_rotations, xyz_groups
 
@@ -76,7 +76,7 @@ def test_rotations_are_proper_and_bounded():
 
 
 def test_xyz_groups_find_the_vector_channels():
-    from model.data.preprocessing import UCI_HAR_FEATURES
+    from model.data.signals import UCI_HAR_FEATURES
 
     assert xyz_groups(UCI_HAR_FEATURES) == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
     assert xyz_groups(("a", "b_x", "b_y")) == []
@@ -84,7 +84,7 @@ def test_xyz_groups_find_the_vector_channels():
 
 def tiny_csv_run(csv_dataset, *extra: str) -> list[str]:
     """train.py arguments for a seconds-long 1x1 run on the CSV copy of four HAPT subjects."""
-    from model.data.recordings import HAPT_CHANNELS
+    from model.data.signals import HAPT_CHANNELS
 
     return [
         "--config", "configs/uci_har_3x3.toml", "--epochs", "2", "--data-dir", str(csv_dataset),

@@ -49,7 +49,7 @@ def cut(subject: int, name: str, folder: Path, seconds: float = 40.0) -> Path:
 
 
 def cli_json(*args: str) -> dict:
-    done = subprocess.run([sys.executable, "-m", "streamer.cli", *args], cwd=ROOT, capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "streamer.cli.main", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=60)  # fmt: skip
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)

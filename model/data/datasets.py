@@ -21,8 +21,9 @@ import numpy as np
 from model.config import DataConfig, ExperimentConfig
 from model.data.input_limits import GAP_PERIODS
 from model.data.labels import window_labels
-from model.data.preprocessing import PreprocessingSpec, build_preprocessor
+from model.data.preprocessing import build_preprocessor
 from model.data.recordings import Recording
+from model.data.signals import PreprocessingSpec
 from model.strict_json import dumps
 
 

@@ -23,74 +23,12 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 from scipy import signal
 
-from model.data.recordings import ACC, GYRO
-
-UCI_HAR_INPUTS = ACC + GYRO
-UCI_HAR_FEATURES = (
-    "body_acc_x",
-    "body_acc_y",
-    "body_acc_z",
-    "body_gyro_x",
-    "body_gyro_y",
-    "body_gyro_z",
-    "total_acc_x",
-    "total_acc_y",
-    "total_acc_z",
-)
-
-
-@dataclass(frozen=True)
-class PreprocessingSpec:
-    """Everything needed to rebuild a preprocessor; stored in every checkpoint."""
-
-    kind: str = "uci_har"  # "uci_har" (filters + gravity split), "opportunity" (fill gaps), "identity"
-    rate_hz: float = 50.0  # the samples' rate: in an experiment config, data.rate_hz (derived)
-    median_kernel: int = 3  # UCI HAR: median filter, then...
-    lowpass_hz: float = 20.0  # ...3rd-order Butterworth low-pass at 20 Hz for noise,
-    lowpass_order: int = 3
-    gravity_hz: float = 0.3  # ...and a 0.3 Hz low-pass that separates gravity from body motion
-    inputs: tuple[str, ...] = UCI_HAR_INPUTS
-    params: dict[str, Any] = field(default_factory=dict)
-    # uci_har: a 3x3 rotation (rows) applied to acc and to gyro before anything else, mapping a
-    # device's axes onto the model's (a per-wearer calibration, model/train/calibration.py); () = none
-    rotation: tuple[tuple[float, ...], ...] = ()
-
-    @property
-    def features(self) -> tuple[str, ...]:
-        return preprocessing_kind(self.kind).features(self.inputs)
-
-    @property
-    def gravity(self) -> tuple[int, int, int] | None:
-        """The indices, in :attr:`features`, of the three features that hold gravity (x, y, z): the
-        mean of those over a wearer's windows points where gravity did. None where there are none."""
-        names = preprocessing_kind(self.kind).gravity
-        features = self.features
-        if not set(names) <= set(features):
-            return None
-        x, y, z = (features.index(name) for name in names)
-        return x, y, z
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["inputs"] = list(self.inputs)
-        if self.rotation:  # written only where there is one: older specs' digests stay as they were
-            d["rotation"] = [list(row) for row in self.rotation]
-        else:
-            del d["rotation"]
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> PreprocessingSpec:
-        d = dict(d)
-        d["inputs"] = tuple(d.get("inputs", UCI_HAR_INPUTS))
-        d["rotation"] = tuple(tuple(float(v) for v in row) for row in d.get("rotation") or ())
-        return cls(**d)
+from model.data.signals import UCI_HAR_FEATURES, PreprocessingSpec, preprocessing_kind
 
 
 class Preprocessor(Protocol):
@@ -284,40 +222,6 @@ class CarryForwardPreprocessor:
         return out
 
 
-@dataclass(frozen=True)
-class PreprocessingKind:
-    """What one preprocessing (``PreprocessingSpec.kind``) is, answered by itself: the features it
-    makes, where gravity is in them, and which of the spec's settings it reads. Checkpoint metadata,
-    calibration and an experiment's network sizes read these, never the kind's name."""
-
-    name: str
-    build: Callable[[PreprocessingSpec], Preprocessor]
-    features: Callable[[tuple[str, ...]], tuple[str, ...]]  # its features, from its inputs
-    gravity: tuple[str, str, str] = ("acc_x", "acc_y", "acc_z")  # the features holding gravity, x y z
-    filters: bool = False  # median and low-pass filters designed for the rate (their settings checked)
-    inputs: str = ""  # the inputs it needs, for messages (any, where empty)
-    n_inputs: int | None = None  # how many (None: any)
-    rotates: bool = False  # turns acc and gyro by the spec's rotation (a per-wearer calibration)
-
-
-PREPROCESSING_KINDS: dict[str, PreprocessingKind] = {k.name: k for k in (
-    PreprocessingKind("uci_har", UciHarPreprocessor, lambda inputs: UCI_HAR_FEATURES,
-                      gravity=("total_acc_x", "total_acc_y", "total_acc_z"), filters=True,
-                      inputs="acc x, y, z and gyro x, y, z", n_inputs=6, rotates=True),
-    PreprocessingKind("opportunity", CarryForwardPreprocessor, lambda inputs: inputs),
-    PreprocessingKind("identity", IdentityPreprocessor, lambda inputs: inputs),
-)}  # fmt: skip
-
-
-def preprocessing_kind(name: str) -> PreprocessingKind:
-    """The preprocessing called ``name``; a ValueError naming the known ones otherwise."""
-    try:
-        return PREPROCESSING_KINDS[name]
-    except KeyError:
-        known = ", ".join(PREPROCESSING_KINDS)
-        raise ValueError(f"unknown preprocessing {name!r} (one of {known})") from None
-
-
 def process_stacked(stack: Preprocessor, streams: Sequence[Preprocessor], x: np.ndarray) -> np.ndarray:
     """Features for the next samples of many streams in one call: ``x[d]`` (T, C_in) continues
     ``streams[d]``, whose states are stacked into ``stack`` (a preprocessor of the same spec), run,
@@ -337,5 +241,14 @@ def process_stacked(stack: Preprocessor, streams: Sequence[Preprocessor], x: np.
     return y
 
 
+# How each kind (model/data/signals.py declares what it is) is computed.
+BUILDERS: dict[str, Callable[[PreprocessingSpec], Preprocessor]] = {
+    "uci_har": UciHarPreprocessor,
+    "opportunity": CarryForwardPreprocessor,
+    "identity": IdentityPreprocessor,
+}
+
+
 def build_preprocessor(spec: PreprocessingSpec) -> Preprocessor:
-    return preprocessing_kind(spec.kind).build(spec)
+    preprocessing_kind(spec.kind)  # an unknown kind: the one-line ValueError naming the known ones
+    return BUILDERS[spec.kind](spec)

@@ -22,21 +22,8 @@ import numpy as np
 
 from model.data.input_limits import GAP_PERIODS, first_out_of_range, value_limits
 from model.data.safe_pickle import frame_columns, restricted_load
+from model.data.signals import HAPT_ACTIVITIES, HAPT_CHANNELS, HAPT_RATE_HZ
 
-# The channel names of an inertial wearable, everywhere (recordings, preprocessing, the wire).
-ACC = ("acc_x", "acc_y", "acc_z")  # g
-GYRO = ("gyro_x", "gyro_y", "gyro_z")  # rad/s
-HAPT_CHANNELS = ACC + GYRO
-HAPT_UNITS = ("g", "g", "g", "rad/s", "rad/s", "rad/s")
-HAPT_RATE_HZ = 50.0
-HAPT_ACTIVITIES = (
-    "WALKING",
-    "WALKING_UPSTAIRS",
-    "WALKING_DOWNSTAIRS",
-    "SITTING",
-    "STANDING",
-    "LAYING",
-)
 UCI_HAR_TEST_SUBJECTS = (2, 4, 9, 10, 12, 13, 18, 20, 24)
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from model.data.preprocessing import PreprocessingSpec
+from model.data.signals import PreprocessingSpec
 from model.net.checkpoint_meta import CheckpointError, CheckpointMeta, meta_path, read_meta
 from model.net.network import ResidualBiLSTM
 

@@ -22,12 +22,11 @@ from typing import Any
 import numpy as np
 
 from model.config import READOUTS, ExperimentConfig, NetworkConfig
-from model.data.preprocessing import (
-    PREPROCESSING_KINDS,
-    PreprocessingKind,
-    PreprocessingSpec,
-    build_preprocessor,
-)
+from model.data.preprocessing import build_preprocessor
+from model.data.signals import PREPROCESSING_KINDS, PreprocessingKind, PreprocessingSpec
+
+# The shipped model: what every command runs unless it is given --checkpoint.
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "weights" / "uci_har_3x3.pt"
 
 # Bounds on what a checkpoint may ask for. Generous for any wearable model, and small enough that
 # a typo (or a hostile file) cannot make inference allocate gigabytes.

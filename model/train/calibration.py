@@ -45,8 +45,8 @@ from torch import nn
 
 from model.config import DataConfig
 from model.data.datasets import WindowSet, stream_windows
-from model.data.preprocessing import PreprocessingSpec, preprocessing_kind
 from model.data.recordings import UCI_HAR_TEST_SUBJECTS, Recording, load_hapt
+from model.data.signals import PreprocessingSpec, preprocessing_kind
 from model.net.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from model.net.checkpoint_meta import CheckpointMeta, meta_path
 

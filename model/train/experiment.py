@@ -27,7 +27,7 @@ from model.data.datasets import (
     split_by_subject,
 )
 from model.data.kinds import NAMES, DatasetKind, dataset_kind, find_dataset_kind
-from model.data.preprocessing import PreprocessingSpec
+from model.data.signals import PreprocessingSpec
 
 
 class ConfigError(ValueError):

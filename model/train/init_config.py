@@ -25,15 +25,8 @@ from typing import Any
 import numpy as np
 
 from model.config import SECTIONS, ExperimentConfig
-from model.data.recordings import (
-    ACC,
-    GYRO,
-    HAPT_ACTIVITIES,
-    CsvTable,
-    check_rates,
-    check_value_limits,
-    read_csv_table,
-)
+from model.data.recordings import CsvTable, check_rates, check_value_limits, read_csv_table
+from model.data.signals import ACC, GYRO, HAPT_ACTIVITIES
 from model.train.experiment import ConfigError, experiment, from_dict
 
 MIN_WINDOWS = 10  # per class: fewer and the model has too little to learn a class from

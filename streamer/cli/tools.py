@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from model.data.recordings import HAPT_ACTIVITIES, HAPT_CHANNELS, HAPT_RATE_HZ
+from model.data.signals import HAPT_ACTIVITIES, HAPT_CHANNELS, HAPT_RATE_HZ
 from model.net.checkpoint_meta import CheckpointMeta
 from model.strict_json import dumps
 from replay.sources import Inputs, parse_source

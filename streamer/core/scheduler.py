@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from model.data.labels import window_labels
-from model.data.preprocessing import PreprocessingSpec, build_preprocessor, process_stacked
+from model.data.preprocessing import build_preprocessor, process_stacked
+from model.data.signals import PreprocessingSpec
 from streamer.core import limits
 from streamer.core.drops import RETIRED, Drops
 from streamer.core.resample import StreamResampler

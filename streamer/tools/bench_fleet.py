@@ -118,8 +118,9 @@ class Worker:
 
     def __init__(self, args: list[str]) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-        self.process = subprocess.Popen([sys.executable, "-m", "streamer.cli", *args], env=env, text=True,
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+        command = [sys.executable, "-m", "streamer.cli.main", *args]
+        self.process = subprocess.Popen(command, env=env, text=True, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE)  # fmt: skip
         self.predictions: list[tuple[float, dict]] = []
         self.summary: dict = {}
         self.errors: list[str] = []
@@ -360,7 +361,7 @@ def fleet_table(result: dict):
 
 def main() -> None:
 
-    from streamer.live import DEFAULT_CHECKPOINT
+    from model.net.checkpoint_meta import DEFAULT_CHECKPOINT
     from streamer.options import OneLineParser, number
 
     parser = OneLineParser(description=__doc__.split("\n")[0])

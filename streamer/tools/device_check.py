@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from model.data.recordings import ACC, GYRO, measured_rate
+from model.data.recordings import measured_rate
+from model.data.signals import ACC, GYRO
 from streamer.core.limits import GAP_PERIODS, RATE_RATIO, value_limits
 from streamer.core.types import SampleBatch
 from streamer.sources.mqtt import MqttOptions, MqttSource

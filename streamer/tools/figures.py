@@ -61,7 +61,7 @@ class Workspace:
         words = shlex.split(command)
         if words[0] != "harstream":
             raise ValueError(f"not a harstream command: {command!r}")
-        return self._run(command, ["-m", "streamer.cli", *words[1:]])
+        return self._run(command, ["-m", "streamer.cli.main", *words[1:]])
 
     def python(self, command: str) -> str:
         """Run a documented ``python -m MODULE ...`` command (``python -m model.train.calibration

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from model.config import DataConfig
 from model.data.kinds.base import DatasetKind, Inputs
-from model.data.recordings import HAPT_ACTIVITIES, Recording, load_hapt
+from model.data.recordings import Recording, load_hapt
+from model.data.signals import HAPT_ACTIVITIES
 
 
 def _recordings(data: DataConfig) -> list[Recording]:

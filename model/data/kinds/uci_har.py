@@ -10,8 +10,8 @@ import numpy as np
 from model.config import DataConfig, ExperimentConfig
 from model.data.datasets import Splits, WindowSet, data_fingerprint, inputs_digest
 from model.data.kinds.base import DatasetKind, Inputs
-from model.data.preprocessing import UCI_HAR_FEATURES
-from model.data.recordings import HAPT_ACTIVITIES, Recording, read_uci_har_split
+from model.data.recordings import Recording, read_uci_har_split
+from model.data.signals import HAPT_ACTIVITIES, UCI_HAR_FEATURES
 from model.data.uci_har_streams import read_uci_har_streams
 
 # The folder's file stems for the preprocessing's features, in the same order: body_acc_x, ...
