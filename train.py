@@ -1,7 +1,7 @@
 """Train the residual bidirectional LSTM: ``python train.py --config configs/<name>.toml``.
 
 Data-parallel on N processes: ``torchrun --nproc_per_node=N train.py --config ...`` (gloo on
-CPU, nccl with ``--device cuda``; see model/distributed.py). Rank 0 prints and saves.
+CPU, nccl with ``--device cuda``; see model/train/distributed.py). Rank 0 prints and saves.
 
 The epoch kept is the one that scores best on the validation subjects (``train.keep = "best"``)
 or the schedule's last (``"last"``, for a refit on every training subject once cross-validation
@@ -25,20 +25,29 @@ from pathlib import Path
 
 from rich.console import Console
 
-from model.checkpoint_meta import CheckpointError, CheckpointMeta, meta_path
-from model.config import ConfigError, ExperimentConfig, load_config, override, with_train
+from model.config import ExperimentConfig
+from model.data.datasets import Splits, parse_fold
 from model.extras import missing_package
+from model.net.checkpoint_meta import CheckpointError, CheckpointMeta, meta_path
 from model.strict_json import dumps
+from model.train.experiment import (
+    ConfigError,
+    build_splits,
+    load_config,
+    null_class,
+    override,
+    with_data_path,
+    with_train,
+)
 from streamer.options import OneLineParser, count
 
 try:  # PyTorch and the rest of the training stack are the `train` extra: without them, one line
     import torch
 
-    from model import distributed
-    from model.checkpoint import save_checkpoint
-    from model.datasets import Splits, build_splits, null_class, parse_fold
-    from model.report import confusion_table, per_class_table, save_confusion_png
-    from model.training import EpochRecord, FitResult, NonFiniteError, RecipeError, evaluate, fit
+    from model.net.checkpoint import save_checkpoint
+    from model.train import distributed
+    from model.train.report import confusion_table, per_class_table, save_confusion_png
+    from model.train.training import EpochRecord, FitResult, NonFiniteError, RecipeError, evaluate, fit
 except ModuleNotFoundError as error:
     if __name__ != "__main__" or not missing_package(error):
         raise
@@ -113,7 +122,7 @@ def experiment_config(args: argparse.Namespace) -> ExperimentConfig:
     """The config file with the command line's changes; ConfigError for a mistake in either."""
     config = override(load_config(args.config), args.set)
     if args.data_dir or args.data_zip:
-        config = override(config, [f'data.path="{args.data_zip or args.data_dir}"'])
+        config = with_data_path(config, args.data_zip or args.data_dir)
     if args.epochs is not None:
         config = with_train(config, epochs=args.epochs)
     if args.seed is not None:

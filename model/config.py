@@ -1,31 +1,24 @@
-"""Experiment configuration: one TOML file per experiment, any field overridable from the CLI."""
+"""An experiment's settings as plain, frozen records: the data, the preprocessing, the network and
+the training recipe, one section each of a config file (``configs/*.toml``).
+
+A leaf of the model side: nothing here reads a dataset or a file. :mod:`model.train.experiment`
+loads these records from TOML, applies overrides and fills in what an experiment derives (the
+preprocessing's rate, the network's sizes, the class names); checkpoint metadata and the network
+read them where torch or the datasets are not installed.
+"""
 
 from __future__ import annotations
 
-import difflib
-import tomllib
-from dataclasses import asdict, dataclass, field, fields, replace
-from pathlib import Path
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from model.dataset_kinds import NAMES, DatasetKind, dataset_kind, find_dataset_kind
-from model.preprocessing import PreprocessingSpec
-
-
-class ConfigError(ValueError):
-    """A config file or override the user can fix; the message is one line naming the place."""
-
-
-def _unknown(kind: str, name: str, where: str, known: list[str]) -> ConfigError:
-    close = difflib.get_close_matches(name, known, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return ConfigError(f"{where}: unknown {kind} {name!r}{hint}; expected one of {', '.join(known)}")
+from model.data.signals import HAPT_ACTIVITIES, PreprocessingSpec
 
 
 @dataclass(frozen=True)
 class DataConfig:
     dataset: str = "hapt"  # hapt | uci_har (original folder) | csv (generic recordings) | opportunity;
-    # each is a module of model/dataset_kinds/
+    # each is a module of model/data/kinds/
     path: str = ""  # folder for uci_har / csv; folder or zip for opportunity
     classes: tuple[str, ...] = ()  # class names in index order (csv; others know their own)
     channels: tuple[str, ...] = ()  # raw input channels (csv)
@@ -49,10 +42,10 @@ READOUTS = ("last", "mean")
 
 @dataclass(frozen=True)
 class NetworkConfig:
-    """The network's sizes. :mod:`model.network` builds it; this record stays torch-free, so that a
+    """The network's sizes. :mod:`model.net.network` builds it; this record stays torch-free, so that a
     checkpoint's metadata is read and checked where torch is not installed (a gateway)."""
 
-    # In an experiment these two are derived (ExperimentConfig): the preprocessing's features and
+    # In an experiment these two are derived (model/train/experiment.py): the preprocessing's features and
     # the dataset's classes.
     n_inputs: int = 9  # feature channels per time step
     n_classes: int = 6
@@ -104,41 +97,41 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class ExperimentConfig:
+    """One experiment. Its derived facts (the preprocessing's rate, the network's sizes, the class
+    names) are filled in by :func:`model.train.experiment.experiment`, through which every config
+    file and override goes; the defaults are those of the default dataset, HAPT, already derived.
+    Facts that disagree are refused here, so a record built by hand cannot carry a stale one."""
+
     name: str = "experiment"
     data: DataConfig = field(default_factory=DataConfig)
     preprocessing: PreprocessingSpec = field(default_factory=PreprocessingSpec)
     model: NetworkConfig = field(default_factory=NetworkConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    # Derived, never written (to_dict): the class names, in index order, that the dataset's labels mean
+    classes: tuple[str, ...] = HAPT_ACTIVITIES
 
     def __post_init__(self) -> None:
-        # Facts with one source, filled in whatever was passed: the preprocessing runs at the data's
-        # rate, and the network reads the preprocessing's features and tells the dataset's classes.
-        # (A config file that states them anyway is checked against these: from_dict.)
-        preprocessing = replace(self.preprocessing, rate_hz=self.data.rate_hz)
-        object.__setattr__(self, "preprocessing", preprocessing)  # frozen: set once, here
-        sizes = {"n_inputs": len(preprocessing.features), "n_classes": len(self.classes)}
-        object.__setattr__(self, "model", replace(self.model, **sizes))
-
-    @property
-    def dataset_kind(self) -> DatasetKind:
-        return dataset_kind(self.data.dataset)
-
-    @property
-    def classes(self) -> tuple[str, ...]:
-        """The class names, in index order, that the dataset's labels mean."""
-        return self.dataset_kind.classes(self.data)
+        facts = {
+            "preprocessing.rate_hz": (self.preprocessing.rate_hz, self.data.rate_hz),
+            "model.n_inputs": (self.model.n_inputs, len(self.preprocessing.features)),
+            "model.n_classes": (self.model.n_classes, len(self.classes)),
+        }
+        for name, (value, derived) in facts.items():
+            if value != derived:
+                raise ValueError(f"{name} is {value!r} where it derives {derived!r}: build the config "
+                                 "with model.train.experiment.experiment()")  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
-            "data": _plain(asdict(self.data)),
+            "data": plain(asdict(self.data)),
             "preprocessing": self.preprocessing.to_dict(),
             "model": self.model.to_dict(),
             "train": asdict(self.train),
         }
 
 
-_SECTIONS = {
+SECTIONS: dict[str, type] = {
     "data": DataConfig,
     "preprocessing": PreprocessingSpec,
     "model": NetworkConfig,
@@ -146,108 +139,6 @@ _SECTIONS = {
 }
 
 
-def _plain(d: dict[str, Any]) -> dict[str, Any]:
+def plain(d: dict[str, Any]) -> dict[str, Any]:
+    """``d`` with its tuples as lists, as TOML and JSON write them."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
-
-
-def _build(cls: type, values: dict[str, Any], where: str) -> Any:
-    if not isinstance(values, dict):
-        raise ConfigError(f"{where}: [{where.rpartition(' ')[2]}] must be a table of fields")
-    known = {f.name: f for f in fields(cls)}
-    section = where.rpartition(" ")[2]
-    converted = {}
-    for key, value in values.items():
-        if key not in known:
-            raise _unknown("field", f"{section}.{key}", where.rpartition(" ")[0] or where,
-                           [f"{section}.{k}" for k in known])  # fmt: skip
-        default = getattr(cls(), key)
-        if isinstance(default, tuple):
-            if not isinstance(value, list | tuple):
-                raise ConfigError(f"{where}.{key}: expected a list, got {value!r}")
-            value = tuple(str(v) if key.endswith("subjects") else v for v in value)
-        elif isinstance(default, bool) != isinstance(value, bool) or (
-            isinstance(default, int | float) and not isinstance(value, int | float)
-        ) or (isinstance(default, str) and not isinstance(value, str)):
-            kind = type(default).__name__
-            raise ConfigError(f"{where}.{key}: expected {kind}, got {value!r}")
-        converted[key] = value
-    return cls(**converted)
-
-
-# What an experiment derives instead of reading (see ExperimentConfig.__post_init__), and from what.
-# Configs leave these out; where one is given (an older checkpoint's config has them all), it must agree.
-DERIVED: dict[str, dict[str, str]] = {
-    "preprocessing": {"rate_hz": "data.rate_hz"},
-    "model": {"n_inputs": "the preprocessing's features", "n_classes": "the dataset's classes"},
-}
-
-
-def from_dict(raw: dict[str, Any], where: str = "config") -> ExperimentConfig:
-    for name in raw:
-        if name not in _SECTIONS and name != "name":
-            raise _unknown("section", name, where, ["name", *_SECTIONS])
-    data = _build(DataConfig, raw.get("data", {}), f"{where} data")
-    kind = find_dataset_kind(data.dataset)
-    if kind is None:
-        raise _unknown("dataset", data.dataset, f"{where} data.dataset", list(NAMES))
-    preprocessing = raw.get("preprocessing", {})
-    if isinstance(preprocessing, dict) and "kind" not in preprocessing:  # the dataset's own
-        preprocessing = {**preprocessing, "kind": kind.preprocessing}
-    try:
-        config = ExperimentConfig(
-            name=raw.get("name", "experiment"),
-            data=replace(data, dataset=kind.name),  # one spelling from here on (uci-har: uci_har)
-            preprocessing=_build(PreprocessingSpec, preprocessing, f"{where} preprocessing"),
-            model=_build(NetworkConfig, raw.get("model", {}), f"{where} model"),
-            train=_build(TrainConfig, raw.get("train", {}), f"{where} train"),
-        )
-    except ConfigError:
-        raise
-    except ValueError as error:  # what the dataset refuses, e.g. a csv dataset without data.classes
-        raise ConfigError(f"{where} {error}") from None
-    for section, derived in DERIVED.items():
-        given = raw.get(section, {})
-        for name, source in derived.items():
-            value = getattr(getattr(config, section), name)
-            if name in given and given[name] != value:
-                raise ConfigError(f"{where} {section}.{name}: {given[name]!r} disagrees with {source} "
-                                  f"({value!r}): it is derived, so leave it out")  # fmt: skip
-    return config
-
-
-def load_config(path: str | Path) -> ExperimentConfig:
-    path = Path(path)
-    try:
-        with open(path, "rb") as stream:
-            raw = tomllib.load(stream)
-    except FileNotFoundError:
-        shipped = ", ".join(sorted(p.name for p in Path("configs").glob("*.toml"))) or "none here"
-        raise ConfigError(f"no config file at {path} (configs/: {shipped})") from None
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{path}: not valid TOML: {error}") from None
-    return from_dict(raw, str(path))
-
-
-def override(config: ExperimentConfig, assignments: list[str]) -> ExperimentConfig:
-    """Apply ``section.field=value`` assignments; values parse as TOML (strings may be bare)."""
-    raw = config.to_dict()
-    for section, derived in DERIVED.items():  # derived again from what the assignments leave
-        for name in derived:
-            raw[section].pop(name)
-    for assignment in assignments:
-        key, sep, text = assignment.partition("=")
-        section, dot, name = key.strip().partition(".")
-        if not sep or not dot:
-            raise ConfigError(f"--set must look like section.field=value, got {assignment!r}")
-        if section not in _SECTIONS:
-            raise _unknown("section", section, f"--set {assignment}", list(_SECTIONS))
-        try:
-            value = tomllib.loads(f"v = {text}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = text
-        raw[section][name] = value
-    return from_dict(raw, "--set")
-
-
-def with_train(config: ExperimentConfig, **changes: Any) -> ExperimentConfig:
-    return replace(config, train=replace(config.train, **changes))

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model.dataset_kinds import KINDS, Inputs, find_dataset_kind  # Inputs: importable from here too
-from model.recordings import Recording
+from model.data.kinds import KINDS, Inputs, find_dataset_kind  # Inputs: importable from here too
+from model.data.recordings import Recording
 from streamer.core.types import SampleBatch
 
 SESSION_GAP_S = 2.0  # silence put between one wearer's sessions: the scheduler restarts there
@@ -33,7 +33,7 @@ class Device:
 
 def parse_source(spec: str, inputs: Inputs) -> list[Device]:
     """The devices a SOURCE names, read in the model's ``inputs``; each dataset reads its own
-    (:mod:`model.dataset_kinds`). A bare ``PATH.csv`` is ``csv:PATH.csv``."""
+    (:mod:`model.data.kinds`). A bare ``PATH.csv`` is ``csv:PATH.csv``."""
     name, _, rest = spec.partition(":")
     if not rest and spec.endswith(".csv"):
         name, rest = "csv", spec

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.live import Live
 
-from model.checkpoint_meta import read_meta
+from model.net.checkpoint_meta import DEFAULT_CHECKPOINT, read_meta
 from streamer.core import limits
 from streamer.core.backends import default_backend, make_backend
 from streamer.core.engine import Decider, InferenceEngine
@@ -33,10 +33,9 @@ from streamer.ui.dashboard import Dashboard, summary_table
 from streamer.ui.today import TodayTotals
 
 if TYPE_CHECKING:
-    from model.checkpoint_meta import CheckpointMeta
+    from model.net.checkpoint_meta import CheckpointMeta
     from streamer.core.source import Source
 
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "model" / "weights" / "uci_har_3x3.pt"
 PROGRESS_S = 10.0  # how often --headless without --jsonl says how it is going
 
 

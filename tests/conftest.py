@@ -8,7 +8,7 @@ import pytest
 from live_fixtures import broker, short_recording, write_tiny_checkpoint  # noqa: F401 - broker, short_recording: fixtures
 from rabbitmq_fixture import rabbitmq  # noqa: F401 - a fixture: one node for the session, started when first asked
 
-from model.recordings import Recording, load_hapt, write_csv_recording
+from model.data.recordings import Recording, load_hapt, write_csv_recording
 
 CSV_SECONDS = 150  # the first minutes of each HAPT recording: a few hundred windows in all
 

@@ -16,7 +16,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
 
-from model.recordings import Recording, load_hapt, write_csv_recording
+from model.data.recordings import Recording, load_hapt, write_csv_recording
 from streamer.core.mqtt_connection import parse_broker
 from streamer.sinks.episodes import EpisodeSink
 from streamer.tools import private_mosquitto as broker_module
@@ -55,15 +55,16 @@ def write_tiny_checkpoint(path: Path, window: int = 128, data: DataConfig | None
     plumbing."""
     import torch
 
-    from model.checkpoint import save_checkpoint
-    from model.checkpoint_meta import CheckpointMeta, meta_path
-    from model.config import DataConfig, ExperimentConfig, NetworkConfig
-    from model.network import ResidualBiLSTM
+    from model.config import DataConfig, NetworkConfig
+    from model.net.checkpoint import save_checkpoint
+    from model.net.checkpoint_meta import CheckpointMeta, meta_path
+    from model.net.network import ResidualBiLSTM
+    from model.train.experiment import experiment
 
     torch.manual_seed(0)
     network = NetworkConfig(n_hidden=8, n_stacked=1, n_residual=1, dropout=0.0)  # sizes: the data's
     data = data or DataConfig(window=window, step=window // 2)
-    config = ExperimentConfig(name=path.stem, data=data, model=network)
+    config = experiment(name=path.stem, data=data, model=network)
     model = ResidualBiLSTM(config.model)
     meta = CheckpointMeta.from_training(
         meta_path(path), config, normalisation=(model.feature_mean.tolist(), model.feature_std.tolist()),
@@ -117,7 +118,7 @@ def same_predictions(got: list[dict], want: list[dict]) -> None:
 
 def harstream(*args: str, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", "streamer.cli", *args]  # cli.py as __main__: no module loads twice
+    command = [sys.executable, "-m", "streamer.cli.main", *args]  # cli.py as __main__: no module loads twice
     return subprocess.Popen(command, cwd=ROOT, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)  # fmt: skip
 

@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from model.checkpoint import load_checkpoint
+from model.net.checkpoint import load_checkpoint
 from streamer.cli.main import build_parser
 from streamer.core.backends import make_backend
 from streamer.core.types import FleetBatch
@@ -53,7 +53,7 @@ def test_models_are_compared_side_by_side_with_their_cost_and_recorded_scores(tm
     from live_fixtures import write_tiny_checkpoint
 
     from model.config import NetworkConfig
-    from model.network import ResidualBiLSTM
+    from model.net.network import ResidualBiLSTM
     from streamer.tools.bench_models import main as bench_models
 
     small = write_tiny_checkpoint(tmp_path / "small.pt")

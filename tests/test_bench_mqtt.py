@@ -25,7 +25,7 @@ def test_ingestion_benchmark_refuses_an_unknown_format() -> None:
 def test_median_of_three_fast_path_gives_numpy_medians_in_any_chunking() -> None:
     import numpy as np
 
-    from model.preprocessing import CausalMedian
+    from model.data.preprocessing import CausalMedian
 
     rng = np.random.default_rng(1)
     for trial in range(50):

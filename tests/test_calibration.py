@@ -1,4 +1,4 @@
-"""Per-wearer calibration (model/calibration.py, `harstream calibrate`): a real HAPT subject worn
+"""Per-wearer calibration (model/train/calibration.py, `harstream calibrate`): a real HAPT subject worn
 another way up is recognised after calibration; the calibrated checkpoint loads and its rotation is
 applied by the one preprocessing; bad input is one line."""
 
@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.calibration import calibrate, first_seconds, save, smallest_rotation, windows
-from model.checkpoint import load_checkpoint
-from model.checkpoint_meta import CheckpointError, CheckpointMeta
-from model.preprocessing import PreprocessingSpec, build_preprocessor
-from model.recordings import Recording, load_hapt, write_csv_recording
+from model.data.preprocessing import build_preprocessor
+from model.data.recordings import Recording, load_hapt, write_csv_recording
+from model.data.signals import PreprocessingSpec
+from model.net.checkpoint import load_checkpoint
+from model.net.checkpoint_meta import CheckpointError, CheckpointMeta
+from model.train.calibration import calibrate, first_seconds, save, smallest_rotation, windows
 from streamer.cli.main import main
 
 BASE = Path(__file__).resolve().parents[1] / "model" / "weights" / "uci_har_3x3.pt"
@@ -165,9 +166,9 @@ def test_the_live_path_runs_a_calibrated_wearer_on_its_own_model_and_the_others_
 def test_the_adapted_head_on_its_cached_features_is_the_whole_network(readout, adapt):
     import torch
 
-    from model.calibration import _features, _head
     from model.config import NetworkConfig
-    from model.network import ResidualBiLSTM
+    from model.net.network import ResidualBiLSTM
+    from model.train.calibration import _features, _head
 
     torch.manual_seed(0)
     model = ResidualBiLSTM(NetworkConfig(n_hidden=8, readout=readout)).eval()
@@ -218,7 +219,7 @@ def test_an_absurd_value_refuses_calibration_naming_the_file_and_line(subject2, 
 def test_a_calibration_with_a_nan_loss_or_weights_is_refused_and_not_saved(base, subject2, tmp_path):
     import torch
 
-    from model.calibration import CalibrationError, adapt_model
+    from model.train.calibration import CalibrationError, adapt_model
 
     w = windows([subject2[0]], base.meta, base.preprocessing, 64)
     x = w.x.copy()

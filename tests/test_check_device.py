@@ -13,7 +13,7 @@ from collections import Counter
 import numpy as np
 from live_fixtures import Lines, harstream, mqtt_client
 
-from model.recordings import ACC, HAPT_CHANNELS
+from model.data.signals import ACC, HAPT_CHANNELS
 from model.strict_json import dumps
 from streamer.core.types import SampleBatch
 from streamer.tools.device_check import Listened, analyse

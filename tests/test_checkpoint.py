@@ -13,9 +13,9 @@ import pytest
 import torch
 from live_fixtures import harstream, write_tiny_checkpoint
 
-from model.checkpoint import load_checkpoint
-from model.checkpoint_meta import CheckpointError, CheckpointMeta, parameter_count
-from model.network import NetworkConfig, ResidualBiLSTM
+from model.net.checkpoint import load_checkpoint
+from model.net.checkpoint_meta import CheckpointError, CheckpointMeta, parameter_count
+from model.net.network import NetworkConfig, ResidualBiLSTM
 from streamer.cli import main as cli
 
 SHIPPED = Path(__file__).resolve().parent.parent / "model" / "weights" / "uci_har_3x3.pt"
@@ -219,7 +219,7 @@ def test_a_zip_that_is_not_torchs_is_not_weights(tiny, capsys) -> None:
 
 
 def test_new_metadata_holds_each_fact_once_and_reads_back_the_whole_config(tiny) -> None:
-    from model.config import from_dict
+    from model.train.experiment import from_dict
 
     stored = json.loads(tiny.with_suffix(".json").read_text())
     assert set(stored["config"]) == {"data", "train"}  # name, preprocessing, network: the top level's
@@ -249,8 +249,8 @@ def test_older_metadata_keeps_loading_with_its_copies(tiny) -> None:
 
 
 def test_metadata_is_checked_when_it_is_made_and_must_be_the_models(tmp_path) -> None:
-    from model.checkpoint import save_checkpoint
     from model.config import DataConfig, ExperimentConfig
+    from model.net.checkpoint import save_checkpoint
 
     def made(config: ExperimentConfig) -> CheckpointMeta:
         return CheckpointMeta.from_training(

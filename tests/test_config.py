@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from model.config import ConfigError, load_config, override
+from model.train.experiment import ConfigError, load_config, override
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -3,10 +3,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.config import DataConfig, ExperimentConfig, load_config, override
-from model.datasets import build_splits, recording_windows, window_labels
-from model.preprocessing import PreprocessingSpec
-from model.recordings import HAPT_ACTIVITIES, Recording, read_csv_folder, write_csv_recording
+from model.config import DataConfig, ExperimentConfig
+from model.data.datasets import recording_windows, window_labels
+from model.data.recordings import Recording, read_csv_folder, write_csv_recording
+from model.data.signals import HAPT_ACTIVITIES, PreprocessingSpec
+from model.train.experiment import build_splits, load_config, override
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,7 +39,7 @@ def test_splits_share_no_subject_and_test_is_uci_hars(splits):
 
 
 def test_cross_validation_folds_cover_every_training_subject_once():
-    from model.datasets import cross_validation_fold
+    from model.data.datasets import cross_validation_fold
 
     data = DataConfig(test_subjects=("2", "4"), val_subjects=("1",))
     subjects = [str(s) for s in range(1, 12)]
@@ -139,7 +140,7 @@ def test_windows_end_where_the_recording_says(hapt):
 def test_the_data_fingerprint_names_the_inputs_and_the_windows_not_their_computed_bits(hapt):
     """Filters round differently on other CPUs (AVX-512 against AVX2): a fingerprint over the
     computed windows' bits told a fresh clone on such a machine that its data was not the data."""
-    from model.datasets import data_fingerprint, inputs_digest, split_by_subject
+    from model.data.datasets import data_fingerprint, inputs_digest, split_by_subject
 
     config = ExperimentConfig(data=DataConfig(test_subjects=("2",), val_subjects=("3",)))
     recordings = [r for r in hapt if r.subject in {"1", "2", "3"}]
@@ -157,8 +158,8 @@ def test_the_data_fingerprint_names_the_inputs_and_the_windows_not_their_compute
 
 
 def test_every_source_spec_is_read_by_its_datasets_module(tmp_path, hapt):
-    from model.dataset_kinds import KINDS, Inputs, dataset_kind
-    from model.recordings import HAPT_CHANNELS
+    from model.data.kinds import KINDS, Inputs, dataset_kind
+    from model.data.signals import HAPT_CHANNELS
     from replay.sources import parse_source
 
     assert {k.name for k in KINDS} == {"hapt", "uci_har", "csv", "opportunity"}
@@ -183,15 +184,15 @@ def test_every_source_spec_is_read_by_its_datasets_module(tmp_path, hapt):
 
 
 def test_each_dataset_declares_its_classes_null_class_and_preprocessing():
-    from model import opportunity
-    from model.datasets import class_names, null_class
+    from model.data import opportunity
+    from model.train.experiment import class_names, kind_of, null_class
 
     hapt = ExperimentConfig()
     opp = override(hapt, ['data.dataset="opportunity"', 'preprocessing.kind="opportunity"',
                           'data.labels="locomotion"'])  # fmt: skip
     assert (class_names(hapt), null_class(hapt)) == (HAPT_ACTIVITIES, None)
     assert (class_names(opp), null_class(opp)) == (opportunity.classes("locomotion"), 0)
-    assert opp.dataset_kind.preprocessing == "opportunity" and hapt.dataset_kind.preprocessing == "uci_har"
+    assert kind_of(opp).preprocessing == "opportunity" and kind_of(hapt).preprocessing == "uci_har"
 
 
 def test_the_dataset_registry_and_the_live_configs_need_neither_torch_nor_pandas(tmp_path, hapt):
@@ -209,9 +210,9 @@ class Absent:  # as on a gateway: importing torch or pandas fails
             raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
 
 sys.meta_path.insert(0, Absent())
-from model.checkpoint_meta import read_meta
-from model.config import load_config
-from model.recordings import HAPT_ACTIVITIES, HAPT_CHANNELS
+from model.net.checkpoint_meta import read_meta
+from model.train.experiment import load_config
+from model.data.recordings import HAPT_ACTIVITIES, HAPT_CHANNELS
 from replay.sources import Inputs, parse_source
 assert load_config("configs/opportunity_18.toml").model.n_classes == 18
 meta = read_meta("model/weights/uci_har_3x3.pt")

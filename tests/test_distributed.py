@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import train
-from model import distributed
-from model.recordings import HAPT_ACTIVITIES, HAPT_CHANNELS
+from model.data.signals import HAPT_ACTIVITIES, HAPT_CHANNELS
+from model.train import distributed
 from streamer.cli import main as cli
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -11,8 +11,8 @@ from collections import Counter
 import numpy as np
 from rich.console import Console
 
-from model.checkpoint import load_checkpoint
-from model.recordings import HAPT_CHANNELS
+from model.data.signals import HAPT_CHANNELS
+from model.net.checkpoint import load_checkpoint
 from replay.sources import Device, ReplaySource
 from streamer.core.backends import TorchBackend
 from streamer.core.drops import RETIRED, Drops
@@ -30,7 +30,8 @@ from streamer.ui.dashboard import Dashboard
 def test_every_source_declares_what_the_pipeline_and_the_commands_use(short_recording) -> None:
     from live_fixtures import mqtt_options
 
-    from model.recordings import HAPT_ACTIVITIES, read_csv_recording
+    from model.data.recordings import read_csv_recording
+    from model.data.signals import HAPT_ACTIVITIES
 
     recording = read_csv_recording(short_recording, HAPT_CHANNELS, HAPT_ACTIVITIES, 50.0)
     sources = {
@@ -104,7 +105,7 @@ def test_one_ledger_holds_every_drop_of_a_device_from_the_wire_to_the_model_outp
 
 
 def test_a_forgotten_device_keeps_its_drops_in_the_totals_not_under_its_name() -> None:
-    from model.preprocessing import PreprocessingSpec
+    from model.data.signals import PreprocessingSpec
 
     scheduler = Scheduler(PreprocessingSpec(), 128, 32, 50.0, idle_timeout_s=10.0)
     values = np.zeros((50, 6))

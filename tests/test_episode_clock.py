@@ -16,8 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from live_fixtures import ROOT, Heard
 
-from model.preprocessing import PreprocessingSpec
-from model.recordings import HAPT_CHANNELS, read_csv_recording
+from model.data.recordings import read_csv_recording
+from model.data.signals import HAPT_CHANNELS, PreprocessingSpec
 from streamer.cli.main import build_parser
 from streamer.core.scheduler import Scheduler
 from streamer.core.source import Emit, SourceBase
@@ -77,12 +77,12 @@ def test_a_clock_that_jumps_back_ends_the_episode_and_no_duration_is_negative(sh
     with sqlite3.connect(store) as db:
         rows = db.execute("SELECT start_t, end_t FROM episodes").fetchall()
     assert len(rows) == len(ends) and all(end >= start for start, end in rows), rows
-    shown = subprocess.run([sys.executable, "-m", "streamer.cli", "history", "--store", str(store), "--json"],
-                           cwd=ROOT, capture_output=True, text=True, timeout=60)  # fmt: skip
+    shown = subprocess.run([sys.executable, "-m", "streamer.cli.main", "history", "--store", str(store),
+                            "--json"], cwd=ROOT, capture_output=True, text=True, timeout=60)  # fmt: skip
     assert shown.returncode == 0, shown.stderr
     stored = json.loads(shown.stdout)["devices"]["wrist"]["episodes"]
     assert stored and all(e["seconds"] >= 0 for e in stored)
-    table = subprocess.run([sys.executable, "-m", "streamer.cli", "history", "--store", str(store)],
+    table = subprocess.run([sys.executable, "-m", "streamer.cli.main", "history", "--store", str(store)],
                            cwd=ROOT, capture_output=True, text=True, timeout=60)  # fmt: skip
     # a negative duration under an hour prints as -1:59:58 (history.hms)
     assert table.returncode == 0 and "wrist" in table.stdout and "-1:59:" not in table.stdout

@@ -28,7 +28,8 @@ from live_fixtures import (
 )
 from rabbitmq_fixture import active_consumers
 
-from model.recordings import HAPT_CHANNELS, load_hapt
+from model.data.recordings import load_hapt
+from model.data.signals import HAPT_CHANNELS
 from streamer.cli.main import main
 from streamer.core.shard import Shard
 from streamer.core.wire import encode_json_batch

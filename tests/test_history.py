@@ -105,7 +105,7 @@ def test_store_keeps_rows_while_the_file_is_locked_and_writes_them_after(tmp_pat
 
 
 def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "streamer.cli", *args]
+    command = [sys.executable, "-m", "streamer.cli.main", *args]
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
@@ -265,8 +265,9 @@ def test_the_dashboard_shows_what_each_wearer_did_today_from_the_store(tiny_chec
                                                                        tmp_path) -> None:  # fmt: skip
     from rich.console import Console
 
-    from model.checkpoint import load_checkpoint
-    from model.recordings import HAPT_ACTIVITIES, read_csv_recording
+    from model.data.recordings import read_csv_recording
+    from model.data.signals import HAPT_ACTIVITIES
+    from model.net.checkpoint import load_checkpoint
     from replay.sources import Device
     from streamer.ui.dashboard import Dashboard
     from streamer.ui.today import TodayTotals

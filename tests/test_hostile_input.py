@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from model.preprocessing import PreprocessingSpec
+from model.data.signals import PreprocessingSpec
 from model.strict_json import dumps
 from streamer.core import limits
 from streamer.core.backends import TorchBackend
@@ -211,7 +211,7 @@ class Hostile(SourceBase):
 
 
 def test_hostile_input_never_reaches_the_output_and_never_touches_another_device(tiny_checkpoint) -> None:
-    from model.checkpoint import load_checkpoint
+    from model.net.checkpoint import load_checkpoint
 
     checkpoint = load_checkpoint(tiny_checkpoint)
     engine = InferenceEngine(TorchBackend(checkpoint.model))

@@ -9,7 +9,7 @@ import time
 import numpy as np
 from live_fixtures import wait_until
 
-from model.recordings import HAPT_CHANNELS
+from model.data.signals import HAPT_CHANNELS
 from streamer.cli.main import build_parser
 from streamer.core.pipeline import NEW_DEVICES, SHED, Ingress, _Finished
 from streamer.core.source import SourceBase

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from live_fixtures import Lines, harstream, mqtt_client, mqtt_options, wait_until
 
-from model.recordings import read_csv_recording
+from model.data.recordings import read_csv_recording
 from streamer.core import limits
 from streamer.sinks.recorder import CsvRecorder
 from streamer.sources.labelling import (
@@ -116,7 +116,7 @@ def test_an_absurd_protocol_is_one_line(tmp_path, text: str, says: str) -> None:
 
 
 def test_the_shipped_protocol_mirrors_hapt() -> None:
-    from model.recordings import HAPT_ACTIVITIES
+    from model.data.signals import HAPT_ACTIVITIES
 
     protocol = RecordingProtocol.load(Path(__file__).parent.parent / "configs/protocols/hapt_six.toml")
     assert set(protocol.classes) == set(HAPT_ACTIVITIES)

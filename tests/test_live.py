@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from model.checkpoint import load_checkpoint
-from model.config import from_dict
-from model.datasets import recording_windows
-from model.recordings import HAPT_ACTIVITIES, Recording, load_hapt
-from model.training import predict_proba
+from model.data.datasets import recording_windows
+from model.data.recordings import Recording, load_hapt
+from model.data.signals import HAPT_ACTIVITIES
+from model.net.checkpoint import load_checkpoint
+from model.train.experiment import from_dict
+from model.train.training import predict_proba
 from replay.sources import Device, Inputs, ReplaySource, parse_source
 from streamer.cli.main import main
 from streamer.core.backends import TorchBackend
@@ -171,7 +172,7 @@ def test_several_subjects_play_concurrently_as_several_devices(tiny_checkpoint):
 
 
 def test_uci_har_folder_windows_are_stitched_back_into_streams(tmp_path, tiny_checkpoint):
-    from model.uci_har_streams import SIGNALS, read_uci_har_streams
+    from model.data.uci_har_streams import SIGNALS, read_uci_har_streams
 
     rng = np.random.default_rng(0)
     stream = rng.normal(size=(64 * 6, 6))  # 5 overlapping windows of one contiguous run...

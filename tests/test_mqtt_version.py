@@ -8,14 +8,14 @@ import sys
 
 from live_fixtures import ROOT
 
-from model.recordings import HAPT_CHANNELS
+from model.data.signals import HAPT_CHANNELS
 from streamer.cli.connect import mqtt_options, start_mqtt
 from streamer.cli.main import build_parser
 
 
 def publish(url: str, *extra: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "streamer.cli", "publish", "hapt:2", "--broker", url, "--speed", "0",
-               "--connect-timeout", "5", *extra]  # fmt: skip
+    command = [sys.executable, "-m", "streamer.cli.main", "publish", "hapt:2", "--broker", url,
+               "--speed", "0", "--connect-timeout", "5", *extra]  # fmt: skip
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 

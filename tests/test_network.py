@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from model.network import NetworkConfig, ResidualBiLSTM
+from model.net.network import NetworkConfig, ResidualBiLSTM
 
 
 @pytest.mark.parametrize(

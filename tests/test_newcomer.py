@@ -19,7 +19,7 @@ def write_own_model(path: Path, classes: tuple[str, ...]) -> Path:
     """An untrained tiny network as a model trained on the user's own CSV recordings would be: HAPT's
     channels and units, its own class names."""
     from model.config import DataConfig
-    from model.recordings import HAPT_CHANNELS, HAPT_UNITS
+    from model.data.signals import HAPT_CHANNELS, HAPT_UNITS
 
     data = DataConfig(dataset="csv", classes=classes, channels=HAPT_CHANNELS, units=HAPT_UNITS, window=64,
                       step=32)  # fmt: skip
@@ -79,8 +79,8 @@ def test_history_of_a_mistyped_device_names_the_devices_the_store_knows(tiny_che
 
 
 def test_ctrl_c_while_training_is_one_line_exit_130_and_the_kept_model_stays(csv_dataset, tmp_path) -> None:
-    from model.checkpoint import load_checkpoint
-    from model.init_config import write_config
+    from model.net.checkpoint import load_checkpoint
+    from model.train.init_config import write_config
 
     config = tmp_path / "own.toml"
     config.write_text(write_config(csv_dataset, config, window=64)[0])

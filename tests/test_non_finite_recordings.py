@@ -13,11 +13,12 @@ import pytest
 import torch
 
 import train
-from model.checkpoint import load_checkpoint, save_checkpoint
-from model.checkpoint_meta import CheckpointError, read_meta
-from model.config import load_config
-from model.datasets import recording_windows
-from model.recordings import HAPT_CHANNELS, Recording, read_csv_recording, write_csv_recording
+from model.data.datasets import recording_windows
+from model.data.recordings import Recording, read_csv_recording, write_csv_recording
+from model.data.signals import HAPT_CHANNELS
+from model.net.checkpoint import load_checkpoint, save_checkpoint
+from model.net.checkpoint_meta import CheckpointError, read_meta
+from model.train.experiment import load_config
 from streamer.cli.main import main as harstream
 from streamer.core.scheduler import Scheduler
 from streamer.core.types import SampleBatch
@@ -172,7 +173,7 @@ def test_save_checkpoint_refuses_non_finite_weights_and_writes_nothing(tiny_chec
 
 def test_init_config_guesses_the_units_of_a_recording_with_a_lost_reading(tmp_path):
     """A single nan made the median nan, and the guess fell back to g and rad/s."""
-    from model.init_config import survey
+    from model.train.init_config import survey
 
     recording = wearer("band-1", 0)
     recording.values[:, :3] *= 9.80665  # the same motion in m/s²

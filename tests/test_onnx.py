@@ -13,10 +13,9 @@ import torch
 from live_fixtures import replay_reference, same_predictions
 from test_shipped_model import shipped  # noqa: F401 - a fixture
 
-from model.checkpoint_meta import checkpoint_sha256
-from model.config import from_dict
-from model.datasets import build_splits
-from model.onnx_export import operator_counts, read_metadata
+from model.net.checkpoint_meta import checkpoint_sha256
+from model.net.onnx_export import operator_counts, read_metadata
+from model.train.experiment import build_splits, from_dict
 from streamer.cli.main import main
 from streamer.core.backends import OnnxBackend, TorchBackend, make_backend
 from streamer.core.engine import InferenceEngine

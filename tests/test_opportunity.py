@@ -16,12 +16,13 @@ import numpy as np
 import pytest
 
 import train
-from model import opportunity as opp
-from model.config import load_config, override
-from model.datasets import build_splits, recording_windows
-from model.metrics import summarise
-from model.preprocessing import PreprocessingSpec, build_preprocessor
-from model.training import fit
+from model.data import opportunity as opp
+from model.data.datasets import recording_windows
+from model.data.preprocessing import build_preprocessor
+from model.data.signals import PreprocessingSpec
+from model.train.experiment import build_splits, load_config, override
+from model.train.metrics import summarise
+from model.train.training import fit
 from streamer.cli import main as cli
 from streamer.live import DEFAULT_CHECKPOINT
 
@@ -264,7 +265,7 @@ def test_train_then_evaluate_end_to_end(dataset, tmp_path, capsys):
 def test_the_dashboard_fits_18_gestures_with_null_set_apart():
     from rich.console import Console
 
-    from model.opportunity import classes
+    from model.data.opportunity import classes
     from streamer.core.types import Prediction
     from streamer.ui.dashboard import NULL_STYLE, Dashboard
 

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from live_fixtures import ROOT, Lines, harstream, mqtt_client
 
-from model.config import load_config
-from model.init_config import write_config
-from model.recordings import HAPT_CHANNELS
+from model.data.signals import HAPT_CHANNELS
+from model.train.experiment import load_config
+from model.train.init_config import write_config
 from streamer.core.types import SampleBatch
 from streamer.tools.device_check import Listened, analyse
 

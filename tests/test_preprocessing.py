@@ -3,7 +3,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from model.preprocessing import PreprocessingSpec, build_preprocessor, process_stacked
+from model.data.preprocessing import build_preprocessor, process_stacked
+from model.data.signals import PreprocessingSpec
 
 SPEC = PreprocessingSpec(kind="uci_har", rate_hz=50.0)
 

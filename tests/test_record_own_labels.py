@@ -9,7 +9,7 @@ from types import SimpleNamespace
 from live_fixtures import Lines, harstream, mqtt_client, wait_until
 from rich.console import Console
 
-from model.recordings import read_csv_table
+from model.data.recordings import read_csv_table
 from streamer.cli.record import panel
 from streamer.sinks.recorder import CsvRecorder
 from streamer.sources.labelling import MAX_LABEL_CHARS, MAX_NAMES, LabelBoard

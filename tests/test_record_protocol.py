@@ -11,7 +11,7 @@ from types import SimpleNamespace
 from live_fixtures import Lines, harstream, mqtt_client
 from rich.console import Console
 
-from model.recordings import read_csv_recording
+from model.data.recordings import read_csv_recording
 from streamer.cli.record import panel
 from streamer.sinks.recorder import CsvRecorder
 from streamer.sources.labelling import LabelBoard, RecordingProtocol, Step

@@ -10,7 +10,8 @@ import numpy as np
 from live_fixtures import Lines, harstream, wait_until
 from test_serial import Pty
 
-from model.recordings import HAPT_ACTIVITIES, HAPT_CHANNELS, read_csv_recording
+from model.data.recordings import read_csv_recording
+from model.data.signals import HAPT_ACTIVITIES, HAPT_CHANNELS
 from streamer.core.types import SampleBatch
 from streamer.sinks import recorder as recorder_module
 from streamer.sinks.recorder import CsvRecorder

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 import train
-from model.init_config import write_config
-from model.recordings import HAPT_CHANNELS, measured_rate, read_csv_folder, read_csv_recording
+from model.data.recordings import measured_rate, read_csv_folder, read_csv_recording
+from model.data.signals import HAPT_CHANNELS
+from model.train.init_config import write_config
 from streamer.cli.main import main as harstream
 
 RATE = 50.0

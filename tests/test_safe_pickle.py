@@ -6,8 +6,8 @@ import pickle
 import numpy as np
 import pytest
 
-from model.recordings import hapt_path
-from model.safe_pickle import UnsafePickleError, frame_columns, restricted_load
+from model.data.recordings import hapt_path
+from model.data.safe_pickle import UnsafePickleError, frame_columns, restricted_load
 
 
 class RunsShell:

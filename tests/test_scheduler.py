@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from model.preprocessing import UCI_HAR_INPUTS, PreprocessingSpec
+from model.data.signals import UCI_HAR_INPUTS, PreprocessingSpec
 from streamer.core.scheduler import Scheduler
 from streamer.core.types import FleetBatch, SampleBatch
 

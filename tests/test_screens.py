@@ -176,7 +176,7 @@ def test_a_broker_out_of_reach_is_said_on_the_dashboard_not_above_it(capsys) -> 
 
 # -- history --plot ---------------------------------------------------------------------------------------
 def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "streamer.cli", *args], cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "streamer.cli.main", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout)  # fmt: skip
 
 

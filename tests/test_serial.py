@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from live_fixtures import Lines, harstream, predictions, replay_reference, same_predictions, wait_until
 
-from model.recordings import HAPT_ACTIVITIES, HAPT_CHANNELS, read_csv_recording
+from model.data.recordings import read_csv_recording
+from model.data.signals import HAPT_ACTIVITIES, HAPT_CHANNELS
 from streamer.cli import main as cli
 from streamer.core.drops import Drops
 from streamer.core.wire import WireError

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from live_fixtures import Lines, harstream, mqtt_client, predictions, write_tiny_checkpoint
 
-from model.recordings import HAPT_CHANNELS, load_hapt
+from model.data.recordings import load_hapt
+from model.data.signals import HAPT_CHANNELS
 from streamer.cli.connect import recognizer_mqtt_options
 from streamer.cli.main import build_parser
 from streamer.core.mqtt_connection import MqttOptions, TopicPattern, parse_broker

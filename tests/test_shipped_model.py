@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from test_live import assert_live_equals_offline
 
-from model.checkpoint import load_checkpoint
+from model.net.checkpoint import load_checkpoint
 from streamer.cli.main import main
 from streamer.live import DEFAULT_CHECKPOINT
 

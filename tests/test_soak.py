@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from model.checkpoint import load_checkpoint
+from model.net.checkpoint import load_checkpoint
 from streamer.cli.main import main
 from streamer.core.backends import TorchBackend
 from streamer.core.engine import InferenceEngine

@@ -39,7 +39,7 @@ def count(path: Path, table: str = "predictions") -> int:
 
 
 def cli(*args: str | bytes, user: list[str] | None = None) -> subprocess.CompletedProcess:
-    command = [*(user or []), sys.executable, "-m", "streamer.cli", *args]
+    command = [*(user or []), sys.executable, "-m", "streamer.cli.main", *args]
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 

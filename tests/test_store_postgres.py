@@ -18,7 +18,7 @@ from streamer.tools.private_mosquitto import free_port
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "streamer.cli", *args]
+    command = [sys.executable, "-m", "streamer.cli.main", *args]
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 

@@ -1,9 +1,10 @@
 import numpy as np
 
-from model.config import ExperimentConfig, override
-from model.datasets import WindowSet
-from model.recordings import HAPT_ACTIVITIES
-from model.training import evaluate, fit, random_rotations, xyz_groups
+from model.config import ExperimentConfig
+from model.data.datasets import WindowSet
+from model.data.signals import HAPT_ACTIVITIES
+from model.train.experiment import override
+from model.train.training import evaluate, fit, random_rotations, xyz_groups
 
 
 def subset(splits_windows: WindowSet, per_class: int, seed: int) -> WindowSet:
@@ -14,7 +15,7 @@ def subset(splits_windows: WindowSet, per_class: int, seed: int) -> WindowSet:
 
 
 def test_a_seconds_long_run_on_a_small_subset_learns(hapt):
-    from model.datasets import recording_windows, split_by_subject
+    from model.data.datasets import recording_windows, split_by_subject
 
     config = override(ExperimentConfig(), [
         "model.n_stacked=1", "model.n_residual=1", "model.n_hidden=16", "train.epochs=6",
@@ -35,7 +36,7 @@ def test_a_seconds_long_run_on_a_small_subset_learns(hapt):
 def test_keep_last_takes_the_final_epoch_and_best_needs_validation(hapt):
     import pytest
 
-    from model.datasets import recording_windows
+    from model.data.datasets import recording_windows
 
     config = override(ExperimentConfig(), [
         "model.n_stacked=1", "model.n_residual=1", "model.n_hidden=8", "train.epochs=3",
@@ -54,7 +55,7 @@ def test_keep_last_takes_the_final_epoch_and_best_needs_validation(hapt):
 def test_fit_refuses_windows_unlike_the_configs_network(hapt):
     import pytest
 
-    from model.datasets import recording_windows
+    from model.data.datasets import recording_windows
 
     config = override(ExperimentConfig(), ["model.n_hidden=8", "train.epochs=1", 'train.keep="last"'])
     windows = recording_windows([r for r in hapt if r.subject == "1"], config.data, config.preprocessing)
@@ -75,7 +76,7 @@ def test_rotations_are_proper_and_bounded():
 
 
 def test_xyz_groups_find_the_vector_channels():
-    from model.preprocessing import UCI_HAR_FEATURES
+    from model.data.signals import UCI_HAR_FEATURES
 
     assert xyz_groups(UCI_HAR_FEATURES) == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
     assert xyz_groups(("a", "b_x", "b_y")) == []
@@ -83,7 +84,7 @@ def test_xyz_groups_find_the_vector_channels():
 
 def tiny_csv_run(csv_dataset, *extra: str) -> list[str]:
     """train.py arguments for a seconds-long 1x1 run on the CSV copy of four HAPT subjects."""
-    from model.recordings import HAPT_CHANNELS
+    from model.data.signals import HAPT_CHANNELS
 
     return [
         "--config", "configs/uci_har_3x3.toml", "--epochs", "2", "--data-dir", str(csv_dataset),
@@ -95,7 +96,7 @@ def tiny_csv_run(csv_dataset, *extra: str) -> list[str]:
 
 
 def tiny_ensemble(csv_dataset) -> list[str]:
-    """model.ensemble's arguments for the windows of tiny_csv_run."""
+    """model.train.ensemble's arguments for the windows of tiny_csv_run."""
     sets = tiny_csv_run(csv_dataset)[6:]  # from the first --set on
     return ["--config", "configs/uci_har_3x3.toml", "--set", f'data.path="{csv_dataset}"', *sets]
 
@@ -142,7 +143,7 @@ def test_distillation_learns_the_teachers_answers_and_refuses_unlike_teachers(cs
     import json
 
     import train
-    from model.ensemble import main as ensemble
+    from model.train.ensemble import main as ensemble
 
     teacher = tmp_path / "teacher.pt"
     assert train.main(tiny_csv_run(csv_dataset, "--fold", "1/3", "--out", str(teacher))) == 0
@@ -167,7 +168,7 @@ def test_an_ensemble_scores_the_average_of_its_members(csv_dataset, tmp_path, ca
     import json
 
     import train
-    from model.ensemble import main as ensemble
+    from model.train.ensemble import main as ensemble
 
     paths = [tmp_path / f"seed{seed}.pt" for seed in (0, 1)]
     for seed, path in enumerate(paths):
@@ -182,4 +183,4 @@ def test_an_ensemble_scores_the_average_of_its_members(csv_dataset, tmp_path, ca
     both = json.loads(capsys.readouterr().out)
     assert both["average"]["n_windows"] == same["average"]["n_windows"] > 0
     assert ensemble([*args, str(tmp_path / "missing.pt")]) == 1
-    assert capsys.readouterr().err.startswith("model.ensemble: ")
+    assert capsys.readouterr().err.startswith("model.train.ensemble: ")

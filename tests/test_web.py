@@ -20,7 +20,7 @@ import pytest
 from live_fixtures import ROOT, mqtt_client
 from web_fixtures import WebServer
 
-from model.report import glyphs
+from model.train.report import glyphs
 from streamer.core.mqtt_connection import TopicPattern
 from streamer.sinks.device_health import HealthPublisher
 from streamer.sinks.store import Store, Target
@@ -187,7 +187,7 @@ def wearer_midnight() -> float:
     (["--broker", "http://x"], "bad broker"),
 ])  # fmt: skip
 def test_unsafe_or_bad_options_are_one_line(args, words, tmp_path) -> None:
-    command = [sys.executable, "-m", "streamer.cli", "web", "--store", str(tmp_path / "h.db"), *args]
+    command = [sys.executable, "-m", "streamer.cli.main", "web", "--store", str(tmp_path / "h.db"), *args]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode in (1, 2) and words in done.stderr, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1

@@ -20,7 +20,7 @@ from live_fixtures import ROOT, Lines, harstream, mqtt_client
 from test_mqtt import options, publish_recording, recording_device
 from web_fixtures import WebServer, chromium, rendered, screenshot
 
-from model.recordings import Recording, load_hapt, write_csv_recording
+from model.data.recordings import Recording, load_hapt, write_csv_recording
 from streamer.sinks.store import Store, Target
 from streamer.tools.simulated_wearable import Publisher
 
@@ -49,7 +49,7 @@ def cut(subject: int, name: str, folder: Path, seconds: float = 40.0) -> Path:
 
 
 def cli_json(*args: str) -> dict:
-    done = subprocess.run([sys.executable, "-m", "streamer.cli", *args], cwd=ROOT, capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "streamer.cli.main", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=60)  # fmt: skip
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)

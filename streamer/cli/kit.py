@@ -1,6 +1,6 @@
 """Your own wearable on the command line: ``check`` (does the model fit what the device sends:
 streamer/tools/device_check.py), ``init-config`` (a training config from labelled recordings) and
-``calibrate`` (a model adapted to one wearer, model/calibration.py). ``record`` is
+``calibrate`` (a model adapted to one wearer, model/train/calibration.py). ``record`` is
 streamer/cli/record.py."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import argparse
 import time
 from pathlib import Path
 
-from model.init_config import write_config
-from model.recordings import read_csv_recording
+from model.data.recordings import read_csv_recording
 from model.strict_json import dumps
+from model.train.init_config import write_config
 from streamer.cli.common import say
 from streamer.cli.connect import add_mqtt_options, add_serial_options, mqtt_options, serial_source, start_mqtt
 from streamer.errors import CliError
@@ -22,7 +22,6 @@ from streamer.tools.device_check import (
     analyse,
     listen_mqtt,
     listen_serial,
-    model_gravity,
     render,
 )
 
@@ -47,7 +46,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         device = source.device
         heard = listen_serial(source, args.seconds)
     units = tuple(meta.get("input_units") or ())
-    report = analyse(heard, meta.rate_hz, channels, units, model_gravity(meta))
+    report = analyse(heard, meta.rate_hz, channels, units, meta.gravity)
     report = {"device": device, "seconds": args.seconds, "checkpoint": str(args.checkpoint), **report}
     if args.json:
         print(dumps(report))
@@ -78,8 +77,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         raise CliError(f"{out} exists: choose another --out, or --force to replace it")
     if out.suffix != ".pt":
         raise CliError(f"--out must name a .pt file (its .json is written beside it), not {out}")
-    from model.calibration import calibrate, save  # deferred: torch
-    from model.checkpoint import load_checkpoint
+    from model.net.checkpoint import load_checkpoint
+    from model.train.calibration import calibrate, save  # deferred: torch
 
     t0 = time.perf_counter()
     base = load_checkpoint(args.checkpoint)

@@ -7,9 +7,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from model.net.checkpoint_meta import DEFAULT_CHECKPOINT
 from streamer.core import limits
 from streamer.core.backends import BACKENDS, default_backend
-from streamer.live import DEFAULT_CHECKPOINT
 from streamer.options import MAX_THREADS, count, duration, nonempty, number
 from streamer.sinks.episodes import HOLD_S, MIN_CONFIDENCE
 

@@ -79,3 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"harstream {args.command}: {message or error}", file=sys.stderr)
         return 1
 
+
+
+if __name__ == "__main__":  # python -m streamer.cli.main: the harstream command without its script
+    raise SystemExit(main())

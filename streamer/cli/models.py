@@ -8,11 +8,11 @@ from pathlib import Path
 
 from rich.console import Console
 
-from model.checkpoint_meta import CheckpointMeta
-from model.download import ARCHIVES, DownloadError, download
-from model.onnx_export import export_checkpoint, operator_counts
-from model.report import confusion_table, per_class_table
+from model.data.download import ARCHIVES, DownloadError, download
+from model.net.checkpoint_meta import CheckpointMeta
+from model.net.onnx_export import export_checkpoint, operator_counts
 from model.strict_json import dumps
+from model.train.report import confusion_table, per_class_table
 from streamer.cli.live_options import add_backend_option
 from streamer.errors import CliError
 from streamer.live import DEFAULT_CHECKPOINT, live_engine, open_checkpoint
@@ -35,16 +35,15 @@ def evaluation(args: argparse.Namespace) -> tuple[CheckpointMeta, dict, bool]:
     """The checkpoint's metadata, its metrics on ``--split`` (the data rebuilt from its config),
     and whether those windows are the ones it was trained and scored on."""
     # deferred: the datasets read with pandas and the metrics need scikit-learn (a second to import)
-    from model.config import from_dict, override
-    from model.datasets import build_splits, null_class
-    from model.metrics import summarise
+    from model.train.experiment import build_splits, from_dict, null_class, with_data_path
+    from model.train.metrics import summarise
 
     meta = open_checkpoint(args.checkpoint)
     if "config" not in meta:  # the live path needs none; evaluation rebuilds the data from it
         raise CliError(f"{args.checkpoint} records no training config, so its data cannot be rebuilt")
     config = from_dict(meta["config"], f"{args.checkpoint} config")
     if args.data_dir or args.data_zip:
-        config = override(config, [f'data.path="{args.data_zip or args.data_dir}"'])
+        config = with_data_path(config, args.data_zip or args.data_dir)
     engine = live_engine(args.checkpoint, args.backend, args.threads, max_batch=512)
     splits = build_splits(config)
     windows = splits.by_name(args.split)

@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from model.recordings import HAPT_CHANNELS
+from model.data.signals import HAPT_CHANNELS
 from streamer.cli.common import say, sigterm_as_interrupt
 from streamer.cli.connect import add_mqtt_options, add_serial_options, mqtt_options, serial_source, start_mqtt
 from streamer.errors import CliError

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.checkpoint_meta import CheckpointMeta
+from model.net.checkpoint_meta import CheckpointMeta
 from replay.sources import Device, Inputs, ReplaySource, parse_source
 from streamer.cli.common import say
 from streamer.cli.live_options import add_live_options

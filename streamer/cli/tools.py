@@ -14,8 +14,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from model.checkpoint_meta import CheckpointMeta
-from model.recordings import HAPT_ACTIVITIES, HAPT_CHANNELS, HAPT_RATE_HZ
+from model.data.signals import HAPT_ACTIVITIES, HAPT_CHANNELS, HAPT_RATE_HZ
+from model.net.checkpoint_meta import CheckpointMeta
 from model.strict_json import dumps
 from replay.sources import Inputs, parse_source
 from streamer.cli.common import say, sigterm_as_interrupt
@@ -121,7 +121,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return cmd_bench_fleet(args)
     import torch  # the baseline it measures against is the eager PyTorch model; deferred, as below
 
-    from model.checkpoint import load_checkpoint
+    from model.net.checkpoint import load_checkpoint
     from streamer.tools.bench import run_bench
 
     torch.set_num_threads(args.threads)

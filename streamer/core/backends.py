@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from model.checkpoint_meta import checkpoint_sha256
 from model.extras import TRAIN_INSTALL, has_torch
-from model.onnx_export import INPUT, KEY, OUTPUT, export_checkpoint, onnx_paths
+from model.net.checkpoint_meta import checkpoint_sha256
+from model.net.onnx_export import INPUT, KEY, OUTPUT, export_checkpoint, onnx_paths
 
 if TYPE_CHECKING:
-    from model.network import ResidualBiLSTM
+    from model.net.network import ResidualBiLSTM
 
 BACKENDS = ("torch", "onnx")
 
@@ -49,7 +49,7 @@ class TorchBackend:
 
 
 class OnnxBackend:
-    """An ONNX file written by :func:`model.onnx_export.export_onnx`, run by onnxruntime on the CPU."""
+    """An ONNX file written by :func:`model.net.onnx_export.export_onnx`, run by onnxruntime on the CPU."""
 
     def __init__(self, path: str | Path, threads: int = 1) -> None:
         import onnxruntime as ort
@@ -73,8 +73,8 @@ class OnnxBackend:
 
     @classmethod
     def for_checkpoint(cls, checkpoint: str | Path, threads: int = 1) -> OnnxBackend:
-        """The checkpoint's ONNX export, from where :func:`model.onnx_export.onnx_paths` keeps it,
-        up to date (its :data:`~model.onnx_export.KEY` is the checkpoint's sha256); exported first
+        """The checkpoint's ONNX export, from where :func:`model.net.onnx_export.onnx_paths` keeps it,
+        up to date (its :data:`~model.net.onnx_export.KEY` is the checkpoint's sha256); exported first
         when there is none, which needs torch. Without torch, a missing, stale or corrupt export is
         one line that says what to do."""
         digest = checkpoint_sha256(checkpoint)
@@ -108,7 +108,7 @@ def make_backend(name: str, checkpoint: str | Path, threads: int = 1) -> TorchBa
     if name == "torch":
         import torch
 
-        from model.checkpoint import load_checkpoint
+        from model.net.checkpoint import load_checkpoint
 
         if threads > 0:
             torch.set_num_threads(threads)

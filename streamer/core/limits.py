@@ -9,7 +9,7 @@ bounded by the bytes it carries, never by what it claims (a rate, a sample count
 from __future__ import annotations
 
 # the bounds training shares with the live path live in model/ (which never imports streamer/)
-from model.input_limits import GAP_PERIODS, OTHER_UNIT_LIMIT, VALUE_LIMITS, value_limits  # noqa: F401
+from model.data.input_limits import GAP_PERIODS, OTHER_UNIT_LIMIT, VALUE_LIMITS, value_limits  # noqa: F401
 
 # -- one message (streamer.core.wire, streamer.sources.serial_source) ---------------------------------
 MAX_PAYLOAD_BYTES = 1 << 20  # a bigger message is refused before it is parsed: "payload over 1 MB"
@@ -23,14 +23,14 @@ MAX_ABS_TIME_S = 1e10  # |t| of a timestamp (year 2286 as Unix time): "t out of 
 # resampling from multiplying samples: with at most GAP_PERIODS of the slowest rate between two
 # samples, one input sample becomes at most GAP_PERIODS / RATE_RATIO[0] = 20 resampled ones.
 RATE_RATIO = (0.25, 8.0)
-# GAP_PERIODS (model.input_limits): a silence longer than this many sample periods restarts the
+# GAP_PERIODS (model.data.input_limits): a silence longer than this many sample periods restarts the
 # stream ("gap"); training splits a recording at a lost reading by the same number
 # A timestamp this far behind the device's latest (a reboot that restarted its clock, a spoofed
 # message from the future before it) restarts the stream instead of being dropped as out of order;
 # so does a step forward this much longer than the time that passed here ("clock jump").
 CLOCK_JUMP_S = 5.0
 # |value| of a raw channel by its unit, VALUE_LIMITS / OTHER_UNIT_LIMIT / value_limits
-# (model.input_limits, shared with training, which refuses a recording holding one). Outside:
+# (model.data.input_limits, shared with training, which refuses a recording holding one). Outside:
 # "value out of range". A filter state that turns non-finite anyway restarts the stream.
 
 # -- the fleet (streamer.core.scheduler, streamer.core.pipeline) --------------------------------------

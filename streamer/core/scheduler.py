@@ -5,7 +5,7 @@ Each device has its own causal preprocessor and ring buffer of features. A windo
 ``hop`` equal to the training step the live windows are exactly the training windows.
 
 >>> import numpy as np
->>> from model.preprocessing import PreprocessingSpec
+>>> from model.data.preprocessing import PreprocessingSpec
 >>> spec = PreprocessingSpec(kind="identity", inputs=("x",))
 >>> scheduler = Scheduler(spec, window=4, hop=2, rate_hz=50.0)
 >>> batch = SampleBatch("dev", np.arange(9) / 50.0, np.arange(9.0)[:, None], ("x",), arrival=0.0)
@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from model.labels import window_labels
-from model.preprocessing import PreprocessingSpec, build_preprocessor, process_stacked
+from model.data.labels import window_labels
+from model.data.preprocessing import build_preprocessor, process_stacked
+from model.data.signals import PreprocessingSpec
 from streamer.core import limits
 from streamer.core.drops import RETIRED, Drops
 from streamer.core.resample import StreamResampler

@@ -42,7 +42,7 @@ import time
 
 import numpy as np
 
-from model.recordings import ACC, GYRO
+from model.data.signals import ACC, GYRO
 from model.strict_json import dumps
 from streamer.core.limits import MAX_ABS_TIME_S, MAX_PAYLOAD_BYTES, MAX_SAMPLES_PER_MESSAGE, WIRE_RATE_HZ
 from streamer.core.types import SampleBatch

@@ -1,6 +1,6 @@
 """What arrives from live devices, written as generic CSV recordings (one file per device).
 
-The files are those :func:`model.recordings.read_csv_recording` reads: ``timestamp``, one column
+The files are those :func:`model.data.recordings.read_csv_recording` reads: ``timestamp``, one column
 per channel, ``label`` (the label in force for the device when the batch arrived, from ``labels``:
 see :mod:`streamer.sources.labelling`; empty when none) and ``subject`` (the device). A file is
 written as ``NAME.csv.part``, flushed at least every second, and renamed to ``NAME.csv`` when the

@@ -21,8 +21,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from model.checkpoint import Checkpoint
-from model.network import ResidualBiLSTM
+from model.net.checkpoint import Checkpoint
+from model.net.network import ResidualBiLSTM
 from streamer.core.backends import OnnxBackend, TorchBackend, make_backend
 from streamer.core.engine import Backend
 from streamer.core.source import SourceBase
@@ -146,7 +146,7 @@ class Fleet(SourceBase):
 
     def __init__(self, n: int, seconds: float, rate_hz: float = 50.0, tick_s: float = 0.1,
                  spread_samples: int = 0) -> None:  # fmt: skip
-        from model.recordings import load_hapt
+        from model.data.recordings import load_hapt
 
         super().__init__()
         self.name = f"fleet of {n}"

@@ -118,8 +118,9 @@ class Worker:
 
     def __init__(self, args: list[str]) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-        self.process = subprocess.Popen([sys.executable, "-m", "streamer.cli", *args], env=env, text=True,
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+        command = [sys.executable, "-m", "streamer.cli.main", *args]
+        self.process = subprocess.Popen(command, env=env, text=True, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE)  # fmt: skip
         self.predictions: list[tuple[float, dict]] = []
         self.summary: dict = {}
         self.errors: list[str] = []
@@ -198,8 +199,8 @@ def _drop_fleet(amqp_url: str, fleet: str) -> None:
 def run_setup(setup: str, brokers: Brokers, checkpoint: Path, devices: int, seconds: float, hop: int = 32,
               backend: str = "onnx", per_message: int = 25) -> dict:  # fmt: skip
     """One setup (``mosquitto``, ``rabbitmq_1``, ``rabbitmq_2``) at one fleet size, measured."""
-    from model.checkpoint_meta import read_meta
-    from model.recordings import load_hapt
+    from model.data.recordings import load_hapt
+    from model.net.checkpoint_meta import read_meta
 
     window = read_meta(checkpoint).window
     rounds = max(1, round(seconds * RATE_HZ / per_message))
@@ -360,7 +361,7 @@ def fleet_table(result: dict):
 
 def main() -> None:
 
-    from streamer.live import DEFAULT_CHECKPOINT
+    from model.net.checkpoint_meta import DEFAULT_CHECKPOINT
     from streamer.options import OneLineParser, number
 
     parser = OneLineParser(description=__doc__.split("\n")[0])

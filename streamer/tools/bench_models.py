@@ -16,7 +16,7 @@ import sys
 
 import numpy as np
 
-from model.checkpoint import load_checkpoint
+from model.net.checkpoint import load_checkpoint
 from model.strict_json import dumps
 from streamer.core.backends import OnnxBackend
 from streamer.tools.bench import flops_per_window, time_calls

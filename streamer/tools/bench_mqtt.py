@@ -186,8 +186,8 @@ def measure_mqtt_ingestion(fmt: str, devices: int = 200, seconds: float = 10.0,
     record, ``"samples"``, ``"messages"``, ``"published_messages"``, ``"windows"``, ``"seconds"``,
     ``"receiver_cpu_s"``.
     """
-    from model.preprocessing import PreprocessingSpec
-    from model.recordings import HAPT_CHANNELS, load_hapt
+    from model.data.recordings import load_hapt
+    from model.data.signals import HAPT_CHANNELS, PreprocessingSpec
     from streamer.core.scheduler import Scheduler
 
     if fmt not in FORMATS:

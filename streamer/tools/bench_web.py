@@ -113,8 +113,8 @@ def measure_web(devices: int = 1000, seconds: float = 20.0, hours: float = 8.0) 
         client.loop_start()
         publish_fleet(client, devices, 0)
         port = free_port()
-        command = [sys.executable, "-m", "streamer.cli", "web", "--store", str(db), "--broker", broker.url,
-                   "--port", str(port)]  # fmt: skip
+        command = [sys.executable, "-m", "streamer.cli.main", "web", "--store", str(db), "--broker",
+                   broker.url, "--port", str(port)]  # fmt: skip
         server = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
         driver = None
         try:

@@ -5,7 +5,7 @@ device's timestamps, gaps and repeated or backward times, the channels present, 
 range, a guess of the units (acceleration whose magnitude sits near 1 while still is in g, near 9.8
 in m/s²; angular rate past 15 is in deg/s, rad/s otherwise) and the direction of gravity during the
 stillest second. Against a checkpoint (its rate, channels and units, and the gravity direction of its
-training data) each is a check with the fix for a mismatch.
+training data, ``CheckpointMeta.gravity``) each is a check with the fix for a mismatch.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from model.recordings import ACC, GYRO, measured_rate
+from model.data.recordings import measured_rate
+from model.data.signals import ACC, GYRO
 from streamer.core.limits import GAP_PERIODS, RATE_RATIO, value_limits
 from streamer.core.mqtt_connection import MqttOptions
 from streamer.core.types import SampleBatch
@@ -45,30 +45,6 @@ class Listened:
 def axis_name(vector: np.ndarray) -> str:
     i = int(np.argmax(np.abs(vector)))
     return ("+" if vector[i] >= 0 else "-") + AXES[i]
-
-
-def model_gravity(meta) -> np.ndarray | None:
-    """Where gravity pointed in the checkpoint's training data (a unit vector), or None if unknown.
-
-    HAPT and UCI HAR were recorded with a phone upright at the waist: +x. For a model trained on
-    your own recordings, the mean acceleration direction over their labelled samples."""
-    config = meta.config or {}
-    data = config.get("data", {})
-    if data.get("dataset") in ("hapt", "uci_har", "uci-har"):
-        return np.array([1.0, 0.0, 0.0])
-    if data.get("dataset") == "csv" and Path(str(data.get("path", ""))).is_dir():
-        from model.recordings import read_csv_folder
-
-        try:
-            classes = tuple(data.get("classes", ()))
-            recordings = read_csv_folder(Path(data["path"]), ACC, classes, meta.rate_hz)
-        except (OSError, ValueError):
-            return None
-        acc = np.concatenate([r.values[r.labels >= 0] for r in recordings])
-        if len(acc):
-            mean = acc.mean(axis=0)
-            return mean / (np.linalg.norm(mean) or 1.0)
-    return None
 
 
 def _limits(names: tuple[str, ...], channels: tuple[str, ...], units: tuple[str, ...]) -> np.ndarray:

@@ -61,10 +61,10 @@ class Workspace:
         words = shlex.split(command)
         if words[0] != "harstream":
             raise ValueError(f"not a harstream command: {command!r}")
-        return self._run(command, ["-m", "streamer.cli", *words[1:]])
+        return self._run(command, ["-m", "streamer.cli.main", *words[1:]])
 
     def python(self, command: str) -> str:
-        """Run a documented ``python -m MODULE ...`` command (``python -m model.calibration
+        """Run a documented ``python -m MODULE ...`` command (``python -m model.train.calibration
         --report``) from the repository root with this Python, and return its stdout."""
         words = shlex.split(command)
         if words[:2] != ["python", "-m"]:
@@ -207,9 +207,9 @@ MFLOP_CONFIGS = {  # architectures with no shipped checkpoint: name: (config, ov
 def mflop(ws: Workspace) -> Values:
     """MFLOP a window (streamer.tools.bench.flops_per_window, which bench_models prints) of each shipped
     checkpoint and of the configs the docs compare them with."""
-    from model.checkpoint import load_checkpoint
-    from model.config import load_config, override
-    from model.network import ResidualBiLSTM
+    from model.net.checkpoint import load_checkpoint
+    from model.net.network import ResidualBiLSTM
+    from model.train.experiment import load_config, override
     from streamer.tools.bench import flops_per_window
 
     values: Values = {}
@@ -228,12 +228,12 @@ def mflop(ws: Workspace) -> Values:
 
 
 def hapt(ws: Workspace) -> Values:
-    """Sessions and subjects in the HAPT recordings (model.recordings.load_hapt, which training and
+    """Sessions and subjects in the HAPT recordings (model.data.recordings.load_hapt, which training and
     every ``hapt:`` source read), and where gravity lies in them: the mean acceleration (g) of the
     samples labelled standing, and of those labelled laying, on x (docs/own-wearable.md)."""
     import numpy as np
 
-    from model.recordings import load_hapt
+    from model.data.recordings import load_hapt
 
     recordings = load_hapt()
     values = np.concatenate([r.values[:, :3] for r in recordings])  # acc_x, acc_y, acc_z
@@ -261,9 +261,9 @@ def onnx_export(ws: Workspace) -> Values:
 
 # --- calibration: the fixed protocol on the nine test subjects (docs/own-wearable.md) -----------------
 
-CALIBRATION = "python -m model.calibration --report"
-CALIBRATION_TURNED = "python -m model.calibration --report --turned"
-CALIBRATION_SELECT = "python -m model.calibration --select"
+CALIBRATION = "python -m model.train.calibration --report"
+CALIBRATION_TURNED = "python -m model.train.calibration --report --turned"
+CALIBRATION_SELECT = "python -m model.train.calibration --select"
 # the values the docs state: the whole --report table; of --turned, the totals and the subjects' range
 SCORES = ("windows", "base", "calibrated")
 CALIBRATION_KEYS = (*SCORES, *(f"subject_{s}_{k}" for s in SUBJECTS for k in SCORES))

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model.checkpoint_meta import CheckpointMeta
-from model.recordings import UCI_HAR_TEST_SUBJECTS, load_hapt
+from model.data.recordings import UCI_HAR_TEST_SUBJECTS, load_hapt
+from model.net.checkpoint_meta import CheckpointMeta
 from model.strict_json import dumps
 from streamer.core.engine import Decider, InferenceEngine
 from streamer.core.scheduler import Scheduler

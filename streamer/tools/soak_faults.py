@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from model.checkpoint_meta import CheckpointMeta
-from model.recordings import UCI_HAR_TEST_SUBJECTS, load_hapt
+from model.data.recordings import UCI_HAR_TEST_SUBJECTS, load_hapt
+from model.net.checkpoint_meta import CheckpointMeta
 from streamer.core.mqtt_connection import parse_broker
 from streamer.core.wire import encode_json_batch
 from streamer.live import LiveOptions, assemble

@@ -18,7 +18,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from model.report import glyphs
+from model.train.report import glyphs
 from streamer.core.engine import UNCERTAIN
 from streamer.core.types import Prediction
 from streamer.ui.activity_colours import NULL, UNSURE, activity_colours

@@ -13,7 +13,7 @@ import datetime
 import time
 from typing import Any
 
-from model.report import glyphs
+from model.train.report import glyphs
 from streamer.sinks.store import Target
 from streamer.sinks.store_reader import first_line, has_device, read_history, read_latest, read_totals
 from streamer.ui.activity_colours import FIXED, activity_colours

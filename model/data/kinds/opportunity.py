@@ -7,14 +7,11 @@ so the live path fills such gaps instead of dropping the samples. Class 0 (Null)
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from model import opportunity
-from model.dataset_kinds.base import DatasetKind, Inputs
-from model.recordings import Recording
-
-if TYPE_CHECKING:
-    from model.config import DataConfig
+from model.config import DataConfig
+from model.data import opportunity
+from model.data.kinds.base import DatasetKind, Inputs
+from model.data.recordings import Recording
 
 
 def _classes(data: DataConfig) -> tuple[str, ...]:

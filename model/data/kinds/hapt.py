@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from model.dataset_kinds.base import DatasetKind, Inputs
-from model.recordings import HAPT_ACTIVITIES, Recording, load_hapt
-
-if TYPE_CHECKING:
-    from model.config import DataConfig
+from model.config import DataConfig
+from model.data.kinds.base import DatasetKind, Inputs
+from model.data.recordings import Recording, load_hapt
+from model.data.signals import HAPT_ACTIVITIES
 
 
 def _recordings(data: DataConfig) -> list[Recording]:

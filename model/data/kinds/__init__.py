@@ -12,8 +12,8 @@ specs through it on a gateway without either.
 
 from __future__ import annotations
 
-from model.dataset_kinds import csv_files, hapt, opportunity, uci_har
-from model.dataset_kinds.base import DatasetKind, Inputs
+from model.data.kinds import csv_files, hapt, opportunity, uci_har
+from model.data.kinds.base import DatasetKind, Inputs
 
 KINDS: tuple[DatasetKind, ...] = (hapt.KIND, csv_files.KIND, uci_har.KIND, opportunity.KIND)
 NAMES: tuple[str, ...] = tuple(k.name for k in KINDS)

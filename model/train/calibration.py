@@ -1,20 +1,20 @@
 """Per-wearer calibration: a base checkpoint adapted to one wearer from a few labelled seconds.
 
     harstream calibrate --checkpoint BASE.pt --recording CSV... --out wearer.pt
-    python -m model.calibration --report [--json]      # the fixed protocol on HAPT's test subjects
+    python -m model.train.calibration --report [--json]      # the fixed protocol on HAPT's test subjects
 
 What it does, in order:
 
 1. **Axes.** Where the wearer's gravity (the mean total acceleration of its labelled calibration
    windows, each class weighted alike) lies more than ``ROTATE_DEG`` from the model's (the
-   training windows' mean total acceleration, kept in the network's ``feature_mean``), the device
+   training windows' mean total acceleration, :attr:`CheckpointMeta.gravity`), the device
    is worn another way up: the smallest rotation that maps the one onto the other goes into the
    calibrated checkpoint's preprocessing (``preprocessing.rotation``), applied to acc and gyro
    before the filters, by the calibration windows and by the live path alike. Closer than that, the
    difference is how this wearer stands and sits, which is what step 3 learns: rotating it away
    would erase it.
 2. **Data.** At most ``seconds`` (20) of each activity, the first labelled samples of each class in
-   the order given, cut into windows with the training code (:func:`model.datasets.stream_windows`) at
+   the order given, cut into windows with the training code (:func:`model.data.datasets.stream_windows`) at
    a step of 16; a window counts only when every one of its samples is among those seconds.
 3. **Adaptation.** Only the classifier layer (and, with ``--adapt norm``, the last block's
    LayerNorm) is trained, full batch, Adam, ``steps`` steps, on cross-entropy plus an L2 pull toward
@@ -43,12 +43,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from model.checkpoint_meta import CheckpointMeta, meta_path
 from model.config import DataConfig
-from model.datasets import WindowSet, stream_windows
-from model.preprocessing import PreprocessingSpec
-from model.recordings import UCI_HAR_TEST_SUBJECTS, Recording
+from model.data.datasets import WindowSet, stream_windows
+from model.data.recordings import UCI_HAR_TEST_SUBJECTS, Recording, load_hapt
+from model.data.signals import PreprocessingSpec, preprocessing_kind
+from model.net.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from model.net.checkpoint_meta import CheckpointMeta, meta_path
 
 SECONDS = 20.0  # per activity, at most
 STEP = 16  # samples between calibration windows
@@ -96,7 +96,7 @@ def first_seconds(recordings: Sequence[Recording], n_classes: int, samples: int)
 def windows(recordings: Sequence[Recording], meta: CheckpointMeta, spec: PreprocessingSpec, step: int,
             masks: Sequence[np.ndarray] | None = None, exclude: bool = False) -> WindowSet:  # fmt: skip
     """Labelled windows cut as training cuts them (lost readings as the live path treats them:
-    :func:`model.datasets.live_streams`); with ``masks``, only windows wholly inside the mask (or,
+    :func:`model.data.datasets.live_streams`); with ``masks``, only windows wholly inside the mask (or,
     ``exclude``, wholly outside it)."""
     data = _data(meta, step)
     parts = [stream_windows(r, data, spec, None if masks is None else masks[i], exclude)
@@ -104,11 +104,12 @@ def windows(recordings: Sequence[Recording], meta: CheckpointMeta, spec: Preproc
     return WindowSet.concat(parts, meta.window, len(spec.features))
 
 
-def _gravity(x: np.ndarray, y: np.ndarray, features: Sequence[str]) -> np.ndarray | None:
-    idx = [list(features).index(f"total_acc_{a}") for a in "xyz"] if "total_acc_x" in features else None
+def _gravity(x: np.ndarray, y: np.ndarray, spec: PreprocessingSpec) -> np.ndarray | None:
+    """Where gravity points in windows ``x`` labelled ``y``, each class weighted alike."""
+    idx = spec.gravity
     if idx is None or not len(y):
         return None
-    means = [x[y == c][..., idx].mean(axis=(0, 1)) for c in np.unique(y)]
+    means = [x[y == c][..., list(idx)].mean(axis=(0, 1)) for c in np.unique(y)]
     g = np.mean(means, axis=0)
     n = np.linalg.norm(g)
     return g / n if n > 0 else None
@@ -198,9 +199,8 @@ def calibrate(base: Checkpoint, recordings: Sequence[Recording], *, seconds: flo
         raise CalibrationError(f"no labelled windows of {meta.window} samples within the first {seconds:g} s "
                                "of any activity: record longer stretches of each activity")  # fmt: skip
     rotation, angle = None, None
-    wearer = _gravity(w.x, w.y, spec.features)
-    model_g = _gravity_of_model(base)
-    if wearer is not None and model_g is not None and spec.kind == "uci_har":
+    wearer, model_g = _gravity(w.x, w.y, spec), meta.gravity
+    if wearer is not None and model_g is not None and preprocessing_kind(spec.kind).rotates:
         angle = float(np.degrees(np.arccos(np.clip(wearer @ model_g, -1, 1))))
         if angle > rotate_deg:
             rotation = smallest_rotation(wearer, model_g)
@@ -232,16 +232,6 @@ def calibrate(base: Checkpoint, recordings: Sequence[Recording], *, seconds: flo
     return Calibration(model, new_meta, rotation, counts, angle)
 
 
-def _gravity_of_model(base: Checkpoint) -> np.ndarray | None:
-    features = list(base.preprocessing.features)
-    if "total_acc_x" not in features:
-        return None
-    idx = [features.index(f"total_acc_{a}") for a in "xyz"]
-    mean = base.model.feature_mean.numpy()[idx].astype(np.float64)
-    n = np.linalg.norm(mean)
-    return mean / n if n > 0 else None
-
-
 def save(calibration: Calibration, out: str | Path) -> CheckpointMeta:
     out = Path(out)
     meta = CheckpointMeta.from_dict(dict(calibration.meta.raw), meta_path(out))
@@ -266,8 +256,6 @@ def turn(recording: Recording, r: np.ndarray) -> Recording:
 
 
 def _sessions(subject: int, turned: bool = False) -> tuple[list[Recording], list[Recording]]:
-    from model.recordings import load_hapt
-
     recordings = load_hapt((subject,))
     if turned:
         recordings = [turn(r, TURNED) for r in recordings]
@@ -330,7 +318,8 @@ SELECTION_GRID = tuple(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m model.calibration", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m model.train.calibration",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", type=Path, default=Path("model/weights/uci_har_3x3.pt"))
     how = parser.add_mutually_exclusive_group(required=True)
     how.add_argument("--report", action="store_true", help="the fixed protocol: second sessions, scored once")

@@ -1,7 +1,8 @@
 """From recordings to labelled windows, split by subject (or by recording, for OPPORTUNITY).
 
 Which recordings a dataset holds, and how they are read, each dataset declares in its module of
-:mod:`model.dataset_kinds`; what is done with them is here, the same for all.
+:mod:`model.data.kinds`; what is done with them is here, the same for all
+(:func:`model.train.experiment.build_splits` puts the two together).
 
 Windows are cut from the features the causal preprocessor computes over each recording, starting
 at the recording's first sample every ``step`` samples: the live scheduler with hop = step cuts
@@ -18,10 +19,11 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from model.config import DataConfig, ExperimentConfig
-from model.input_limits import GAP_PERIODS
-from model.labels import window_labels
-from model.preprocessing import PreprocessingSpec, build_preprocessor
-from model.recordings import Recording
+from model.data.input_limits import GAP_PERIODS
+from model.data.labels import window_labels
+from model.data.preprocessing import build_preprocessor
+from model.data.recordings import Recording
+from model.data.signals import PreprocessingSpec
 from model.strict_json import dumps
 
 
@@ -126,15 +128,6 @@ def recording_windows(recordings: list[Recording], data: DataConfig, spec: Prepr
     return WindowSet.concat(parts, data.window, len(spec.features))
 
 
-def class_names(config: ExperimentConfig) -> tuple[str, ...]:
-    return config.classes
-
-
-def null_class(config: ExperimentConfig) -> int | None:
-    """The class that means "none of the others", scored apart (OPPORTUNITY's Null)."""
-    return config.dataset_kind.null_class
-
-
 @dataclass
 class Splits:
     train: WindowSet
@@ -216,23 +209,3 @@ def parse_fold(text: str | None) -> tuple[int, int] | None:
     if not (k.isdigit() and n.isdigit()):
         raise ValueError(f"--fold wants K/N, e.g. 1/3, got {text!r}")
     return int(k), int(n)
-
-
-def build_splits(config: ExperimentConfig, fold: tuple[int, int] | None = None) -> Splits:
-    """Train, validation and test windows for an experiment; ``fold=(k, n)`` validates on the
-    k-th of n cross-validation folds of the training subjects instead of the configured ones."""
-    data, kind = config.data, config.dataset_kind
-    by_run = bool(data.train_runs or data.val_runs or data.test_runs)
-    if fold and (kind.splits or by_run):
-        raise ValueError("cross-validation folds split by subject: not with runs or the UCI HAR folder")
-    if kind.splits:  # windows cut and split by the dataset itself
-        return kind.splits(config)
-    assert kind.recordings is not None  # one or the other: DatasetKind
-    recordings = kind.recordings(data)
-    inputs = inputs_digest(config, (a for r in recordings for a in (r.timestamps, r.values, r.labels)))
-    windows = recording_windows(recordings, data, config.preprocessing)
-    if by_run:
-        return split_by_run(windows, data, inputs)
-    if fold:
-        data = cross_validation_fold(np.unique(windows.subjects), data, *fold)
-    return split_by_subject(windows, data, inputs)

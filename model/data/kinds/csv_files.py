@@ -6,13 +6,10 @@ The config names what the files hold: ``data.channels``, ``data.classes`` and ``
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from model.dataset_kinds.base import DatasetKind, Inputs
-from model.recordings import Recording, read_csv_folder, read_csv_recording
-
-if TYPE_CHECKING:
-    from model.config import DataConfig
+from model.config import DataConfig
+from model.data.kinds.base import DatasetKind, Inputs
+from model.data.recordings import Recording, read_csv_folder, read_csv_recording
 
 
 def _classes(data: DataConfig) -> tuple[str, ...]:

@@ -4,17 +4,15 @@ train/test split (``uci-har:PATH[:SUBJECTS]`` to replay, its windows stitched ba
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from model.dataset_kinds.base import DatasetKind, Inputs
-from model.preprocessing import UCI_HAR_FEATURES
-from model.recordings import HAPT_ACTIVITIES, Recording, read_uci_har_split
-
-if TYPE_CHECKING:
-    from model.config import DataConfig, ExperimentConfig
-    from model.datasets import Splits
+from model.config import DataConfig, ExperimentConfig
+from model.data.datasets import Splits, WindowSet, data_fingerprint, inputs_digest
+from model.data.kinds.base import DatasetKind, Inputs
+from model.data.recordings import Recording, read_uci_har_split
+from model.data.signals import HAPT_ACTIVITIES, UCI_HAR_FEATURES
+from model.data.uci_har_streams import read_uci_har_streams
 
 # The folder's file stems for the preprocessing's features, in the same order: body_acc_x, ...
 UCI_HAR_SIGNALS = tuple(
@@ -26,10 +24,6 @@ UCI_HAR_SIGNALS = tuple(
 def read_uci_har_folder(root: Path, config: ExperimentConfig) -> Splits:
     """The folder's windows: its test split is its own; validation subjects come out of its
     training split (``data.val_subjects``)."""
-    # Imported here: model.config reads this module when a config is built, and model.datasets
-    # imports model.config.
-    from model.datasets import Splits, WindowSet, data_fingerprint, inputs_digest
-
     root = Path(root)
 
     def read_split(split: str) -> WindowSet:
@@ -47,8 +41,6 @@ def read_uci_har_folder(root: Path, config: ExperimentConfig) -> Splits:
 
 def _replay(rest: str, inputs: Inputs) -> dict[str, list[Recording]]:
     """``PATH`` or ``PATH:2,4``: one device per subject."""
-    from model.uci_har_streams import read_uci_har_streams
-
     folder, _, subjects = rest.partition(":")
     wanted = tuple(int(s) for s in subjects.split(",") if s) or None
     return {r.name: [r] for r in read_uci_har_streams(Path(folder), wanted)}

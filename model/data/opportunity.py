@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.recordings import Recording
+from model.data.recordings import Recording
 
 RATE_HZ = 30.0
 N_COLUMNS = 250

@@ -20,23 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from model.input_limits import GAP_PERIODS, first_out_of_range, value_limits
-from model.safe_pickle import frame_columns, restricted_load
+from model.data.input_limits import GAP_PERIODS, first_out_of_range, value_limits
+from model.data.safe_pickle import frame_columns, restricted_load
+from model.data.signals import HAPT_ACTIVITIES, HAPT_CHANNELS, HAPT_RATE_HZ
 
-# The channel names of an inertial wearable, everywhere (recordings, preprocessing, the wire).
-ACC = ("acc_x", "acc_y", "acc_z")  # g
-GYRO = ("gyro_x", "gyro_y", "gyro_z")  # rad/s
-HAPT_CHANNELS = ACC + GYRO
-HAPT_UNITS = ("g", "g", "g", "rad/s", "rad/s", "rad/s")
-HAPT_RATE_HZ = 50.0
-HAPT_ACTIVITIES = (
-    "WALKING",
-    "WALKING_UPSTAIRS",
-    "WALKING_DOWNSTAIRS",
-    "SITTING",
-    "STANDING",
-    "LAYING",
-)
 UCI_HAR_TEST_SUBJECTS = (2, 4, 9, 10, 12, 13, 18, 20, 24)
 
 
@@ -334,7 +321,7 @@ def read_csv_recording(
     a typo in a class name would otherwise silently drop samples.
 
     A lost reading (``nan``, as ``harstream record`` writes one, or an empty cell) is kept as NaN:
-    whoever cuts windows treats it as the live path does (:func:`model.datasets.live_streams`). A
+    whoever cuts windows treats it as the live path does (:func:`model.data.datasets.live_streams`). A
     finite value beyond its unit's limit is refused (:func:`check_value_limits`). The file's rate
     must be ``rate_hz`` within RATE_TOLERANCE, unless ``own_rate`` (replay: the live path resamples
     it), where the recording keeps the rate its timestamps say.

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from model.recordings import Recording
-
-if TYPE_CHECKING:  # model.config reads this package when a config is built: no import back at runtime
-    from model.config import DataConfig, ExperimentConfig
-    from model.datasets import Splits
+from model.config import DataConfig, ExperimentConfig
+from model.data.datasets import Splits
+from model.data.recordings import Recording
 
 
 @dataclass(frozen=True)

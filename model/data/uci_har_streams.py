@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from model.recordings import HAPT_ACTIVITIES, HAPT_CHANNELS, HAPT_RATE_HZ, Recording, read_uci_har_split
+from model.data.recordings import Recording, read_uci_har_split
+from model.data.signals import HAPT_ACTIVITIES, HAPT_CHANNELS, HAPT_RATE_HZ
 
 SIGNALS = ("total_acc_x", "total_acc_y", "total_acc_z", "body_gyro_x", "body_gyro_y", "body_gyro_z")
 

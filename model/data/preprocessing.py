@@ -22,64 +22,13 @@ its state stacked the same way: :func:`process_stacked` runs many devices' strea
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import numpy as np
 from scipy import signal
 
-from model.recordings import ACC, GYRO
-
-UCI_HAR_INPUTS = ACC + GYRO
-UCI_HAR_FEATURES = (
-    "body_acc_x",
-    "body_acc_y",
-    "body_acc_z",
-    "body_gyro_x",
-    "body_gyro_y",
-    "body_gyro_z",
-    "total_acc_x",
-    "total_acc_y",
-    "total_acc_z",
-)
-
-
-@dataclass(frozen=True)
-class PreprocessingSpec:
-    """Everything needed to rebuild a preprocessor; stored in every checkpoint."""
-
-    kind: str = "uci_har"  # "uci_har" (filters + gravity split), "opportunity" (fill gaps), "identity"
-    rate_hz: float = 50.0  # the samples' rate: in an experiment config, data.rate_hz (derived)
-    median_kernel: int = 3  # UCI HAR: median filter, then...
-    lowpass_hz: float = 20.0  # ...3rd-order Butterworth low-pass at 20 Hz for noise,
-    lowpass_order: int = 3
-    gravity_hz: float = 0.3  # ...and a 0.3 Hz low-pass that separates gravity from body motion
-    inputs: tuple[str, ...] = UCI_HAR_INPUTS
-    params: dict[str, Any] = field(default_factory=dict)
-    # uci_har: a 3x3 rotation (rows) applied to acc and to gyro before anything else, mapping a
-    # device's axes onto the model's (a per-wearer calibration, model/calibration.py); () = none
-    rotation: tuple[tuple[float, ...], ...] = ()
-
-    @property
-    def features(self) -> tuple[str, ...]:
-        return UCI_HAR_FEATURES if self.kind == "uci_har" else self.inputs
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["inputs"] = list(self.inputs)
-        if self.rotation:  # written only where there is one: older specs' digests stay as they were
-            d["rotation"] = [list(row) for row in self.rotation]
-        else:
-            del d["rotation"]
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> PreprocessingSpec:
-        d = dict(d)
-        d["inputs"] = tuple(d.get("inputs", UCI_HAR_INPUTS))
-        d["rotation"] = tuple(tuple(float(v) for v in row) for row in d.get("rotation") or ())
-        return cls(**d)
+from model.data.signals import UCI_HAR_FEATURES, PreprocessingSpec, preprocessing_kind
 
 
 class Preprocessor(Protocol):
@@ -273,13 +222,6 @@ class CarryForwardPreprocessor:
         return out
 
 
-_KINDS = {
-    "uci_har": UciHarPreprocessor,
-    "opportunity": CarryForwardPreprocessor,
-    "identity": IdentityPreprocessor,
-}
-
-
 def process_stacked(stack: Preprocessor, streams: Sequence[Preprocessor], x: np.ndarray) -> np.ndarray:
     """Features for the next samples of many streams in one call: ``x[d]`` (T, C_in) continues
     ``streams[d]``, whose states are stacked into ``stack`` (a preprocessor of the same spec), run,
@@ -299,8 +241,14 @@ def process_stacked(stack: Preprocessor, streams: Sequence[Preprocessor], x: np.
     return y
 
 
+# How each kind (model/data/signals.py declares what it is) is computed.
+BUILDERS: dict[str, Callable[[PreprocessingSpec], Preprocessor]] = {
+    "uci_har": UciHarPreprocessor,
+    "opportunity": CarryForwardPreprocessor,
+    "identity": IdentityPreprocessor,
+}
+
+
 def build_preprocessor(spec: PreprocessingSpec) -> Preprocessor:
-    try:
-        return _KINDS[spec.kind](spec)
-    except KeyError:
-        raise ValueError(f"unknown preprocessing {spec.kind!r} (one of {', '.join(_KINDS)})") from None
+    preprocessing_kind(spec.kind)  # an unknown kind: the one-line ValueError naming the known ones
+    return BUILDERS[spec.kind](spec)

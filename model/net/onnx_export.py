@@ -30,7 +30,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from model.checkpoint_meta import checkpoint_sha256
+from model.net.checkpoint_meta import checkpoint_sha256
 from model.strict_json import dumps
 
 INPUT = "features"
@@ -40,8 +40,8 @@ KEY = "checkpoint_sha256"  # metadata_props key: the exported checkpoint's check
 # file loadable by the widest range of runtimes.
 OPSET = 17
 
-if TYPE_CHECKING:
-    from model.checkpoint import Checkpoint
+if TYPE_CHECKING:  # model.net.checkpoint imports torch, which a gateway reading exports lacks
+    from model.net.checkpoint import Checkpoint
 
 
 def onnx_paths(checkpoint: str | Path, digest: str) -> tuple[Path, Path]:
@@ -56,7 +56,7 @@ def onnx_paths(checkpoint: str | Path, digest: str) -> tuple[Path, Path]:
 def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None) -> Path:
     """Export the checkpoint to ``out``, or to the first of :func:`onnx_paths` that can be written;
     the file where it went. Needs torch and onnx."""
-    from model.checkpoint import load_checkpoint
+    from model.net.checkpoint import load_checkpoint  # here: torch, which a gateway reading exports lacks
 
     digest = checkpoint_sha256(checkpoint)  # before loading: a checkpoint rewritten meanwhile is stale
     loaded = load_checkpoint(checkpoint)

@@ -5,7 +5,7 @@ What the files say is read, not asked: the channels (every column but ``timestam
 angular rate that reaches past 15 is in deg/s, since 15 rad/s is a spin few wrists make), the rate
 (measured per file; files more than 2 % apart are refused), the classes (the labels that occur)
 and the subjects (the ``subject`` column, else the file name). The files are read by the reader
-training uses (:func:`model.recordings.read_csv_table`), so a file it accepts trains. From them it
+training uses (:func:`model.data.recordings.read_csv_table`), so a file it accepts trains. From them it
 chooses the window (128 by default, 24 for short gestures or short recordings), the preprocessing
 that suits the rate (UCI HAR's filters, their 20 Hz low-pass kept below the rate's Nyquist
 frequency; raw channels when they are not acc+gyro xyz) and a split: one subject held out for test
@@ -16,22 +16,18 @@ and ``train.py`` runs it unchanged. No torch here.
 from __future__ import annotations
 
 import json
+import tomllib
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from model.config import ConfigError, from_dict
-from model.recordings import (
-    ACC,
-    GYRO,
-    HAPT_ACTIVITIES,
-    CsvTable,
-    check_rates,
-    check_value_limits,
-    read_csv_table,
-)
+from model.config import SECTIONS, ExperimentConfig
+from model.data.recordings import CsvTable, check_rates, check_value_limits, read_csv_table
+from model.data.signals import ACC, GYRO, HAPT_ACTIVITIES
+from model.train.experiment import ConfigError, experiment, from_dict
 
 MIN_WINDOWS = 10  # per class: fewer and the model has too little to learn a class from
 
@@ -90,7 +86,7 @@ def _runs(labels: tuple[str, ...], runs: dict[str, list[int]]) -> None:
 
 def survey(folder: str | Path) -> Survey:
     """Read every ``*.csv`` in ``folder``; ValueError (one line naming the file) when they disagree
-    or one breaks a rule of :func:`model.recordings.read_csv_table`."""
+    or one breaks a rule of :func:`model.data.recordings.read_csv_table`."""
     folder = Path(folder)
     tables = _tables(folder)
     channels = tables[0].channels
@@ -138,7 +134,7 @@ def windows_per_class(found: Survey, window: int, step: int) -> dict[str, int]:
     return {c: sum(max(0, (n - window) // step + 1) for n in found.runs.get(c, [])) for c in found.classes}
 
 
-def _toml(value) -> str:
+def _toml(value: Any) -> str:
     if isinstance(value, str):  # JSON's escapes are TOML's too; TOML also wants DEL escaped
         return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
     if isinstance(value, bool):
@@ -148,17 +144,26 @@ def _toml(value) -> str:
     return repr(value)
 
 
-def write_config(folder: str | Path, out: str | Path, window: int = 128,
-                 step: int | None = None) -> tuple[str, list[str]]:  # fmt: skip
-    """The config's text for the recordings in ``folder`` (to be written to ``out``), and notes."""
-    found = survey(folder)
-    if not 2 <= window <= 10_000:
-        raise ValueError(f"--window must be from 2 to 10000 samples, not {window}")
-    step = step or max(1, window // 2)
-    if not 1 <= step <= window:
-        raise ValueError(f"--step must be from 1 to the window ({window}), not {step}")
+# A section's settings as init-config chooses them: field -> (value, why); the why is written beside it.
+Choices = dict[str, tuple[Any, str]]
+
+# The network and the recipe for a few minutes of one wearable's data (smaller than the shipped 3x3).
+MODEL: Choices = {"n_hidden": (32, ""), "n_stacked": (2, ""), "n_residual": (2, ""),
+                  "bidirectional": (True, ""), "dropout": (0.15, "")}  # fmt: skip
+TRAIN: Choices = {
+    "epochs": (30, ""), "batch_size": (32, ""), "lr": (0.003, ""), "optimizer": ("adamw", ""),
+    "l2": (0.05, ""), "clip": (15.0, ""), "schedule": ("onecycle", ""),
+    "augment_scale": (0.1, ""),
+    "augment_rotate_deg": (15.0, "the wearable sits a little differently each time"),
+    "keep": ("last", ""), "seed": (0, ""),
+}  # fmt: skip
+SECTION_NOTES = {"preprocessing": "at data.rate_hz",
+                 "model": "smaller than the shipped 3x3: a few minutes of one wearable's data"}  # fmt: skip
+
+
+def _window_notes(found: Survey, window: int, step: int) -> list[str]:
+    """Refuse a window no class fills; a note for classes with few windows of it."""
     counts = windows_per_class(found, window, step)
-    notes = []
     empty = [c for c, n in counts.items() if n == 0]
     if empty:
         longest = max(max(found.runs.get(c, [0])) for c in empty)
@@ -167,82 +172,108 @@ def write_config(folder: str | Path, out: str | Path, window: int = 128,
                          f"(longest {longest}): {hint}")  # fmt: skip
     few = [f"{c} ({n})" for c, n in counts.items() if n < MIN_WINDOWS]
     if few:
-        notes.append(f"few windows of {window} samples for {', '.join(few)}: record more of them, "
-                     "or --window 24")  # fmt: skip
+        return [f"few windows of {window} samples for {', '.join(few)}: record more of them, or --window 24"]
+    return []
 
-    name = Path(out).stem
-    rate = found.rate_hz
-    uci = set(found.channels) >= set(ACC + GYRO)
-    inputs = ACC + GYRO if uci else found.channels
-    units = {c: u for c, u in zip(found.channels, found.units, strict=True)}
+
+def _split(found: Survey) -> tuple[Choices, str]:
+    """Which subject (or recording) tests, and a line saying so."""
     if len(found.subjects) >= 2:  # hold one subject out; the others train
         test = found.subjects[-1]
-        split = (f"test_subjects = {_toml([test])}   # one wearer held out: scored once, at the end\n"
-                 "val_subjects = []   # too few wearers to pick an epoch on: the schedule's last is kept\n")
-        why_split = f"{len(found.subjects)} subjects: {test} tests, the rest train"
-    else:
-        names = sorted(found.recordings)
-        if len(names) < 2:
-            raise ValueError(f"{folder}: one recording of one subject leaves nothing to test on: record a "
-                             "second session (harstream record again) into the folder")  # fmt: skip
-        split = (f"test_runs = {_toml([names[-1]])}   # one subject: the last recording tests\n"
-                 "val_runs = []\n")
-        why_split = f"one subject: recording {names[-1]} tests, the rest train"
-    nyquist = rate / 2
-    lowpass = min(20.0, round(0.8 * nyquist, 1))
-    if uci:
-        prep = (f'kind = "uci_har"   # UCI HAR\'s filters: median, low-pass for noise, 0.3 Hz gravity split\n'
-                f"median_kernel = 3\n"
-                f"lowpass_hz = {lowpass!r}   # UCI HAR's 20 Hz, below {nyquist:g} Hz (half the rate)\n"
-                f"lowpass_order = 3\n"
-                f"gravity_hz = 0.3\n"
-                f"inputs = {_toml(list(inputs))}\n")
-    else:
-        prep = ('kind = "identity"   # UCI HAR filters need acc_x..z and gyro_x..z: these go in raw\n'
-                f"inputs = {_toml(list(inputs))}\n")
-    text = f"""# Written by `harstream init-config {folder} --window {window} --step {step} --out {out}`
-# from {len(found.files)} recording(s): {', '.join(f'{c} {found.labelled_s[c]:.0f} s' for c in found.classes)}
-# labelled at {rate:g} Hz; {why_split}. Train: python train.py --config {out}
-# Then: harstream mqtt --broker mqtt://HOST --checkpoint model/weights/{name}.pt
-name = {_toml(name)}
+        return ({"test_subjects": ((test,), "one wearer held out: scored once, at the end"),
+                 "val_subjects": ((), "too few wearers to pick an epoch on: the schedule's last is kept")},
+                f"{len(found.subjects)} subjects: {test} tests, the rest train")  # fmt: skip
+    names = sorted(found.recordings)
+    if len(names) < 2:
+        raise ValueError(f"{found.folder}: one recording of one subject leaves nothing to test on: record a "
+                         "second session (harstream record again) into the folder")  # fmt: skip
+    return ({"test_runs": ((names[-1],), "one subject: the last recording tests"), "val_runs": ((), "")},
+            f"one subject: recording {names[-1]} tests, the rest train")  # fmt: skip
 
-[data]
-dataset = "csv"
-path = {_toml(str(folder))}   # relative to where train.py runs
-classes = {_toml(list(found.classes))}
-channels = {_toml(list(inputs))}
-units = {_toml([units[c] for c in inputs])}   # guessed from the values; the device must send the same
-rate_hz = {rate!r}   # measured from the timestamps (each file within 2 %)
-window = {window}   # {window / rate:.2f} s
-step = {step}
-label_rule = "all"   # a window is kept when one class covers all of it; switches are left out
-{split}
-[preprocessing]   # at data.rate_hz
-{prep}
-[model]   # smaller than the shipped 3x3: a few minutes of one wearable's data
-n_hidden = 32
-n_stacked = 2
-n_residual = 2
-bidirectional = true
-dropout = 0.15
 
-[train]
-epochs = 30
-batch_size = 32
-lr = 0.003
-optimizer = "adamw"
-l2 = 0.05
-clip = 15.0
-schedule = "onecycle"
-augment_rotate_deg = 15.0   # the wearable sits a little differently each time
-augment_scale = 0.1
-keep = "last"
-seed = 0
-"""
+def _data(found: Survey, window: int, step: int) -> Choices:
+    inputs = _inputs(found)
+    units = dict(zip(found.channels, found.units, strict=True))
+    rate = found.rate_hz
+    return {
+        "dataset": ("csv", ""),
+        "path": (str(found.folder), "relative to where train.py runs"),
+        "classes": (found.classes, ""),
+        "channels": (inputs, ""),
+        "units": (tuple(units[c] for c in inputs), "guessed from the values; the device must send the same"),
+        "rate_hz": (rate, "measured from the timestamps (each file within 2 %)"),
+        "window": (window, f"{window / rate:.2f} s"),
+        "step": (step, ""),
+        "label_rule": ("all", "a window is kept when one class covers all of it; switches are left out"),
+    }
+
+
+def _inputs(found: Survey) -> tuple[str, ...]:
+    return ACC + GYRO if set(found.channels) >= set(ACC + GYRO) else found.channels
+
+
+def _preprocessing(found: Survey) -> Choices:
+    """UCI HAR's filters where there are acc and gyro xyz, the low-pass below the rate's Nyquist
+    frequency; the raw channels otherwise."""
+    inputs = _inputs(found)
+    if inputs != ACC + GYRO:
+        return {"kind": ("identity", "UCI HAR filters need acc_x..z and gyro_x..z: these go in raw"),
+                "inputs": (inputs, "")}  # fmt: skip
+    nyquist = found.rate_hz / 2
+    return {
+        "kind": ("uci_har", "UCI HAR's filters: median, low-pass for noise, 0.3 Hz gravity split"),
+        "median_kernel": (3, ""),
+        "lowpass_hz": (min(20.0, round(0.8 * nyquist, 1)),
+                       f"UCI HAR's 20 Hz, below {nyquist:g} Hz (half the rate)"),
+        "lowpass_order": (3, ""),
+        "gravity_hz": (0.3, ""),
+        "inputs": (inputs, ""),
+    }
+
+
+def _toml_config(config: ExperimentConfig, chosen: dict[str, Choices]) -> str:
+    """The chosen fields of ``config``, section by section in the classes' field order, each with why."""
+    lines = [f"name = {_toml(config.name)}"]
+    for section, cls in SECTIONS.items():
+        note = SECTION_NOTES.get(section)
+        lines += ["", f"[{section}]" + (f"   # {note}" if note else "")]
+        for f in fields(cls):
+            if f.name in chosen[section]:
+                why = chosen[section][f.name][1]
+                value = getattr(getattr(config, section), f.name)
+                lines.append(f"{f.name} = {_toml(value)}" + (f"   # {why}" if why else ""))
+    return "\n".join(lines) + "\n"
+
+
+def write_config(folder: str | Path, out: str | Path, window: int = 128,
+                 step: int | None = None) -> tuple[str, list[str]]:  # fmt: skip
+    """The config's text for the recordings in ``folder`` (to be written to ``out``), and notes.
+
+    The settings are built as the config classes (:mod:`model.config`) and written from them; the
+    text must load back into the same experiment, as train.py will load it."""
+    found = survey(folder)
+    if not 2 <= window <= 10_000:
+        raise ValueError(f"--window must be from 2 to 10000 samples, not {window}")
+    step = step or max(1, window // 2)
+    if not 1 <= step <= window:
+        raise ValueError(f"--step must be from 1 to the window ({window}), not {step}")
+    notes = _window_notes(found, window, step)
+    split, why_split = _split(found)
+    chosen = {"data": _data(found, window, step) | split, "preprocessing": _preprocessing(found),
+              "model": MODEL, "train": TRAIN}  # fmt: skip
+    # the config classes hold the settings (a field they lack is a TypeError here, not a bad file)
+    parts = {name: cls(**{k: v for k, (v, _) in chosen[name].items()}) for name, cls in SECTIONS.items()}
+    config = experiment(name=Path(out).stem, **parts)
+    labelled = ", ".join(f"{c} {found.labelled_s[c]:.0f} s" for c in found.classes)
+    text = (f"# Written by `harstream init-config {folder} --window {window} --step {step} --out {out}`\n"
+            f"# from {len(found.files)} recording(s): {labelled}\n"
+            f"# labelled at {found.rate_hz:g} Hz; {why_split}. Train: python train.py --config {out}\n"
+            f"# Then: harstream mqtt --broker mqtt://HOST --checkpoint model/weights/{config.name}.pt\n"
+            + _toml_config(config, chosen))  # fmt: skip
     try:
-        import tomllib
-
-        from_dict(tomllib.loads(text), str(out))  # what train.py will read must load
+        loaded = from_dict(tomllib.loads(text), str(out))  # what train.py will read must load, unchanged
     except ConfigError as error:
         raise ValueError(f"the inferred config does not load ({error}): please report this") from None
+    if loaded != config:
+        raise ValueError("the inferred config loads as another experiment: please report this")
     return text, notes

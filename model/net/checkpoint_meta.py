@@ -5,7 +5,7 @@ and checked against what inference needs before anything is built from it, so a 
 :class:`CheckpointError` line naming the file and the field, never a traceback, a model of
 gigabytes, or a recognizer that dies at its first window. The live path needs nothing else from a
 checkpoint when it runs the ONNX export (:mod:`streamer.core.backends`), so nothing here imports torch;
-:mod:`model.checkpoint` loads the weights.
+:mod:`model.net.checkpoint` loads the weights.
 """
 
 from __future__ import annotations
@@ -19,8 +19,14 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+import numpy as np
+
 from model.config import READOUTS, ExperimentConfig, NetworkConfig
-from model.preprocessing import PreprocessingSpec, build_preprocessor
+from model.data.preprocessing import build_preprocessor
+from model.data.signals import PREPROCESSING_KINDS, PreprocessingKind, PreprocessingSpec
+
+# The shipped model: what every command runs unless it is given --checkpoint.
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "weights" / "uci_har_3x3.pt"
 
 # Bounds on what a checkpoint may ask for. Generous for any wearable model, and small enough that
 # a typo (or a hostile file) cannot make inference allocate gigabytes.
@@ -147,6 +153,25 @@ class CheckpointMeta(Mapping[str, Any]):
     def __len__(self) -> int:
         return len(self.raw)
 
+    @property
+    def gravity(self) -> np.ndarray | None:
+        """Where gravity pointed in the training data, a unit vector in the device's axes; None where
+        that is not known. The one answer, read by ``harstream check`` (a device worn another way up)
+        and by calibration (the rotation onto the model's axes): the mean of the features that hold
+        gravity (the preprocessing's) over the training windows, which the metadata records as their
+        normalisation's mean."""
+        at = self.preprocessing.gravity
+        normalisation = self.raw.get("normalisation")
+        mean = normalisation.get("mean") if isinstance(normalisation, Mapping) else None
+        if at is None or not isinstance(mean, list) or len(mean) != len(self.preprocessing.features):
+            return None
+        try:
+            g = np.array([float(mean[i]) for i in at])
+        except (TypeError, ValueError):
+            return None
+        norm = float(np.linalg.norm(g))
+        return g / norm if math.isfinite(norm) and norm > 0 else None
+
     @classmethod
     def from_training(
         cls,
@@ -263,9 +288,13 @@ def _preprocessing(read: _Reader, d: Mapping[str, Any], rate_hz: float,
     unknown = sorted(set(d) - known)
     if unknown:
         raise read.fail(f"preprocessing.{unknown[0]}", "is not a preprocessing setting", shown=False)
-    kind = d.get("kind", PreprocessingSpec.kind)
-    if not isinstance(kind, str):
-        raise read.fail("preprocessing.kind", "must be a string", kind)
+    name = d.get("kind", PreprocessingSpec.kind)
+    if not isinstance(name, str):
+        raise read.fail("preprocessing.kind", "must be a string", name)
+    kind = PREPROCESSING_KINDS.get(name)
+    if kind is None:
+        unknown = f"unknown preprocessing {name!r} (one of {', '.join(PREPROCESSING_KINDS)})"
+        raise read.fail("preprocessing", f"cannot be built ({unknown})", name)
     # The preprocessing runs at the data's rate: newer files leave it out here, older ones repeat
     # it, and filters designed for one rate must not run on samples resampled to another.
     spec_rate = read.number(d.get("rate_hz", rate_hz), "preprocessing.rate_hz", *RATE_HZ)
@@ -275,7 +304,7 @@ def _preprocessing(read: _Reader, d: Mapping[str, Any], rate_hz: float,
     if inputs != channels:  # the scheduler feeds input_channels, in that order, to this preprocessing
         raise read.fail("preprocessing.inputs", "must equal \"input_channels\"", list(inputs))
     params = read.mapping(d.get("params", {}), "preprocessing.params")
-    if kind == "uci_har":
+    if kind.filters:
         read.integer(d.get("median_kernel", 3), "preprocessing.median_kernel", 1, 99)
         if d.get("median_kernel", 3) % 2 == 0:
             raise read.fail("preprocessing.median_kernel", "must be odd", d["median_kernel"])
@@ -287,9 +316,9 @@ def _preprocessing(read: _Reader, d: Mapping[str, Any], rate_hz: float,
             if not ok:
                 what = f"must be above 0 and below {nyquist:g} Hz (half the rate)"
                 raise read.fail(f"preprocessing.{key}", what, value)
-        if len(inputs) != 6:
-            what = "must name acc x, y, z and gyro x, y, z for uci_har preprocessing"
-            raise read.fail("input_channels", what, list(inputs))
+    if kind.n_inputs is not None and len(inputs) != kind.n_inputs:
+        what = f"must name {kind.inputs} for {kind.name} preprocessing"
+        raise read.fail("input_channels", what, list(inputs))
     rotation = d.get("rotation")
     if rotation is not None:
         _rotation(read, rotation, kind)
@@ -297,15 +326,16 @@ def _preprocessing(read: _Reader, d: Mapping[str, Any], rate_hz: float,
     try:  # the last word: what the scheduler will build must build
         build_preprocessor(spec)
     except (ValueError, TypeError, AssertionError) as error:
-        raise read.fail("preprocessing", f"cannot be built ({str(error).splitlines()[0]})", kind) from None
+        raise read.fail("preprocessing", f"cannot be built ({str(error).splitlines()[0]})", name) from None
     return spec
 
 
-def _rotation(read: _Reader, value: Any, kind: str) -> None:
-    """A calibration's rotation (model/calibration.py): 3 rows of 3 numbers, orthonormal, det +1."""
+def _rotation(read: _Reader, value: Any, kind: PreprocessingKind) -> None:
+    """A calibration's rotation (model/train/calibration.py): 3 rows of 3 numbers, orthonormal, det +1."""
     what = "must be 3 rows of 3 numbers, a rotation (orthonormal, determinant +1)"
-    if kind != "uci_har":
-        raise read.fail("preprocessing.rotation", "is for uci_har preprocessing only", shown=False)
+    if not kind.rotates:
+        rotating = ", ".join(k.name for k in PREPROCESSING_KINDS.values() if k.rotates)
+        raise read.fail("preprocessing.rotation", f"is for {rotating} preprocessing only", shown=False)
     rows = value if isinstance(value, list) and len(value) == 3 else None
     if rows is None or not all(isinstance(r, list) and len(r) == 3 for r in rows):
         raise read.fail("preprocessing.rotation", what, value)
@@ -411,7 +441,7 @@ def read_meta(path: str | Path) -> CheckpointMeta:
 
 def checkpoint_sha256(path: str | Path) -> str:
     """The sha256 of a checkpoint's content, weights and metadata: what its ONNX export is keyed by,
-    so an export is known to be this checkpoint's without torch (:mod:`model.onnx_export`)."""
+    so an export is known to be this checkpoint's without torch (:mod:`model.net.onnx_export`)."""
     digest = hashlib.sha256()
     for file in (Path(path), meta_path(Path(path))):
         digest.update(hashlib.sha256(file.read_bytes()).digest())

@@ -1,4 +1,4 @@
-"""Rich tables (and an optional PNG) for a metrics summary from :func:`model.metrics.summarise`."""
+"""Rich tables (and an optional PNG) for a metrics summary from :func:`model.train.metrics.summarise`."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Loading never unpickles arbitrary objects: the weights are read with ``weights_only=True`` (and
 only from torch's zip format) and the rest is JSON, read and checked first by
-:mod:`model.checkpoint_meta` (which needs no torch), so the network is built only at a sane size.
+:mod:`model.net.checkpoint_meta` (which needs no torch), so the network is built only at a sane size.
 Every failure is one :class:`CheckpointError` line naming the file and the field.
 """
 
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from model.checkpoint_meta import CheckpointError, CheckpointMeta, meta_path, read_meta
-from model.network import ResidualBiLSTM
-from model.preprocessing import PreprocessingSpec
+from model.data.signals import PreprocessingSpec
+from model.net.checkpoint_meta import CheckpointError, CheckpointMeta, meta_path, read_meta
+from model.net.network import ResidualBiLSTM
 
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since torch 1.6; anything else is refused unread
 

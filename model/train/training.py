@@ -13,12 +13,12 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
-from model import distributed
-from model.checkpoint import load_checkpoint
 from model.config import ExperimentConfig, TrainConfig
-from model.datasets import WindowSet
-from model.metrics import summarise
-from model.network import ResidualBiLSTM
+from model.data.datasets import WindowSet
+from model.net.checkpoint import load_checkpoint
+from model.net.network import ResidualBiLSTM
+from model.train import distributed
+from model.train.metrics import summarise
 
 
 @dataclass
@@ -213,6 +213,95 @@ class Kept:
             self.state = copy.deepcopy(model.state_dict())
 
 
+def _per_rank(config: ExperimentConfig, train: WindowSet, classes: tuple[str, ...]) -> int:
+    """The batch each rank steps through, once the windows are known to fit the config's network."""
+    network = config.model  # its sizes are derived from the config's preprocessing and dataset
+    if (train.x.shape[2], len(classes)) != (network.n_inputs, network.n_classes):
+        raise RecipeError(f"windows of {train.x.shape[2]} features and {len(classes)} classes, but "
+                         f"the config's network reads {network.n_inputs} and tells {network.n_classes}")
+    batch, world_size = config.train.batch_size, distributed.world()[1]
+    if batch // world_size < 1:
+        raise RecipeError(f"train.batch_size {batch} is smaller than the {world_size} processes")
+    return batch // world_size
+
+
+@dataclass
+class _Trainer:
+    """What a fit sets up once and every epoch steps with."""
+
+    config: ExperimentConfig
+    model: ResidualBiLSTM
+    net: nn.Module  # DDP under torchrun, else the model itself
+    x: torch.Tensor
+    y: torch.Tensor
+    generator: torch.Generator  # the shuffled order: the same on every rank
+    augment_generator: torch.Generator
+    optimizer: torch.optim.Optimizer
+    scheduler: LRScheduler
+    teachers: Teachers | None
+    groups: list[list[int]]
+    per_rank: int
+    device: str
+
+    @classmethod
+    def build(cls, config: ExperimentConfig, train: WindowSet, features: tuple[str, ...], per_rank: int,
+              device: str) -> _Trainer:  # fmt: skip
+        t = config.train
+        rank, world_size = distributed.world()
+        # The order of what draws random numbers below is what makes a seed reproduce a run exactly.
+        torch.manual_seed(t.seed)
+        generator = torch.Generator().manual_seed(t.seed)
+        # One process draws the order and the augmentation from one generator, as it always has;
+        # ranks need the order in step but their own augmentation and dropout draws.
+        augment_generator = generator
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        model = ResidualBiLSTM(config.model)
+        x, y = torch.from_numpy(train.x), torch.from_numpy(train.y)
+        model.set_normalisation(*normalisation(x, features, t.feature_std))
+        model.to(device)
+        net = distributed.wrap(model, device)
+        if world_size > 1:
+            torch.manual_seed(t.seed + 1_000_003 * rank)  # dropout: replicas start equal (DDP), draw apart
+            augment_generator = torch.Generator().manual_seed(t.seed + 1_000_003 * (rank + 1))
+        optimizer = make_optimizer(model, t)
+        shard = distributed.shard(torch.arange(len(train)), rank, world_size)
+        steps_per_epoch = math.ceil(len(shard) / per_rank)
+        scheduler = make_schedule(optimizer, t, steps_per_epoch * t.epochs)
+        teachers = Teachers(config, device) if t.teachers else None
+        return cls(config, model, net, x, y, generator, augment_generator, optimizer, scheduler, teachers,
+                   xyz_groups(features), per_rank, device)  # fmt: skip
+
+    def epoch(self) -> tuple[float, int]:
+        """One pass over this rank's shard of the shuffled windows: the summed loss, the windows seen."""
+        t = self.config.train
+        loss_fn = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
+        weights = self.model.weight_parameters()
+        rank, world_size = distributed.world()
+        self.net.train()
+        order = torch.randperm(len(self.y), generator=self.generator)  # the same on every rank
+        mine = distributed.shard(order, rank, world_size)
+        total_loss = 0.0
+        for i in range(0, len(mine), self.per_rank):
+            index = mine[i : i + self.per_rank]
+            xb = augment(self.x[index], self.config, self.groups, self.augment_generator).to(self.device)
+            yb = self.y[index].to(self.device)
+            logits = self.net(xb)
+            loss = loss_fn(logits, yb)
+            if self.teachers is not None:
+                w, taught = t.distill_weight, self.teachers(xb)
+                loss = (1 - w) * loss + w * distillation_loss(logits, taught, t.distill_temperature)
+            total_loss += loss.item() * len(index)
+            if t.optimizer == "adam" and t.l2 > 0:  # the seed's L2 term: l2 * Σ w² / 2
+                loss = loss + t.l2 * sum((w**2).sum() for w in weights) / 2
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()  # DDP averages the gradients over the ranks here
+            nn.utils.clip_grad_norm_(self.model.parameters(), t.clip)
+            self.optimizer.step()
+            self.scheduler.step()
+        return total_loss, len(mine)
+
+
 def fit(
     config: ExperimentConfig,
     train: WindowSet,
@@ -222,7 +311,7 @@ def fit(
     on_epoch: Callable[[EpochRecord], None] | None = None,
     device: str = "cpu",
 ) -> FitResult:
-    """Train; data-parallel when a process group is initialised (see model/distributed.py).
+    """Train; data-parallel when a process group is initialised (see model/train/distributed.py).
 
     Under DDP every rank runs this with the same arguments: the shuffled order comes from the
     shared seed, each rank steps through its shard in batches of ``batch_size // world_size``,
@@ -230,70 +319,18 @@ def fit(
     """
     t = config.train
     check_recipe(t, val)
-    network = config.model  # its sizes are derived from the config's preprocessing and dataset
-    if (train.x.shape[2], len(classes)) != (network.n_inputs, network.n_classes):
-        raise RecipeError(f"windows of {train.x.shape[2]} features and {len(classes)} classes, but "
-                         f"the config's network reads {network.n_inputs} and tells {network.n_classes}")
-    rank, world_size = distributed.world()
-    per_rank = t.batch_size // world_size
-    if per_rank < 1:
-        raise RecipeError(f"train.batch_size {t.batch_size} is smaller than the {world_size} processes")
-    # The order of what draws random numbers below is what makes a seed reproduce a run exactly.
-    torch.manual_seed(t.seed)
-    generator = torch.Generator().manual_seed(t.seed)
-    # One process draws the order and the augmentation from one generator, as it always has;
-    # ranks need the order in step but their own augmentation and dropout draws.
-    augment_generator = generator
-    if t.threads:
-        torch.set_num_threads(t.threads)
-
-    model = ResidualBiLSTM(network)
-    x_train = torch.from_numpy(train.x)
-    y_train = torch.from_numpy(train.y)
-    model.set_normalisation(*normalisation(x_train, features, t.feature_std))
-    model.to(device)
-    net = distributed.wrap(model, device)  # DDP under torchrun, else the model itself
-    if world_size > 1:
-        torch.manual_seed(t.seed + 1_000_003 * rank)  # dropout: replicas start equal (DDP), draw apart
-        augment_generator = torch.Generator().manual_seed(t.seed + 1_000_003 * (rank + 1))
-
-    optimizer = make_optimizer(model, t)
-    steps_per_epoch = math.ceil(len(distributed.shard(torch.arange(len(train)), rank, world_size)) / per_rank)
-    scheduler = make_schedule(optimizer, t, steps_per_epoch * t.epochs)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
-    teachers = Teachers(config, device) if t.teachers else None
-    groups = xyz_groups(features)
-    weights = model.weight_parameters()
+    trainer = _Trainer.build(config, train, features, _per_rank(config, train, classes), device)
+    model = trainer.model
     kept = Kept(t.keep, t.select_on)
     history: list[EpochRecord] = []
     started = time.perf_counter()
     for epoch in range(1, t.epochs + 1):
         epoch_start = time.perf_counter()
-        net.train()
-        order = torch.randperm(len(train), generator=generator)  # the same on every rank
-        mine = distributed.shard(order, rank, world_size)
-        total_loss = 0.0
-        for i in range(0, len(mine), per_rank):
-            index = mine[i : i + per_rank]
-            xb = augment(x_train[index], config, groups, augment_generator).to(device)
-            yb = y_train[index].to(device)
-            logits = net(xb)
-            loss = loss_fn(logits, yb)
-            if teachers is not None:
-                w, taught = t.distill_weight, teachers(xb)
-                loss = (1 - w) * loss + w * distillation_loss(logits, taught, t.distill_temperature)
-            total_loss += loss.item() * len(index)
-            if t.optimizer == "adam" and t.l2 > 0:  # the seed's L2 term: l2 * Σ w² / 2
-                loss = loss + t.l2 * sum((w**2).sum() for w in weights) / 2
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()  # DDP averages the gradients over the ranks here
-            nn.utils.clip_grad_norm_(model.parameters(), t.clip)
-            optimizer.step()
-            scheduler.step()
-        val_metrics, mean_loss = epoch_scores(model, val, classes, t.select_on, total_loss, len(mine),
-                                              len(train))  # fmt: skip
+        total_loss, seen = trainer.epoch()
+        val_metrics, mean_loss = epoch_scores(model, val, classes, t.select_on, total_loss, seen, len(train))
+        lr = trainer.optimizer.param_groups[0]["lr"]
         record = EpochRecord(epoch, mean_loss, val_metrics["accuracy"], val_metrics["f1_weighted"],
-                             time.perf_counter() - epoch_start, optimizer.param_groups[0]["lr"])  # fmt: skip
+                             time.perf_counter() - epoch_start, lr)  # fmt: skip
         history.append(record)
         if on_epoch:
             on_epoch(record)

@@ -1,8 +1,8 @@
 """Score the average of several trained networks' predictions: choosing an ensemble (or a teacher
 for distillation, ``train.teachers``) by cross-validation, as train.py chooses a recipe.
 
-    python -m model.ensemble --config configs/uci_har_3x3_tuned.toml --fold 1/3 a.pt b.pt c.pt
-    python -m model.ensemble --config configs/uci_har_3x3_tuned.toml --split test a.pt b.pt c.pt
+    python -m model.train.ensemble --config configs/uci_har_3x3_tuned.toml --fold 1/3 a.pt b.pt c.pt
+    python -m model.train.ensemble --config configs/uci_har_3x3_tuned.toml --split test a.pt b.pt c.pt
 
 Each checkpoint's probabilities on the split's windows are averaged; the line printed per member
 and for the average gives accuracy and weighted F1. With ``--fold`` the members must be that fold's
@@ -17,12 +17,12 @@ import sys
 
 import numpy as np
 
-from model.checkpoint import load_checkpoint
-from model.config import ConfigError, load_config, override
-from model.datasets import build_splits, null_class, parse_fold
-from model.metrics import summarise
+from model.data.datasets import parse_fold
+from model.net.checkpoint import load_checkpoint
 from model.strict_json import dumps
-from model.training import predict_proba
+from model.train.experiment import ConfigError, build_splits, load_config, null_class, override
+from model.train.metrics import summarise
+from model.train.training import predict_proba
 
 
 def average_probabilities(paths: list[str], x: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         windows = splits.val if fold else splits.by_name(args.split)
         mean, members = average_probabilities(args.checkpoints, windows.x)
     except (ConfigError, ValueError, OSError) as error:  # CheckpointError is a ValueError
-        print(f"model.ensemble: {error}", file=sys.stderr)
+        print(f"model.train.ensemble: {error}", file=sys.stderr)
         return 1
     classes, null = config.classes, null_class(config)
     scores = {
