@@ -28,7 +28,8 @@ from streamer.core.wire import valid_device_id
 from streamer.errors import CliError
 from streamer.sinks.episodes import HOLD_S, MIN_CONFIDENCE, Episodes
 from streamer.sinks.json_lines import EventLines, json_line
-from streamer.sinks.store import StoreSink, open_store
+from streamer.sinks.store import open_store
+from streamer.sinks.store_sink import StoreSink
 from streamer.ui.dashboard import Dashboard, summary_table
 from streamer.ui.today import TodayTotals
 

@@ -29,7 +29,8 @@ from live_fixtures import (
 from streamer.core.types import Prediction
 from streamer.live import DEFAULT_CHECKPOINT
 from streamer.sinks.episodes import Episodes, EpisodeTracker
-from streamer.sinks.store import Store, StoreSink, Target
+from streamer.sinks.store import Store, Target
+from streamer.sinks.store_sink import StoreSink
 
 
 def feed(tracker: EpisodeTracker, labels: list[str], confidence: float = 0.9, t0: float = 0.0):

@@ -50,9 +50,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from streamer.core.types import Prediction
 from streamer.options import parse_duration
-from streamer.sinks.episodes import Episode, EpisodeSink
 
 log = logging.getLogger(__name__)
 
@@ -653,29 +651,6 @@ class Store:
             self._connection.rollback()
         except Exception:
             self._disconnect()
-
-
-class StoreSink(EpisodeSink):
-    """What :class:`~streamer.sinks.episodes.Episodes` hands the store: each prediction (credited its
-    hop) and each ended episode, on the wall clock. ``wall_start``: added to a recording's clock
-    (timestamps before 2000); the caller moves it back for a replay faster than real time (see the
-    module's docstring). The store is its opener's to close (:meth:`Store.close`), not the sink's."""
-
-    def __init__(self, store: Store, hop_s: float, wall_start: float | None = None) -> None:
-        self.store = store
-        self.hop_s = hop_s
-        self.wall_start = time.time() if wall_start is None else wall_start
-
-    def wall(self, t: float) -> float:
-        return t + self.wall_start if t < EPOCH_2000 else t
-
-    def __call__(self, prediction: Prediction) -> None:
-        self.store.add_prediction(prediction.device, self.wall(prediction.t), prediction.label,
-                                  prediction.confidence, prediction.truth, self.hop_s)  # fmt: skip
-
-    def finished(self, episode: Episode) -> None:
-        self.store.add_episode(episode.device, episode.activity, self.wall(episode.start),
-                               self.wall(episode.end), episode.confidence, episode.windows)  # fmt: skip
 
 
 def open_store(text: str, retain: str | None = None) -> Store:

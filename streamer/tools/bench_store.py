@@ -18,7 +18,8 @@ import numpy as np
 
 from streamer.core.types import Prediction
 from streamer.sinks.episodes import Episodes
-from streamer.sinks.store import Store, StoreSink, Target
+from streamer.sinks.store import Store, Target
+from streamer.sinks.store_sink import StoreSink
 
 LABELS = ("WALKING", "WALKING_UPSTAIRS", "WALKING_DOWNSTAIRS", "SITTING", "STANDING", "LAYING")
 

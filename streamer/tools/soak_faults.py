@@ -39,7 +39,8 @@ from model.net.checkpoint_meta import CheckpointMeta
 from streamer.core.mqtt_connection import parse_broker
 from streamer.core.wire import encode_json_batch
 from streamer.live import LiveOptions, assemble
-from streamer.sinks.store import Store, StoreSink, Target
+from streamer.sinks.store import Store, Target
+from streamer.sinks.store_sink import StoreSink
 from streamer.sources.fleet import FleetOptions, FleetSource, parse_amqp
 from streamer.sources.mqtt import INVALID_DEVICE
 from streamer.tools.postgres import Postgres, postgres_installed
