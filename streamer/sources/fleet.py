@@ -78,7 +78,7 @@ from streamer.sources.mqtt import INVALID_DEVICE, OTHER_DEVICES, TopicPattern, W
 
 log = logging.getLogger(__name__)
 
-PROBE_S = 1.0  # how often a worker looks up the owners of the partitions outside its share
+PROBE_S = 1.0  # how often a worker looks up the owners of others' partitions (a member: its plan)
 ACK_S = 0.02  # how long the connection's loop waits for traffic before acknowledging what was taken
 BACKOFF_S = (1.0, 30.0)  # reconnection back-off, as the MQTT source's (paho's reconnect_delay_set)
 PRESENCE_EXPIRES_MS = 10_000  # a presence queue nobody consumes is removed (a worker that died starting)
@@ -380,6 +380,7 @@ class FleetSource(WireSource):
         self.roster: Roster | None = None  # a member's view of the others (without --worker)
         self._owners: list[str] = []  # a member's plan: each partition's owner
         self._settled = False  # whether the roster was settled at the last balance
+        self._planned: tuple[int, list[int]] = (-1, [])  # the roster's version planned for, the plan
         self.outlet = None  # the MQTT client that publishes predictions (its tallies join ours)
         self.tallies = {"connects": 0, "broker_losses": 0, "partitions_taken": 0, "partitions_handed_back": 0,
                         "redelivered": 0}  # fmt: skip
@@ -514,6 +515,7 @@ class FleetSource(WireSource):
         """Listen to the roster until every member has been heard, attach by the plan (own partitions
         first), then say this member is there: the others then hand it its share."""
         self.roster = roster = Roster(self.options.name, self.options.member)
+        self._planned = (-1, [])
         try:
             roster.open(self.connection)
         except pika.exceptions.ChannelClosedByBroker as error:
@@ -532,10 +534,14 @@ class FleetSource(WireSource):
                     " ".join(str(p.index) for p in self.parts if p.owned) or "none")  # fmt: skip
 
     def _plan(self) -> list[int]:
-        """The roster's plan, as the priority this member wants on each partition (and ``owned``)."""
-        self._owners, wants = wanted(self.options.partitions, self.roster.members(), self.options.member)
-        for part in self.parts:
-            part.owned = self._owners[part.index] == self.options.member
+        """The roster's plan, as the priority this member wants on each partition (and ``owned``);
+        computed again only when the roster changed."""
+        version, wants = self._planned
+        if version != self.roster.version:
+            self._owners, wants = wanted(self.options.partitions, self.roster.members(), self.options.member)
+            self._planned = (self.roster.version, wants)
+            for part in self.parts:
+                part.owned = self._owners[part.index] == self.options.member
         return wants
 
     def _keep_in_touch(self, look: bool) -> None:
