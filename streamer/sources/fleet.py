@@ -81,6 +81,7 @@ log = logging.getLogger(__name__)
 PROBE_S = 1.0  # how often a worker looks up the owners of others' partitions (a member: its plan)
 ACK_S = 0.02  # how long the connection's loop waits for traffic before acknowledging what was taken
 BACKOFF_S = (1.0, 30.0)  # reconnection back-off, as the MQTT source's (paho's reconnect_delay_set)
+DECLARING_LOOKS = 5  # seconds a worker waits while another, started with it, declares the partitions
 PRESENCE_EXPIRES_MS = 10_000  # a presence queue nobody consumes is removed (a worker that died starting)
 NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 # The topic permission a fleet's broker needs (see keys_guarded): printable ASCII, so that the
@@ -301,7 +302,8 @@ def check(connection: BlockingConnection, options: FleetOptions) -> None:
     """Before anything is declared: the broker guards the fleet against undeliverable routing keys,
     every worker splits the devices alike, and each index is taken once. A worker that declared
     first and checked after would re-split a running fleet (its extra partitions bound into the
-    hash ring) even though it then refused to run."""
+    hash ring) even though it then refused to run. Fewer partitions than this worker's, and more
+    a second later, are a worker started at the same moment declaring them: waited for."""
     if not keys_guarded(connection):
         raise FleetRefused(
             "the broker lets in routing keys no worker can receive (over 255 bytes: one such message "
@@ -309,6 +311,13 @@ def check(connection: BlockingConnection, options: FleetOptions) -> None:
             f"{options.broker.vhost} USER amq.topic '{KEY_RULE}' '.*' for every user that publishes"
         )
     held = partitions_held(connection, options)
+    for _ in range(DECLARING_LOOKS):  # fewer, and growing: a worker started alike is declaring them now
+        if not held or held >= options.partitions:
+            break
+        time.sleep(1.0)
+        held, before = partitions_held(connection, options), held
+        if held == before:
+            break
     if held and held != options.partitions:
         raise FleetRefused(f"the broker holds {held} partitions of {options.name!r} and this worker has "
                            f"--partitions {options.partitions}: every worker needs the same "
@@ -545,13 +554,13 @@ class FleetSource(WireSource):
         return wants
 
     def _keep_in_touch(self, look: bool) -> None:
-        """Heartbeat, expire the silent, and follow the plan when the roster changed or every second."""
+        """Heartbeat, expire the silent, and follow the plan when the roster changed (a heartbeat
+        heard while the connection processed events included) or every second."""
         roster = self.roster
-        version = roster.version
         roster.beat()
         roster.expire()
         settled = roster.settled()
-        if look or roster.version != version or settled != self._settled:  # settling: a look of its own
+        if look or roster.version != self._planned[0] or settled != self._settled:  # settling: a look too
             self._settled = settled
             self._balance(look, settled)
 
