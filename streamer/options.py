@@ -14,7 +14,9 @@ from __future__ import annotations
 import argparse
 import math
 import re
+import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import NoReturn
 
 MAX_THREADS = 256  # intra-op threads: more is no use on any machine, and 10^6 allocated 877 MB first
@@ -80,6 +82,29 @@ def parse_duration(text: str) -> float:
         raise ValueError(f"bad duration {text!r}: use a number with s, m, h, d or w (e.g. 30d, 2h)")
     unit = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[match.group(2)]
     return float(match.group(1)) * unit
+
+
+def parse_when(text: str | None, now: float | None = None) -> float | None:
+    """Seconds since the epoch for ``--since``/``--until``: an age (``2h``, ``30m``, ``7d``: that long
+    ago), ``today`` (local midnight), or an ISO date or time (local time unless it says otherwise).
+
+    >>> parse_when("2h", now=10_000.0), parse_when(None)
+    (2800.0, None)
+    >>> parse_when("1970-01-01T00:01:00+00:00")
+    60.0
+    """
+    if text is None:
+        return None
+    now = time.time() if now is None else now
+    if text == "today":
+        return datetime.fromtimestamp(now).replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+    if re.fullmatch(r"\s*\d+(\.\d+)?\s*[smhdw]\s*", text):
+        return now - parse_duration(text)
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise ValueError(f"bad time {text!r}: use an age (2h, 30m, 7d), 'today', or an ISO date or "
+                         "time (2024-05-01T08:00)") from None  # fmt: skip
 
 
 def duration(text: str) -> str:

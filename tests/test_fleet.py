@@ -57,6 +57,7 @@ def fleet(rabbitmq: RabbitMQ):
     connection = pika.BlockingConnection(parse_amqp(rabbitmq.amqp_url).parameters("test cleanup"))
     channel = connection.channel()
     channel.exchange_delete(name)
+    channel.exchange_delete(f"{name}.roster")  # the members' (no --worker)
     for p in range(8):
         channel.queue_delete(f"{name}.{p}")
     connection.close()

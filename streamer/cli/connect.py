@@ -168,9 +168,10 @@ def add_serial_options(p: argparse.ArgumentParser | argparse._ArgumentGroup, req
 
 
 def fleet_options(args: argparse.Namespace) -> FleetOptions:
-    """``--amqp``, ``--partitions``, ``--worker`` and ``--fleet-name``, checked (one line each)."""
+    """``--amqp``, ``--partitions``, ``--worker`` and ``--fleet-name``, checked (one line each); without
+    ``--worker``, a member that shares the partitions with the others by itself."""
     try:
-        worker = Shard.parse(args.worker)
+        worker = None if args.worker is None else Shard.parse(args.worker)
     except ValueError as error:
         raise CliError(str(error).replace("bad shard", "bad --worker")) from None
     try:
@@ -200,6 +201,10 @@ def reach_broker(options: FleetOptions, timeout: float, headless: bool) -> None:
                 raise CliError(f"could not connect to {url} within {timeout:g} s: {why(error)}") from None
             say(f"cannot reach {url} ({why(error)}); retrying, Ctrl-C to stop")
             return
+    if options.worker is None:
+        say(f"connected to {url} as member {options.member} of {options.name!r}: sharing its "
+            f"{options.partitions} partitions evenly with the other members")  # fmt: skip
+        return
     share = " ".join(map(str, options.share)) or "none"
     say(f"connected to {url} as worker {options.worker.text} of {options.name!r}: partitions {share} "
         f"first, standing by on the rest of {options.partitions}")  # fmt: skip
@@ -212,11 +217,13 @@ def start_outlet(options: FleetOptions, mqtt_port: int, timeout: float, headless
     broker = options.broker
     # the plugin's way to name a vhost: VHOST:USER
     user = broker.user if broker.vhost == "/" else f"{broker.vhost}:{broker.user}"
-    worker = f"{options.worker.index}of{options.worker.count}"
+    # its availability: harstream/NAME-worker-KofN/status, or NAME-member-ID for a member
+    worker = options.member if options.worker is None else f"{options.worker.index}of{options.worker.count}"
+    label = f"member-{worker}" if options.worker is None else f"worker-{worker}"
     mqtt = MqttOptions(Broker(broker.host, mqtt_port, broker.tls), options.topic,
                        client_id=f"harstream-fleet-{socket.gethostname()[:20]}-{os.getpid()}-{worker}",
                        username=user, password=broker.password, announce=True,
-                       name=f"{options.name}-worker-{worker}", protocol=4)  # fmt: skip
+                       name=f"{options.name}-{label}", protocol=4)  # fmt: skip
     outlet = MqttConnection(mqtt)  # no receiver: it subscribes to nothing
     outlet.start()
     if outlet.wait_settled(timeout if headless else min(timeout, 2.0)) and outlet.fatal:

@@ -34,7 +34,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
             # predictions, episode events and discovery: the episodes tell it of all three
             run.episodes.sinks.append(Announcer(outlet, discovery=args.ha_discovery))
             run.pipeline.sinks.append(HealthPublisher(outlet, run.pipeline))  # har/<device>/health
-        title = (f"harstream fleet · {options.broker.url} · worker {options.worker.text} of "
+        title = (f"harstream fleet · {options.broker.url} · {options.who} of "
                  f"{options.partitions} partitions · window {checkpoint.window} hop {run.hop} · "
                  "Ctrl-C to stop")
         code = run_live(live, run, checkpoint.classes, title)
@@ -51,9 +51,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="amqp://USER:PASS@HOST[:PORT]/VHOST (amqps:// for TLS)")
     broker.add_argument("--partitions", type=count(1, FLEET_MAX_PARTITIONS), required=True, metavar="N",
                         help="partition queues the devices are spread over; the same for every worker")
-    broker.add_argument("--worker", default="0/1", metavar="K/N",
-                        help="this worker owns the partitions p with p %% N == K and stands by on the rest "
-                        "(default 0/1)")
+    broker.add_argument("--worker", metavar="K/N",
+                        help="a fixed share: this worker owns the partitions p with p %% N == K and stands "
+                        "by on the rest (default: the workers share the partitions evenly by themselves)")
     broker.add_argument("--fleet-name", default="har.fleet", metavar="NAME",
                         help="the exchange and its queues' prefix (default har.fleet)")
     broker.add_argument("--mqtt-port", type=port, metavar="PORT",

@@ -11,40 +11,16 @@ the source had labels.
 from __future__ import annotations
 
 import argparse
-import re
 import time
 from datetime import datetime
 from pathlib import Path
 
 from model.strict_json import dumps
-from streamer.options import parse_duration
+from streamer.options import parse_when
 from streamer.sinks.store import StoreError, Target
 from streamer.sinks.store_reader import read_history, unknown_device
 
 MAX_EPISODES_SHOWN = 50  # per device in the table (--json has them all)
-
-
-def parse_when(text: str | None, now: float | None = None) -> float | None:
-    """Seconds since the epoch for ``--since``/``--until``: an age (``2h``, ``30m``, ``7d``: that long
-    ago), ``today`` (local midnight), or an ISO date or time (local time unless it says otherwise).
-
-    >>> parse_when("2h", now=10_000.0), parse_when(None)
-    (2800.0, None)
-    >>> parse_when("1970-01-01T00:01:00+00:00")
-    60.0
-    """
-    if text is None:
-        return None
-    now = time.time() if now is None else now
-    if text == "today":
-        return datetime.fromtimestamp(now).replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
-    if re.fullmatch(r"\s*\d+(\.\d+)?\s*[smhdw]\s*", text):
-        return now - parse_duration(text)
-    try:
-        return datetime.fromisoformat(text).timestamp()
-    except ValueError:
-        raise ValueError(f"bad time {text!r}: use an age (2h, 30m, 7d), 'today', or an ISO date or "
-                         "time (2024-05-01T08:00)") from None  # fmt: skip
 
 
 def clock(t: float) -> str:

@@ -21,6 +21,15 @@ partition's channel and attaches again, at priority 0) once the owner is there. 
 is there, once attached everywhere, by an exclusive consumer on its presence queue
 ``NAME.worker.K``, which the others look up every second (and which a second worker K refuses).
 
+Without ``--worker`` (the command's default), workers share the partitions evenly by themselves:
+each is a *member* of the fleet's roster (streamer/sources/fleet_members.py: heartbeats on a
+fanout exchange, the plan every member computes alike from the member list, the failure cases),
+owns its part of the plan at priority 10, waits as the heir of others' partitions at 5 (so a dead
+member's partitions go straight to whoever the next plan gives them), and moves partitions with
+the same two steps as above: a raised priority at once (attaching again before it closes the old
+channel, so a partition it held goes to its new consumer and no one else), a lowered one and a
+handover once the roster has been still for a second.
+
 At-least-once: a message is acknowledged only after the pipeline has taken it into its device's
 stream (:attr:`Deferred.taken`), in batches (``multiple``). What is not acknowledged goes back to
 the queue when the worker dies, loses the broker or gives the partition back, and the next consumer
@@ -57,14 +66,23 @@ from streamer.core.mqtt_connection import MqttConnection, TopicPattern, split_ur
 from streamer.core.shard import Shard
 from streamer.core.source import Deferred, Emit
 from streamer.core.wire import valid_device_id
+from streamer.sources.fleet_members import (
+    LISTEN_S,
+    OWNER_PRIORITY,
+    STANDBY_PRIORITY,
+    Roster,
+    new_member,
+    should_move,
+    wanted,
+)
 from streamer.sources.mqtt import INVALID_DEVICE, OTHER_DEVICES, WireSource
 
 log = logging.getLogger(__name__)
 
-OWNER_PRIORITY, STANDBY_PRIORITY = 10, 0  # x-priority of a worker's own share, and of the rest
-PROBE_S = 1.0  # how often a worker looks up the owners of the partitions outside its share
+PROBE_S = 1.0  # how often a worker looks up the owners of others' partitions (a member: its plan)
 ACK_S = 0.02  # how long the connection's loop waits for traffic before acknowledging what was taken
 BACKOFF_S = (1.0, 30.0)  # reconnection back-off, as the MQTT source's (paho's reconnect_delay_set)
+DECLARING_LOOKS = 5  # seconds a worker waits while another, started with it, declares the partitions
 PRESENCE_EXPIRES_MS = 10_000  # a presence queue nobody consumes is removed (a worker that died starting)
 NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 # The topic permission a fleet's broker needs (see keys_guarded): printable ASCII, so that the
@@ -130,9 +148,12 @@ def parse_amqp(url: str) -> AmqpBroker:
 class FleetOptions:
     broker: AmqpBroker
     partitions: int
-    worker: Shard = field(default_factory=lambda: Shard(0, 1))  # K/N: owns partitions p % N == K
+    # K/N: owns partitions p % N == K; None: a member, sharing them evenly with the others (the command's
+    # default; streamer/sources/fleet_members.py)
+    worker: Shard | None = field(default_factory=lambda: Shard(0, 1))
     name: str = "har.fleet"  # the exchange; its partitions are NAME.0 ... and presence NAME.worker.K
     topic: TopicPattern = field(default_factory=lambda: TopicPattern.parse("har/+/imu"))
+    member: str = field(default_factory=new_member)  # this process's id on the roster, without --worker
 
     def __post_init__(self) -> None:
         if not 1 <= self.partitions <= FLEET_MAX_PARTITIONS:
@@ -146,6 +167,16 @@ class FleetOptions:
         return ".".join("*" if level == "+" else level.replace(".", "/") for level in self.topic.levels)
 
     @property
+    def who(self) -> str:
+        """This worker, for lines people read: ``worker 1/2`` or ``member 5f0c1e2a9b3d``."""
+        return f"member {self.member}" if self.worker is None else f"worker {self.worker.text}"
+
+    @property
+    def tag(self) -> str:
+        """The start of this worker's consumer tags (rabbitmqctl list_consumers shows them)."""
+        return f"member-{self.member}" if self.worker is None else f"worker-{self.worker.index}"
+
+    @property
     def prefetch(self) -> int:
         return max(1, FLEET_UNACKED // self.partitions)
 
@@ -156,15 +187,18 @@ class FleetOptions:
         return f"{self.name}.worker.{worker}"
 
     def owner(self, partition: int) -> int:
-        return partition % self.worker.count
+        return partition % self.worker.count if self.worker is not None else -1
 
     @property
     def share(self) -> list[int]:
-        """This worker's partitions (attached first, at the owner's priority).
+        """This worker's partitions under ``--worker`` (attached first, at the owner's priority); a
+        member's come from the roster.
 
         >>> FleetOptions(parse_amqp("amqp://h"), 4, Shard(1, 2)).share
         [1, 3]
         """
+        if self.worker is None:
+            return []
         return [p for p in range(self.partitions) if self.owner(p) == self.worker.index]
 
     def device_of(self, routing_key: str) -> str | None:
@@ -252,7 +286,7 @@ def preflight(options: FleetOptions) -> None:
     quiet_pika()
     connection = None
     try:
-        name = f"harstream fleet worker {options.worker.text} (checking)"
+        name = f"harstream fleet {options.who} (checking)"
         connection = BlockingConnection(options.broker.parameters(name))
         check(connection, options)
         declare(connection.channel(), options)
@@ -269,7 +303,8 @@ def check(connection: BlockingConnection, options: FleetOptions) -> None:
     """Before anything is declared: the broker guards the fleet against undeliverable routing keys,
     every worker splits the devices alike, and each index is taken once. A worker that declared
     first and checked after would re-split a running fleet (its extra partitions bound into the
-    hash ring) even though it then refused to run."""
+    hash ring) even though it then refused to run. Fewer partitions than this worker's, and more
+    a second later, are a worker started at the same moment declaring them: waited for."""
     if not keys_guarded(connection):
         raise FleetRefused(
             "the broker lets in routing keys no worker can receive (over 255 bytes: one such message "
@@ -277,11 +312,18 @@ def check(connection: BlockingConnection, options: FleetOptions) -> None:
             f"{options.broker.vhost} USER amq.topic '{KEY_RULE}' '.*' for every user that publishes"
         )
     held = partitions_held(connection, options)
+    for _ in range(DECLARING_LOOKS):  # fewer, and growing: a worker started alike is declaring them now
+        if not held or held >= options.partitions:
+            break
+        time.sleep(1.0)
+        held, before = partitions_held(connection, options), held
+        if held == before:
+            break
     if held and held != options.partitions:
         raise FleetRefused(f"the broker holds {held} partitions of {options.name!r} and this worker has "
                            f"--partitions {options.partitions}: every worker needs the same "
                            "number")  # fmt: skip
-    if exists(connection, options.presence(options.worker.index)):
+    if options.worker is not None and exists(connection, options.presence(options.worker.index)):
         raise FleetRefused(f"worker {options.worker.text} is already attached to {options.name!r}: give each "
                            "worker its own --worker K/N")  # fmt: skip
 
@@ -322,6 +364,7 @@ class Partition:
     index: int
     owned: bool  # in this worker's share
     channel: BlockingChannel | None = None
+    priority: int = STANDBY_PRIORITY  # the x-priority of the consumer on ``channel``
     generation: int = 0  # bumped whenever the channel goes: older messages are no longer ours
     active: bool = False  # the broker delivers to this worker (seen from a delivery)
     pending: deque[int] = field(default_factory=deque)  # delivery tags not acknowledged, in order
@@ -329,6 +372,7 @@ class Partition:
     devices: set[str] = field(default_factory=set)  # devices seen since the partition became active
     owner_seen: bool = False  # the owner was there at the last look-up (and was given the partition)
     owner_looks: int = 0  # look-ups that found the owner since this worker became active
+    since: float = 0.0  # when this worker became active (time.monotonic())
 
 
 class FleetSource(WireSource):
@@ -338,11 +382,15 @@ class FleetSource(WireSource):
         super().__init__(channels, max_devices)
         quiet_pika()
         self.options = options
-        self.name = f"fleet {options.broker.host}:{options.broker.port} worker {options.worker.text}"
+        self.name = f"fleet {options.broker.host}:{options.broker.port} {options.who}"
         self.status = "connecting"
         self.parts = [Partition(p, p in options.share) for p in range(options.partitions)]
         self.connection: BlockingConnection | None = None
         self.connected = threading.Event()
+        self.roster: Roster | None = None  # a member's view of the others (without --worker)
+        self._owners: list[str] = []  # a member's plan: each partition's owner
+        self._settled = False  # whether the roster was settled at the last balance
+        self._planned: tuple[int, list[int]] = (-1, [])  # the roster's version planned for, the plan
         self.outlet: MqttConnection | None = None  # publishes predictions (its tallies join ours)
         self.tallies = {"connects": 0, "broker_losses": 0, "partitions_taken": 0, "partitions_handed_back": 0,
                         "redelivered": 0}  # fmt: skip
@@ -415,9 +463,8 @@ class FleetSource(WireSource):
 
     def _session(self, stop: threading.Event) -> None:
         options = self.options
-        worker = options.worker
         self.connection = connection = BlockingConnection(options.broker.parameters(
-            f"harstream fleet worker {worker.text}"))  # fmt: skip
+            f"harstream fleet {options.who}"))  # fmt: skip
         first = not self.tallies["connects"]
         if first:  # later, this worker's own presence may outlive a broken connection for a while
             check(connection, options)
@@ -425,9 +472,43 @@ class FleetSource(WireSource):
         declare(control, options)
         control.close()
         self._cancelled = False
-        for part in sorted(self.parts, key=lambda part: not part.owned):  # its share first
-            self._attach(part)
-        presence = connection.channel()  # here: the others may now give this worker its share
+        if options.worker is None:
+            self._join()
+        else:
+            for part in sorted(self.parts, key=lambda part: not part.owned):  # its share first
+                self._attach(part)
+            self._present(first)  # here: the others may now give this worker its share
+        if not first:
+            log.warning("fleet: reconnected to %s as %s", options.broker.url, options.who)
+        self.tallies["connects"] += 1
+        self.connected.set()
+        self._show()
+        next_look = time.monotonic() + PROBE_S
+        while not self._stopping(stop):
+            connection.process_data_events(time_limit=ACK_S)
+            self._acknowledge()
+            if self._cancelled:  # a partition queue was deleted: declare the topology again
+                raise ConnectionError("the broker cancelled a partition's consumer (its queue was deleted)")
+            look = time.monotonic() >= next_look
+            if look:
+                next_look = time.monotonic() + PROBE_S
+            if self.roster is not None:
+                self._keep_in_touch(look)
+            elif look:
+                self._look_for_owners()
+            if look:
+                self._show()
+        self._acknowledge()
+        if self.roster is not None:
+            self.roster.leave()
+        connection.close()  # what was not acknowledged goes back to its queue, for the next consumer
+        self.connected.clear()
+        self.status = "closed"
+
+    def _present(self, first: bool) -> None:
+        """``--worker K/N``: the exclusive consumer on ``NAME.worker.K`` that shows K is attached."""
+        options, worker = self.options, self.options.worker
+        presence = self.connection.channel()
         presence.queue_declare(options.presence(worker.index), auto_delete=True,
                                arguments={"x-expires": PRESENCE_EXPIRES_MS})  # fmt: skip
         try:
@@ -438,43 +519,97 @@ class FleetSource(WireSource):
                 raise FleetRefused(f"worker {worker.text} is already attached to {options.name!r}: give "
                                    "each worker its own --worker K/N") from None  # fmt: skip
             raise ConnectionError("this worker's presence from before is still on the broker") from None
-        if not first:
-            log.warning("fleet: reconnected to %s as worker %s", options.broker.url, worker.text)
-        self.tallies["connects"] += 1
-        self.connected.set()
-        self._show()
-        next_look = time.monotonic() + PROBE_S
-        while not self._stopping(stop):
-            connection.process_data_events(time_limit=ACK_S)
-            self._acknowledge()
-            if self._cancelled:  # a partition queue was deleted: declare the topology again
-                raise ConnectionError("the broker cancelled a partition's consumer (its queue was deleted)")
-            if time.monotonic() >= next_look:
-                next_look = time.monotonic() + PROBE_S
-                self._look_for_owners()
-                self._show()
-        self._acknowledge()
-        connection.close()  # what was not acknowledged goes back to its queue, for the next consumer
-        self.connected.clear()
-        self.status = "closed"
 
-    def _attach(self, part: Partition) -> None:
+    # -- a member: sharing the partitions by the roster (streamer/sources/fleet_members.py) --------
+    def _join(self) -> None:
+        """Listen to the roster until every member has been heard, attach by the plan (own partitions
+        first), then say this member is there: the others then hand it its share."""
+        self.roster = roster = Roster(self.options.name, self.options.member)
+        self._planned = (-1, [])
+        try:
+            roster.open(self.connection)
+        except pika.exceptions.ChannelClosedByBroker as error:
+            if error.reply_code == 405:  # RESOURCE_LOCKED: our queue, on a connection not yet dropped
+                raise ConnectionError("this member's roster queue from before is still there") from None
+            raise
+        deadline = time.monotonic() + LISTEN_S
+        while time.monotonic() < deadline:
+            self.connection.process_data_events(time_limit=0.1)
+        wants = self._plan()
+        for part in sorted(self.parts, key=lambda part: -wants[part.index]):
+            self._attach(part, wants[part.index])
+        roster.beat()
+        log.warning("fleet: member %s of %r, with %d others: serving partitions %s first",
+                    self.options.member, self.options.name, len(roster.seen) - 1,
+                    " ".join(str(p.index) for p in self.parts if p.owned) or "none")  # fmt: skip
+
+    def _plan(self) -> list[int]:
+        """The roster's plan, as the priority this member wants on each partition (and ``owned``);
+        computed again only when the roster changed."""
+        version, wants = self._planned
+        if version != self.roster.version:
+            self._owners, wants = wanted(self.options.partitions, self.roster.members(), self.options.member)
+            self._planned = (self.roster.version, wants)
+            for part in self.parts:
+                part.owned = self._owners[part.index] == self.options.member
+        return wants
+
+    def _keep_in_touch(self, look: bool) -> None:
+        """Heartbeat, expire the silent, and follow the plan when the roster changed (a heartbeat
+        heard while the connection processed events included) or every second."""
+        roster = self.roster
+        roster.beat()
+        roster.expire()
+        settled = roster.settled()
+        if look or roster.version != self._planned[0] or settled != self._settled:  # settling: a look too
+            self._settled = settled
+            self._balance(look, settled)
+
+    def _balance(self, look: bool, settled: bool) -> None:
+        """Move toward the plan (:func:`should_move` says when), on a new channel at the new priority."""
+        wants = self._plan()
+        for part in self.parts:
+            part.owner_looks += look and part.active and not part.owned
+            want = wants[part.index]
+            heard = self.roster.seen.get(self._owners[part.index], 0.0) > part.since
+            if should_move(active=part.active, owned=part.owned, priority=part.priority, want=want,
+                           settled=settled, looks=part.owner_looks, owner_heard=heard):  # fmt: skip
+                self._reattach(part, want)
+
+    def _reattach(self, part: Partition, priority: int) -> None:
+        """Consume the partition at another priority: attach anew first, then close the old channel, so
+        that if this member was its consumer, the broker hands it to the best waiting one, never to
+        none. Its messages here go back to the queue; its devices are forgotten."""
+        if part.active:
+            self.tallies["partitions_handed_back"] += 1
+            log.warning("fleet: partition %d handed over to member %s, its owner now", part.index,
+                        self._owners[part.index])  # fmt: skip
+        channel = part.channel
+        self._forget_partition(part)
+        self._attach(part, priority)
+        if channel is not None and channel.is_open:
+            channel.close()
+
+    def _attach(self, part: Partition, priority: int | None = None) -> None:
         """Consume the partition on a channel of its own (one partition given back = one channel closed)."""
         channel = self.connection.channel()
         channel.basic_qos(prefetch_count=self.options.prefetch)
-        priority = OWNER_PRIORITY if part.owned else STANDBY_PRIORITY
-        tag = f"worker-{self.options.worker.index}-p{part.index}-g{part.generation}"
+        if priority is None:
+            priority = OWNER_PRIORITY if part.owned else STANDBY_PRIORITY
+        tag = f"{self.options.tag}-p{part.index}-g{part.generation}"
         on_message = partial(self._on_message, part, part.generation)
         channel.basic_consume(self.options.queue(part.index), on_message, consumer_tag=tag,
                               arguments={"x-priority": priority})  # fmt: skip
         channel.add_on_cancel_callback(self._on_cancel)
-        part.channel = channel
+        part.channel, part.priority = channel, priority
 
     def _on_cancel(self, frame) -> None:
         self._cancelled = True
 
     def _on_message(self, part: Partition, generation: int, channel: BlockingChannel,
                     method, properties, body: bytes) -> None:  # fmt: skip
+        if generation != part.generation:  # on a channel closed since: the broker delivers it again
+            return
         part.pending.append(method.delivery_tag)  # acknowledged in order, whatever becomes of it
         try:
             self._take(part, generation, method, body)
@@ -488,9 +623,9 @@ class FleetSource(WireSource):
         arrival = time.monotonic()
         tag = method.delivery_tag
         if not part.active:  # the broker made this worker the partition's consumer
-            part.active, part.owner_looks = True, 0
+            part.active, part.owner_looks, part.since = True, 0, time.monotonic()
             self.tallies["partitions_taken"] += 1
-            whose = "" if part.owned else f" (worker {self.options.owner(part.index)}'s share, standing in)"
+            whose = "" if part.owned else f" ({self._whose(part.index)} share, standing in)"
             log.warning("fleet: partition %d is served here now%s", part.index, whose)
         self.tallies["redelivered"] += bool(method.redelivered)
         device = self.options.device_of(method.routing_key)
@@ -503,6 +638,11 @@ class FleetSource(WireSource):
             part.devices.add(device)  # forgotten when the partition goes (beyond max_devices: when idle)
         decode = partial(self._decode_if_ours, part, generation, device, body, arrival)
         self._emit(Deferred(device, decode, taken=partial(self._taken, part, generation, tag)))
+
+    def _whose(self, partition: int) -> str:
+        if self.options.worker is not None:
+            return f"worker {self.options.owner(partition)}'s"
+        return f"member {self._owners[partition]}'s" if self._owners else "another's"
 
     def _decode_if_ours(self, part: Partition, generation: int, device: str, payload: bytes, arrival: float):
         if part.generation != generation:  # given back (or the connection went): redelivered elsewhere
@@ -584,5 +724,7 @@ class FleetSource(WireSource):
         serving = " ".join(str(p.index) for p in self.parts if p.active) or "none yet"
         t = self.tallies
         out = f" · predictions out: {self.outlet.status}" if self.outlet is not None else ""
+        if self.roster is not None:
+            out = f" · {len(self.roster.seen)} members{out}"
         self.status = (f"serving partitions {serving} of {len(self.parts)} · taken {t['partitions_taken']}, "
                        f"handed back {t['partitions_handed_back']}, broker lost {t['broker_losses']}{out}")

@@ -23,7 +23,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from model.strict_json import dumps
-from streamer.cli.history import parse_when
+from streamer.options import parse_when
 from streamer.sinks.store import StoreError
 from streamer.web.data import (
     STORE_EVERY_S,
