@@ -9,7 +9,7 @@ import argparse
 
 from streamer.cli.common import sigterm_as_interrupt
 from streamer.cli.connect import fleet_options, reach_broker, start_outlet
-from streamer.cli.live_options import add_device_limits, add_live_options
+from streamer.cli.live_options import add_device_limits, add_live_options, add_mqtt_output
 from streamer.core.limits import FLEET_MAX_PARTITIONS
 from streamer.live import LiveOptions, assemble, open_checkpoint, run_live
 from streamer.options import count, number, port
@@ -62,9 +62,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                         metavar="SECONDS",
                         help="seconds to reach the broker before --headless gives up (default 10)")
     add_device_limits(p.add_argument_group("devices"))
-    out = p.add_argument_group("MQTT output (through the broker's MQTT plugin)")
-    out.add_argument("--publish", action="store_true", help="publish predictions to har/<device>/activity")
-    out.add_argument("--ha-discovery", action="store_true",
-                     help="announce each device to Home Assistant (implies --publish)")
+    add_mqtt_output(p.add_argument_group("MQTT output (through the broker's MQTT plugin)"))
     add_live_options(p)
     p.set_defaults(run=cmd_fleet)

@@ -75,3 +75,10 @@ def add_history_options(p: argparse.ArgumentParser) -> None:
                        metavar="FRACTION",
                        help="windows (0 to 1) less sure than this never switch an episode (default "
                        "%(default)g)")
+
+
+def add_mqtt_output(group: argparse._ArgumentGroup) -> None:
+    """``--publish`` and ``--ha-discovery``: what a recognizer sends back over MQTT (mqtt, fleet)."""
+    group.add_argument("--publish", action="store_true", help="publish predictions to har/<device>/activity")
+    group.add_argument("--ha-discovery", action="store_true",
+                       help="announce each device to Home Assistant (implies --publish)")

@@ -14,7 +14,7 @@ from streamer.cli.connect import (
     serial_source,
     start_mqtt,
 )
-from streamer.cli.live_options import add_device_limits, add_live_options
+from streamer.cli.live_options import add_device_limits, add_live_options, add_mqtt_output
 from streamer.live import LiveOptions, assemble, open_checkpoint, run_live
 from streamer.sinks.announcer import Announcer
 from streamer.sinks.device_health import HealthPublisher
@@ -68,10 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     fleet.add_argument("--shared-group", metavar="NAME",
                        help="subscribe through the MQTT 5 shared subscription $share/NAME/TOPIC; needs a "
                        "broker that keeps a topic on one subscriber (EMQX hash_topic), not mosquitto")
-    out = p.add_argument_group("MQTT output")
-    out.add_argument("--publish", action="store_true", help="publish predictions to har/<device>/activity")
-    out.add_argument("--ha-discovery", action="store_true",
-                     help="announce each device to Home Assistant (implies --publish)")
+    add_mqtt_output(p.add_argument_group("MQTT output"))
     add_live_options(p)
     p.set_defaults(run=cmd_mqtt)
 
