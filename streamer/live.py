@@ -171,9 +171,10 @@ class LiveRun:
     store: StoreSink | None = None
 
     def finish(self) -> dict:
-        """After the run: open episodes end (their events go out), the store writes what is queued;
-        their tallies for the summary."""
-        self.episodes.close()
+        """After the run: every sink of the pipeline closes (the episodes end the open ones, their
+        events go out, and close their own sinks), the store writes what is queued; its tallies."""
+        for sink in self.pipeline.sinks:
+            sink.close()
         if self.store is None:
             return {}
         self.store.store.close()  # what it could not write is said there, in one line, and counted

@@ -9,6 +9,7 @@ import argparse
 import os
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pika.exceptions
@@ -83,26 +84,41 @@ def start_mqtt(options: MqttOptions, channels: tuple[str, ...], *, connect_timeo
     ``connect_timeout`` seconds."""
 
     source = source or MqttSource(options, channels, max_devices=max_devices)
-    source.start()
-    wait = connect_timeout if headless else min(connect_timeout, 2.0)
-    if source.wait_settled(wait) and source.fatal:  # retrying cannot help: one line, exit 1
-        source.close()
-        raise CliError(source.fatal)
-    if source.connected.is_set():
-        shard = f" (shard {options.shard.text})" if options.shard else ""
-        version = " over MQTT 3.1.1 (it does not speak MQTT 5)" if source.fell_back else ""
-        where = f"{version} as {options.client_id}, listening on {options.subscription}{shard}"
-        if headless:
-            say(f"connected to {options.broker.url}{where}")
-        else:  # the dashboard's source line (named for the broker) says it: a printed line stays above it
-            source.status = f"connected{where}"
+
+    def reason() -> str:
+        return unreachable(options.broker) or source.status
+
+    if not settle(source, f"broker {options.broker.url}", connect_timeout, headless, reason):
+        source.status = f"cannot reach the broker ({reason()}); retrying, Ctrl-C to stop"  # on the dashboard
         return source
-    why = unreachable(options.broker) or source.status
+    shard = f" (shard {options.shard.text})" if options.shard else ""
+    version = " over MQTT 3.1.1 (it does not speak MQTT 5)" if source.fell_back else ""
+    where = f"{version} as {options.client_id}, listening on {options.subscription}{shard}"
     if headless:
-        source.close()
-        raise CliError(f"could not connect to broker {options.broker.url} within {wait:g} s: {why}")
-    source.status = f"cannot reach the broker ({why}); retrying, Ctrl-C to stop"  # on the dashboard, as above
+        say(f"connected to {options.broker.url}{where}")
+    else:  # the dashboard's source line (named for the broker) says it: a printed line stays above it
+        source.status = f"connected{where}"
     return source
+
+
+def settle(link: MqttSource | MqttConnection, what: str, timeout: float, headless: bool,
+           reason: Callable[[], str]) -> bool:  # fmt: skip
+    """Start ``link`` and wait for it: connect-or-retry, for the recognizer's source and the fleet's
+    outlet alike. A refusal for good (credentials, a certificate) is an error; with ``headless`` so is
+    ``what`` staying away for ``timeout`` seconds (``reason()`` says why); else it keeps retrying, and
+    the caller says so. Whether it connected."""
+    link.start()
+    wait = timeout if headless else min(timeout, 2.0)
+    if link.wait_settled(wait) and link.fatal:  # retrying cannot help: one line, exit 1
+        link.close()
+        raise CliError(link.fatal)
+    if link.connected.is_set():
+        return True
+    if headless:
+        said = reason()
+        link.close()
+        raise CliError(f"could not connect to {what} within {wait:g} s: {said}")
+    return False
 
 
 def add_mqtt_options(p: argparse.ArgumentParser | argparse._ArgumentGroup, required: bool = True) -> None:
@@ -225,14 +241,6 @@ def start_outlet(options: FleetOptions, mqtt_port: int, timeout: float, headless
                        username=user, password=broker.password, announce=True,
                        name=f"{options.name}-{label}", protocol=4)  # fmt: skip
     outlet = MqttConnection(mqtt)  # no receiver: it subscribes to nothing
-    outlet.start()
-    if outlet.wait_settled(timeout if headless else min(timeout, 2.0)) and outlet.fatal:
-        outlet.close()
-        raise CliError(outlet.fatal)
-    if not outlet.connected.is_set():
-        if headless:
-            outlet.close()
-            raise CliError(f"could not connect to the MQTT plugin at {mqtt.broker.url} within {timeout:g} s: "
-                           f"{outlet.status}")  # fmt: skip
+    if not settle(outlet, f"the MQTT plugin at {mqtt.broker.url}", timeout, headless, lambda: outlet.status):
         say(f"cannot reach the MQTT plugin at {mqtt.broker.url} ({outlet.status}); retrying")
     return outlet
