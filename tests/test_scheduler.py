@@ -3,6 +3,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from model.data.labels import window_labels
 from model.data.signals import UCI_HAR_INPUTS, PreprocessingSpec
 from streamer.core.scheduler import Scheduler
 from streamer.core.types import FleetBatch, SampleBatch
@@ -193,6 +194,53 @@ def same_stream(a, b) -> None:
                                   b.ring.latest(len(b.ring)) if len(b.ring) else 0)
 
 
+def messages_of(fleet: FleetBatch, rng: np.random.Generator) -> list[SampleBatch]:
+    """A tick's rows as a broker's messages: some devices' split in two (they sent twice before the
+    loop took its messages), the devices interleaved at random, each device's in its own order."""
+    queues = []
+    for d in range(len(fleet)):
+        row = fleet.row(d)
+        cut = int(rng.integers(1, len(row.timestamps))) if rng.random() < 0.3 else len(row.timestamps)
+        parts = [(0, cut), (cut, len(row.timestamps))] if cut < len(row.timestamps) else [(0, cut)]
+        queues.append([SampleBatch(row.device, row.timestamps[a:b], row.values[a:b], row.channels,
+                                   row.arrival, row.rate_hz, None if row.truth is None else row.truth[a:b])
+                       for a, b in parts])  # fmt: skip
+    batches = []
+    while any(queues):
+        batches.append(queues[int(rng.choice([i for i, q in enumerate(queues) if q]))].pop(0))
+    return batches
+
+
+@pytest.mark.parametrize("kind", ["uci_har", "opportunity"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_messages_pushed_together_give_what_pushing_them_one_by_one_gives(seed, kind):
+    spec = PreprocessingSpec(kind=kind, inputs=INPUTS[kind])
+    one_by_one, together = (Scheduler(spec, window=16, hop=4, rate_hz=50.0, max_devices=10,
+                                      idle_timeout_s=1.0) for _ in range(2))  # fmt: skip
+    rng = np.random.default_rng(seed)
+    stacked = 0
+    for fleet in fleet_ticks(seed, 50.0, kind):
+        batches = messages_of(fleet, rng)
+        expected = [w for b in batches for w in one_by_one.push(b)]
+        stacked += sum(s.steady() for s in together.devices.values())
+        got = together.push_many(batches)
+        assert len(got) == len(expected)
+        key = lambda w: (w.device, w.index, w.segment)  # noqa: E731 - devices may interleave otherwise
+        for w, e in zip(sorted(got, key=key), sorted(expected, key=key), strict=True):
+            assert (w.device, w.t, w.truth, w.index, w.segment, w.clock) == (
+                e.device, e.t, e.truth, e.index, e.segment, e.clock)
+            np.testing.assert_array_equal(w.features, e.features)
+        # the same devices forgotten (in another order where they fell silent in the same moment)
+        assert sorted(one_by_one.evict_idle(fleet.arrival)) == sorted(together.evict_idle(fleet.arrival))
+        assert set(one_by_one.devices) == set(together.devices)
+        for device, stream in one_by_one.devices.items():
+            assert stream.counters == together.devices[device].counters
+            theirs = together.devices[device].preprocessor.state
+            for x, y in zip(stream.preprocessor.state, theirs, strict=True):
+                np.testing.assert_array_equal(x, y)
+    assert stacked > 300  # most messages did go through the stacked filters
+
+
 @pytest.mark.parametrize("kind", ["uci_har", "identity", "opportunity"])
 @pytest.mark.parametrize("rate", [50.0, None])
 @pytest.mark.parametrize("seed", [0, 1])
@@ -224,3 +272,22 @@ def test_a_fleet_batch_gives_what_each_device_s_own_batch_gives(seed, rate, kind
         assert fast > 300  # most rows did go through the stacked path
     else:
         assert fast == 0  # no announced rate: every device measures its own, one by one
+
+
+@pytest.mark.parametrize("rule", ["all", "last"])
+def test_labels_that_start_mid_stream_give_each_window_the_class_of_its_own_samples(rule) -> None:
+    """A device's windows carry no truth until labels come (nothing is written for them); then each
+    window's truth is the rule applied to its own samples' labels, the unlabelled ones as -1."""
+    spec = PreprocessingSpec(kind="identity", inputs=("x", "y"))
+    scheduler = Scheduler(spec, window=16, hop=4, rate_hz=50.0, label_rule=rule)
+    labels = np.concatenate([np.full(40, -1), np.full(30, 2), np.full(30, -1), np.full(20, 1)])
+    t = np.arange(len(labels)) / 50.0
+    values = np.random.default_rng(0).normal(size=(len(labels), 2))
+    windows = []
+    for start in range(0, len(labels), 7):  # messages of 7 samples, the labels cut across them
+        part = slice(start, start + 7)
+        batch = SampleBatch("d", t[part], values[part], ("x", "y"), 0.0, 50.0, labels[part])
+        windows += scheduler.push(batch)
+    expected = window_labels(labels, np.array([w.index - 15 for w in windows]), 16, rule)
+    assert [-1 if w.truth is None else w.truth for w in windows] == expected.tolist()
+    assert {w.truth for w in windows} >= {None, 1, 2}

@@ -224,8 +224,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     wearable.add_argument("--device", metavar="ID", help="device id on the wire (default: the recording's)")
     wearable.add_argument("--speed", type=number(0.01, 1000, zero=True), default=1.0, metavar="FACTOR",
                           help="x real time; 0 = as fast as possible (default 1)")
-    wearable.add_argument("--format", default="batch", metavar="FORMAT",
-                          help="json (a message per sample), batch or binary (default batch)")
+    wearable.add_argument("--format", default="binary", metavar="FORMAT",
+                          help="binary (20 bytes of header, float32 samples: the cheapest to decode), "
+                          "batch (JSON) or json (a message per sample) (default binary)")
     wearable.add_argument("--topic-prefix", default="har", metavar="PREFIX",
                           help="messages go to PREFIX/DEVICE/imu (default har)")
     p.set_defaults(run=cmd_publish)

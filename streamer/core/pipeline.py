@@ -100,6 +100,7 @@ SHED_MESSAGES = "queue full (shed oldest, messages)"  # the same for Deferred me
 NEW_DEVICES = "(new devices)"  # their key: devices the scheduler does not serve, one number (a flood
 # of new ids must not grow the counters without bound)
 FLEET = "(fleet)"  # the queue's key of a FleetBatch, which holds many devices
+TAKE = 1024  # items the loop takes off the queue at once: a live source's messages are pushed together
 
 Batch = SampleBatch | FleetBatch | Deferred
 Item = Batch | _Finished
@@ -169,6 +170,13 @@ class Ingress:
 
     def get(self, timeout: float) -> Item | None:
         """The oldest queued item, or None after ``timeout`` seconds."""
+        items = self.get_many(timeout, 1)
+        return items[0] if items else None
+
+    def get_many(self, timeout: float, limit: int) -> list[Item]:
+        """The oldest queued items, at most ``limit``: whatever is queued now, else what comes first
+        within ``timeout`` seconds (empty if nothing does). Taking them together costs one lock,
+        not one per message."""
         with self._not_empty:
             while True:
                 while self._order and not self._order[0].alive:
@@ -176,13 +184,18 @@ class Ingress:
                 if self._order:
                     break
                 if timeout <= 0 or not self._not_empty.wait(timeout):
-                    return None
+                    return []
                 timeout = 0  # woken: take what came, or give up
-            entry = self._order.popleft()
-            if entry.key is not None:
-                self._remove(entry)
-                self._not_full.notify()
-            return entry.item
+            items: list[Item] = []
+            while self._order and len(items) < limit:
+                entry = self._order.popleft()
+                if not entry.alive:
+                    continue
+                if entry.key is not None:
+                    self._remove(entry)
+                items.append(entry.item)
+            self._not_full.notify_all()
+        return items
 
     def take_shed(self) -> Counter:
         """The samples shed since the last call, by (counter key, reason)."""
@@ -330,15 +343,12 @@ class Pipeline:
         last_chores = time.monotonic()
         while running and not self.stop_event.is_set():
             now = time.monotonic()
-            item = self.queue.get(max(0.0, oldest + self.max_wait_s - now) if pending else 0.2)
-            whole = False  # pending holds a whole moment of a fleet: waiting would add no windows
-            if isinstance(item, _Finished):
-                running -= 1
-            elif item is not None:
-                windows, whole = self._schedule(item)
-                if windows and not pending:
-                    oldest = windows[0].arrival
-                pending += windows
+            items = self.queue.get_many(max(0.0, oldest + self.max_wait_s - now) if pending else 0.2, TAKE)
+            windows, whole, ended = self._schedule(items)  # whole: a fleet's moment, waiting adds nothing
+            running -= ended
+            if windows and not pending:
+                oldest = windows[0].arrival
+            pending += windows
             now = time.monotonic()
             full = whole or len(pending) >= self.engine.max_batch
             if pending and (full or now - oldest >= self.max_wait_s):
@@ -358,24 +368,49 @@ class Pipeline:
             thread.start()
             self.threads.append(thread)
 
-    def _schedule(self, item: Batch) -> tuple[list[Window], bool]:
-        """The windows that ``item`` makes ready, and whether they are a fleet's whole moment."""
-        if isinstance(item, Deferred):
-            try:
-                batch = item.decode()  # None: the source counted why (or it is no longer ours)
-                return self._schedule(batch) if batch is not None else ([], False)
-            finally:
-                if item.taken is not None:  # in the device's stream now: a broker may be acknowledged
-                    item.taken()
-        if isinstance(item, FleetBatch):
-            windows = self.scheduler.push_fleet(item)
-            whole = bool(windows)
-        else:
-            windows, whole = self.scheduler.push(item), False
-        samples = int(np.size(item.timestamps))
+    def _schedule(self, items: list[Item]) -> tuple[list[Window], bool, int]:
+        """The windows that ``items`` make ready, whether they hold a fleet's whole moment, and how
+        many sources ended among them. Messages are decoded here, in this thread, and pushed
+        together with the other plain batches (:meth:`Scheduler.push_many`); a broker that
+        redelivers is told a message was taken only once it is in its device's stream."""
+        windows: list[Window] = []
+        whole, ended = False, 0
+        plain: list[SampleBatch] = []
+        taken: list[Callable[[], None]] = []
+        try:
+            for item in items:
+                if isinstance(item, _Finished):
+                    ended += 1
+                elif isinstance(item, Deferred):
+                    if item.taken is not None:
+                        taken.append(item.taken)
+                    batch = item.decode()  # None: the source counted why (or it is no longer ours)
+                    if batch is not None:
+                        plain.append(batch)
+                elif isinstance(item, FleetBatch):
+                    windows += self._push(plain)  # what came before it goes first
+                    plain = []
+                    fleet = self.scheduler.push_fleet(item)
+                    self._count_samples(int(np.size(item.timestamps)))
+                    whole = whole or bool(fleet)
+                    windows += fleet
+                else:
+                    plain.append(item)
+            windows += self._push(plain)
+        finally:
+            for ack in taken:
+                ack()
+        return windows, whole, ended
+
+    def _push(self, batches: list[SampleBatch]) -> list[Window]:
+        if not batches:
+            return []
+        self._count_samples(sum(len(b.timestamps) for b in batches))
+        return self.scheduler.push_many(batches) if len(batches) > 1 else self.scheduler.push(batches[0])
+
+    def _count_samples(self, samples: int) -> None:
         self.stats.samples += samples
         self.stats.sample_rate.add(samples, time.monotonic())
-        return windows, whole
 
     def _chores(self, now: float) -> None:
         """Forget idle devices and those a source let go (and tell the decider and the sinks); count

@@ -76,6 +76,16 @@ def not_after(t: np.ndarray, last_t: float) -> np.ndarray:
     return t <= np.maximum.accumulate(np.concatenate([[last_t], t]))[:-1]
 
 
+def stacked(batches: list[SampleBatch]) -> FleetBatch:
+    """Batches of distinct devices and one shape as one :class:`FleetBatch`; its arrival is the
+    earliest of theirs (latency is measured from it: never less than it was)."""
+    first = batches[0]
+    truth = None if first.truth is None else np.stack([b.truth for b in batches])
+    return FleetBatch(tuple(b.device for b in batches), np.stack([b.timestamps for b in batches]),
+                      np.stack([b.values for b in batches]), first.channels, min(b.arrival for b in batches),
+                      rate_hz=first.rate_hz, truth=truth)  # fmt: skip
+
+
 class DeviceStream:
     """One device: input checks, clock, resampling, preprocessing, ring buffer, window cutting."""
 
@@ -87,6 +97,9 @@ class DeviceStream:
         n_features = len(self.preprocessor.features)
         self.ring = RingBuffer(scheduler.window, n_features)
         self.truth = RingBuffer(scheduler.window, 1, dtype=np.int64)
+        # no labelled sample since the (re)start: a live wearable's windows have no truth, so its
+        # ring of -1s is neither written nor read (filled in when a label first comes)
+        self.unlabelled = True
         self.resampler = StreamResampler(scheduler.rate_hz)
         self.counters = DeviceCounters(dropped=scheduler.drops.counter(device))
         self.last_t = -np.inf
@@ -108,6 +121,7 @@ class DeviceStream:
         self.preprocessor.reset()
         self.ring.clear()
         self.truth.clear()
+        self.unlabelled = True
         self.resampler.reset()
         self.recent_dt.clear()
         self._pending.clear()
@@ -251,6 +265,9 @@ class DeviceStream:
     def _cut(self, t: np.ndarray, features: np.ndarray, truth: np.ndarray, arrival: float) -> list[Window]:
         """Append features, emitting a window at every ``hop``-th sample from ``window - 1`` on."""
         w, hop = self.scheduler.window, self.scheduler.hop
+        if self.unlabelled and len(truth) and truth.max() >= 0:
+            self.truth.extend(np.full((min(self.ring.total, w), 1), -1, np.int64))  # what was not written
+            self.unlabelled = False
         windows = []
         i = 0
         while i < len(t):
@@ -259,15 +276,18 @@ class DeviceStream:
             next_end = w - 1 if total < w else total + (-(total - (w - 1))) % hop
             take = min(len(t) - i, next_end - total + 1)
             self.ring.extend(features[i : i + take])
-            self.truth.extend(truth[i : i + take, None])
+            if not self.unlabelled:
+                self.truth.extend(truth[i : i + take, None])
             i += take
             if self.ring.total - 1 == next_end:
                 windows.append(self._window(float(t[i - 1]), arrival))
         return windows
 
     def _window(self, t: float, arrival: float) -> Window:
-        labels = self.truth.latest(self.scheduler.window).ravel()
-        truth = int(window_labels(labels, WHOLE, len(labels), self.scheduler.label_rule)[0])
+        truth = -1
+        if not self.unlabelled:
+            labels = self.truth.latest(self.scheduler.window).ravel()
+            truth = int(window_labels(labels, WHOLE, len(labels), self.scheduler.label_rule)[0])
         self.counters.windows += 1
         return Window(
             device=self.device,
@@ -413,6 +433,27 @@ class Scheduler:
                 windows[r] = stream.take_filtered(t[i], dt[i], features[i], bool(finite[i]),
                                                   float(magnitudes[i]), truth, batch.arrival)  # fmt: skip
         return [w for row in windows for w in row]
+
+    def push_many(self, batches: list[SampleBatch]) -> list[Window]:
+        """Many devices' batches in arrival order (a live source's messages taken together): the
+        windows, counters and states of pushing them one by one, each device's in its order, while
+        batches of one shape are stacked into a :class:`FleetBatch` (:meth:`push_fleet`) so that
+        their filters run in one call. A device's k-th batch here joins the k-th round, so a
+        device that sent twice is pushed twice, in order."""
+        rounds: list[dict[tuple, list[SampleBatch]]] = []
+        seen: dict[str, int] = {}
+        for batch in batches:
+            k = seen.get(batch.device, 0)
+            seen[batch.device] = k + 1
+            if k == len(rounds):
+                rounds.append({})
+            shape = (batch.channels, batch.values.shape, batch.rate_hz, batch.truth is None)
+            rounds[k].setdefault(shape, []).append(batch)
+        windows: list[Window] = []
+        for groups in rounds:
+            for group in groups.values():
+                windows += self.push(group[0]) if len(group) == 1 else self.push_fleet(stacked(group))
+        return windows
 
     def push(self, batch: SampleBatch) -> list[Window]:
         stream = self.devices.get(batch.device)

@@ -14,7 +14,7 @@ from streamer.core.mqtt_connection import FALLBACK_NOTE, MqttOptions, fall_back,
 from streamer.core.types import SampleBatch
 from streamer.core.wire import ACC, GYRO, encode_binary, encode_json_batch, encode_json_sample
 
-FORMATS = ("json", "batch", "binary")
+FORMATS = ("binary", "batch", "json")
 MAX_QUEUED = 10_000  # messages paho holds for the broker (in flight or waiting); past it, publish waits
 
 
@@ -49,7 +49,7 @@ class Publisher:
     ``reconnect_timeout`` (or refuses us for good) ends the run, with :attr:`error` set."""
 
     def __init__(self, options: MqttOptions, device: Device, name: str, speed: float = 1.0,
-                 fmt: str = "batch", prefix: str = "har", qos: int = 1,
+                 fmt: str = "binary", prefix: str = "har", qos: int = 1,
                  reconnect_timeout: float = 10.0) -> None:  # fmt: skip
         self.client = new_client(options, client_id="")
         self.client.reconnect_delay_set(1, 2)  # a device simulator: back soon after the broker is
