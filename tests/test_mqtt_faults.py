@@ -186,7 +186,8 @@ def test_mqtt_and_record_side_by_side_with_default_client_ids_lose_nothing(
     assert len(got) == len(want)
     original = read_csv_recording(short_recording, HAPT_CHANNELS, HAPT_ACTIVITIES, 50.0)
     recorded = read_csv_recording(out / "wrist.csv", HAPT_CHANNELS, HAPT_ACTIVITIES, 50.0)
-    assert np.array_equal(recorded.values, original.values)
+    # every sample, exactly as the wire carried it (publish's default binary frames hold float32)
+    assert np.array_equal(recorded.values, original.values.astype(np.float32))
 
 
 # -- publish through a broker restart ------------------------------------------------------------

@@ -25,7 +25,7 @@ from streamer.core.wire import valid_device_id
 from streamer.errors import CliError
 from streamer.live import DEFAULT_CHECKPOINT, live_engine, open_checkpoint
 from streamer.options import MAX_THREADS, count, number
-from streamer.tools.bench_fleet import fleet_figures, fleet_table
+from streamer.tools.bench_fleet import SETUPS, fleet_figures, fleet_table
 from streamer.tools.postgres import PostgresError
 from streamer.tools.private_mosquitto import BrokerError
 from streamer.tools.rabbitmq import rabbitmq_installed
@@ -145,8 +145,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_bench_fleet(args: argparse.Namespace) -> int:
     """``bench --fleet``: recognizer processes through mosquitto and RabbitMQ
     (streamer/tools/bench_fleet.py)."""
-    if not rabbitmq_installed():
-        raise CliError("bench --fleet starts a private RabbitMQ: apt-get install -y rabbitmq-server")
+    setups = tuple(s.strip() for s in args.fleet_setups.split(","))
+    if not setups or not set(setups) <= set(SETUPS):
+        raise CliError(f"--fleet-setups wants one or more of {','.join(SETUPS)}, not {args.fleet_setups!r}")
+    if any(s.startswith("rabbitmq") for s in setups) and not rabbitmq_installed():
+        raise CliError("bench --fleet starts a private RabbitMQ: apt-get install -y rabbitmq-server "
+                       "(or --fleet-setups mosquitto,mosquitto_p2)")  # fmt: skip
     open_checkpoint(args.checkpoint)
     try:
         sizes = tuple(int(s) for s in args.fleet_sizes.split(","))
@@ -154,7 +158,7 @@ def cmd_bench_fleet(args: argparse.Namespace) -> int:
         raise CliError(f"--fleet-sizes wants device counts like 100,200, not {args.fleet_sizes!r}") from None
     stderr = Console(stderr=True)
     result = fleet_figures(args.checkpoint, sizes, args.fleet_seconds, backend=args.backend or "onnx",
-                           progress=lambda stage: stderr.print(f"harstream bench: {stage}"))  # fmt: skip
+                           setups=setups, progress=lambda stage: stderr.print(f"harstream bench: {stage}"))
     if args.json:
         print(dumps({"fleet": result}))
     else:
@@ -241,8 +245,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="backend of the end-to-end runs (default: onnx when onnxruntime is installed)")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.add_argument("--fleet", action="store_true", help="instead: recognizer processes through a private "
-                   "mosquitto (harstream mqtt) and RabbitMQ (harstream fleet, 1 and 2 workers), side by side")
-    p.add_argument("--fleet-sizes", default="100,200,300,400,500,600,800", metavar="N,N,...",
+                   "mosquitto (harstream mqtt, 1 and 2 processes) and RabbitMQ (harstream fleet, 1 and 2 "
+                   "workers), side by side")
+    p.add_argument("--fleet-setups", default=",".join(SETUPS), metavar="SETUP,...",
+                   help="with --fleet: which setups (default %(default)s; _pN: mqtt --processes N, "
+                   "rabbitmq_N: N fleet workers)")
+    p.add_argument("--fleet-sizes", default="100,200,300,400,500,600,800,1000", metavar="N,N,...",
                    help="with --fleet: fleet sizes to step through, in devices (default %(default)s)")
     p.add_argument("--fleet-seconds", type=number(1, 3600), default=30.0, metavar="SECONDS",
                    help="with --fleet: seconds of real-time traffic per run (default %(default)g)")

@@ -1,15 +1,18 @@
 """``harstream bench --fleet``: what recognizer processes sustain through a broker, side by side in
-one run: ``harstream mqtt`` on a private mosquitto, and ``harstream fleet`` with 1 and with 2 workers
-on a private RabbitMQ (:mod:`streamer.tools.rabbitmq`), the devices speaking MQTT to each.
+one run: ``harstream mqtt`` on a private mosquitto (one process, and ``--processes 2``: a receiving
+process handing each of two recognizer processes its devices), and ``harstream fleet`` with 1 and
+with 2 workers on a private RabbitMQ (:mod:`streamer.tools.rabbitmq`), the devices speaking MQTT to
+each.
 
 For each setup and each fleet size: the recognizers start as real processes (``--headless
 --jsonl``, one inference thread each), a publisher in another process sends every device's real
-HAPT samples at real time (a JSON batch of ``per_message`` samples each time the last of them is
-due, QoS 1, wall-clock timestamps; the devices switched on at moments spread over one message's
+HAPT samples at real time (a binary frame of ``per_message`` samples each time the last of them
+is due, QoS 1, wall-clock timestamps; the devices switched on at moments spread over one message's
 period, as real wearables are, so as in ``harstream bench`` their messages do not all come in one
 burst), and each prediction is timed as the recognizer prints it. The
 latency of a window is from the moment the message that completed it was due to be sent, to its
-prediction: the broker, the recognizer's queue, scheduler and inference. A fleet size holds when
+prediction: the broker, the recognizer's queue, scheduler and inference. A recognizer's CPU is
+that of its whole process group (the command and the processes it starts). A fleet size holds when
 every window expected came, none was dropped, and p99 ≤ 250 ms; sizes step up until one does not.
 
     python -m streamer.tools.bench_fleet --sizes 100,200,400 --seconds 30
@@ -41,7 +44,7 @@ RATE_HZ = 50.0
 PARTITIONS = 4  # the fleet's partition queues, with one worker or two
 HELD_P99_MS = 250.0
 SETTLE_S = 3.0  # after the workers say they are connected: two workers hand each other their shares
-SETUPS = ("mosquitto", "rabbitmq_1", "rabbitmq_2")
+SETUPS = ("mosquitto", "mosquitto_p2", "rabbitmq_1", "rabbitmq_2")  # _pN: --processes N; _N: N workers
 
 
 def quiet(stage: str) -> None:
@@ -119,8 +122,9 @@ class Worker:
     def __init__(self, args: list[str]) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
         command = [sys.executable, "-m", "streamer.cli.main", *args]
+        # a session of its own: its process group is the command and every process it starts
         self.process = subprocess.Popen(command, env=env, text=True, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE)  # fmt: skip
+                                        stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
         self.predictions: list[tuple[float, dict]] = []
         self.summary: dict = {}
         self.errors: list[str] = []
@@ -145,7 +149,7 @@ class Worker:
                 self.errors.append(line.rstrip())
 
     def cpu_s(self) -> float:
-        return cpu_seconds(self.process.pid)
+        return cpu_seconds(self.process.pid, group=True)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -169,14 +173,16 @@ class Brokers:
 
     def cpu_s(self, setup: str) -> float:
         """The CPU seconds the setup's broker has used, or NaN when it was not started here."""
-        if setup == "mosquitto":
+        if setup.startswith("mosquitto"):
             return cpu_seconds(self.mosquitto_pid) if self.mosquitto_pid else float("nan")
         return cpu_seconds(self.rabbitmq_pgid, group=True) if self.rabbitmq_pgid else float("nan")
 
 
 def _workers(setup: str, brokers: Brokers, fleet: str, common: list[str]) -> list[Worker]:
-    if setup == "mosquitto":
-        return [Worker(["mqtt", "--broker", f"mqtt://{brokers.mqtt_host}:{brokers.mqtt_port}", *common])]
+    if setup.startswith("mosquitto"):
+        processes = ["--processes", setup.removeprefix("mosquitto_p")] if "_p" in setup else []
+        return [Worker(["mqtt", "--broker", f"mqtt://{brokers.mqtt_host}:{brokers.mqtt_port}", *processes,
+                        *common])]  # fmt: skip
     n = int(setup.rsplit("_", 1)[1])
     return [Worker(["fleet", "--amqp", brokers.amqp_url, "--partitions", str(PARTITIONS), "--worker",
                     f"{k}/{n}", "--fleet-name", fleet, *common]) for k in range(n)]  # fmt: skip
@@ -214,12 +220,12 @@ def run_setup(setup: str, brokers: Brokers, checkpoint: Path, devices: int, seco
         for worker in workers:
             if not worker.connected.wait(60):
                 raise RuntimeError(f"bench: {setup} did not connect: {' '.join(worker.errors[-3:])}")
-        time.sleep(SETTLE_S if len(workers) > 1 else 0.5)
+        time.sleep(SETTLE_S if len(workers) > 1 or "_p" in setup else 0.5)
         cpu0 = [w.cpu_s() for w in workers]
         broker0 = brokers.cpu_s(setup)
         values = load_hapt((2,))[0].values  # HAPT_CHANNELS, as the publisher encodes them
         t0 = time.time() + 0.5
-        port = brokers.mqtt_port if setup == "mosquitto" else brokers.rabbit_mqtt_port
+        port = brokers.mqtt_port if setup.startswith("mosquitto") else brokers.rabbit_mqtt_port
         publisher = context.Process(target=_publish, daemon=True, args=(
             brokers.mqtt_host, port, devices, rounds, per_message, t0, values, late,
             publisher_cpu))  # fmt: skip
@@ -233,7 +239,7 @@ def run_setup(setup: str, brokers: Brokers, checkpoint: Path, devices: int, seco
     finally:
         for worker in workers:
             worker.stop()
-        if setup != "mosquitto":
+        if setup.startswith("rabbitmq"):
             _drop_fleet(brokers.amqp_url, fleet)
     traffic_s = rounds * per_message / RATE_HZ
     figures = _figures(setup, workers, devices, expected, t0, per_message, traffic_s, wall, cpu, late.value)
@@ -327,15 +333,19 @@ def _with_own_brokers(checkpoint: Path, sizes: tuple[int, ...], seconds: float, 
     from streamer.tools.private_mosquitto import Mosquitto
     from streamer.tools.rabbitmq import RabbitMQ
 
-    progress("fleet: starting a private mosquitto and RabbitMQ (about 15 s)")
-    with tempfile.TemporaryDirectory(prefix="harstream-bench-") as folder:
+    rabbit_needed = any(setup.startswith("rabbitmq") for setup in setups)
+    progress("fleet: starting a private mosquitto" + (" and RabbitMQ (about 15 s)" if rabbit_needed else ""))
+    with tempfile.TemporaryDirectory(prefix="harstream-bench-") as folder, contextlib.ExitStack() as stack:
         (Path(folder) / "mosquitto").mkdir()
         (Path(folder) / "rabbitmq").mkdir()
-        with Mosquitto(Path(folder) / "mosquitto", extra=("max_queued_messages 100000",)) as mosquitto, \
-                RabbitMQ(Path(folder) / "rabbitmq") as rabbit:  # fmt: skip
+        mosquitto = stack.enter_context(Mosquitto(Path(folder) / "mosquitto",
+                                                  extra=("max_queued_messages 100000",)))  # fmt: skip
+        brokers = Brokers("127.0.0.1", mosquitto.port, 0, "", mosquitto.process.pid)
+        if rabbit_needed:
+            rabbit = stack.enter_context(RabbitMQ(Path(folder) / "rabbitmq"))
             brokers = Brokers("127.0.0.1", mosquitto.port, rabbit.mqtt_port, rabbit.amqp_url,
                               mosquitto.process.pid, rabbit.process.pid)  # fmt: skip
-            return fleet_figures(checkpoint, sizes, seconds, backend, setups, brokers, progress)
+        return fleet_figures(checkpoint, sizes, seconds, backend, setups, brokers, progress)
 
 
 def fleet_table(result: dict):
@@ -360,7 +370,6 @@ def fleet_table(result: dict):
 
 
 def main() -> None:
-
     from model.net.checkpoint_meta import DEFAULT_CHECKPOINT
     from streamer.options import OneLineParser, number
 
@@ -368,9 +377,14 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
     parser.add_argument("--sizes", default="100,200,300,400,500,600,800", help="fleet sizes, in devices")
     parser.add_argument("--seconds", type=number(1, 3600), default=30.0)
+    parser.add_argument("--setups", default=",".join(SETUPS), help="which setups, of " + ", ".join(SETUPS))
     args = parser.parse_args()
     sizes = tuple(int(s) for s in args.sizes.split(","))
-    print(dumps(fleet_figures(args.checkpoint, sizes, args.seconds, progress=print)), flush=True)
+    setups = tuple(args.setups.split(","))
+    if not set(setups) <= set(SETUPS):
+        parser.error(f"--setups: one or more of {', '.join(SETUPS)}")
+    result = fleet_figures(args.checkpoint, sizes, args.seconds, setups=setups, progress=print)
+    print(dumps(result), flush=True)
 
 
 if __name__ == "__main__":
