@@ -393,6 +393,8 @@ def merge_summaries(children: list[dict | None], dropped_here: Counter, died: in
                     merged[key] = max(value, merged.get(key) or value)
                 else:
                     merged.setdefault(key, None)
+            elif isinstance(value, dict):  # tallies by reason (the store's): summed key by key
+                merged[key] = dict(Counter(merged.get(key, {})) + Counter(value))
             elif isinstance(value, bool) or not isinstance(value, int | float):
                 merged.setdefault(key, value)
             else:

@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import time
 import zlib
 from pathlib import Path
 
 import pytest
-from live_fixtures import Lines, harstream, mqtt_client, predictions, write_tiny_checkpoint
+from live_fixtures import Lines, free_port, harstream, mqtt_client, predictions, write_tiny_checkpoint
 from test_shard import DEVICES, HOP, MESSAGES, WINDOW, WINDOWS_PER_DEVICE, publish_devices
 
 from streamer.core.mqtt_connection import MqttOptions, TopicPattern, parse_broker
@@ -152,3 +153,37 @@ def test_what_processes_cannot_do_is_refused_in_one_line(extra: tuple[str, ...],
     _, err = process.communicate(timeout=30)
     assert process.returncode == 1
     assert len(err.strip().splitlines()) == 1 and says in err, err
+
+
+def test_processes_share_one_sqlite_store_and_each_publishes_its_devices(broker, short_window_checkpoint,
+                                                                          tmp_path) -> None:  # fmt: skip
+    heard: list[str] = []
+    listener = mqtt_client(broker.url)
+    listener.on_message = lambda client, userdata, message: heard.append(message.topic.split("/")[1])
+    listener.subscribe("har/+/activity", qos=1)
+    store = tmp_path / "history.db"
+    process, out, _ = recognizers(broker, short_window_checkpoint, "--store", str(store), "--publish")
+    try:
+        publish_devices(broker.url, DEVICES)
+        wait_for(out, len(DEVICES) * WINDOWS_PER_DEVICE)
+        deadline = time.monotonic() + 10
+        while set(heard) != set(DEVICES) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        summary = stop(process, out)
+        listener.loop_stop()
+    assert set(heard) == set(DEVICES)  # each process published its own devices' activities
+    windows = len(DEVICES) * WINDOWS_PER_DEVICE
+    assert summary["store_rows"] == windows and not summary.get("store_failures"), summary
+    with sqlite3.connect(store) as db:  # two writers, one file: every prediction once
+        rows = db.execute("SELECT device, COUNT(*) FROM predictions GROUP BY device").fetchall()
+    assert dict(rows) == {d: WINDOWS_PER_DEVICE for d in DEVICES}
+
+
+def test_a_broker_that_stays_away_is_one_line_and_exit_1(short_window_checkpoint) -> None:
+    process = harstream("mqtt", "--broker", f"mqtt://127.0.0.1:{free_port()}", "--checkpoint",
+                        str(short_window_checkpoint), "--processes", "2", "--headless",
+                        "--connect-timeout", "1")  # fmt: skip
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 1
+    assert len(err.strip().splitlines()) == 1 and "could not connect to broker" in err, err
