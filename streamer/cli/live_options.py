@@ -38,7 +38,7 @@ def add_live_options(p: argparse.ArgumentParser) -> None:
                        "%(default)g)")
     model.add_argument("--threads", type=count(0, MAX_THREADS), default=1, metavar="N",
                        help="intra-op threads for inference (default 1; 0: the library's default, all cores, "
-                       "or with --shard K/N this host's cores // N)")
+                       "or with --shard K/N or --processes N this host's cores // N)")
     add_backend_option(model)
     model.add_argument("--calibration", action="append", metavar="DEVICE=WEARER.pt",
                        help="run DEVICE on its own calibrated model (harstream calibrate), everyone else on "

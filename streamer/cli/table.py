@@ -50,7 +50,10 @@ COMMANDS: tuple[Command, ...] = (
              ("harstream mqtt --broker mqtt://localhost --headless --jsonl --store history.db",
               "no dashboard: one JSON line per prediction, every one kept in history.db"),
              ("harstream mqtt --broker mqtt://localhost --shard 0/2 --headless",
-              "the first of two workers, each serving half of the devices"))),
+              "the first of two workers, each serving half of the devices"),
+             ("harstream mqtt --broker mqtt://localhost --processes 4 --headless --jsonl",
+              "four recognizer processes share this host's cores: one connection to the broker, each "
+              "device served by one of them"))),
     Command("live", "serial", "recognize the activity of a wearable on a serial port",
             "Read CSV lines from a wearable on a serial port (USB or Bluetooth SPP) and recognize its "
             "activity as they arrive.",

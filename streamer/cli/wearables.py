@@ -6,16 +6,21 @@ from __future__ import annotations
 
 import argparse
 
-from streamer.cli.common import sigterm_as_interrupt
+from streamer.cli.common import say, sigterm_as_interrupt
 from streamer.cli.connect import (
     add_mqtt_options,
     add_serial_options,
     recognizer_mqtt_options,
     serial_source,
+    settle,
     start_mqtt,
 )
 from streamer.cli.live_options import add_device_limits, add_live_options, add_mqtt_output
+from streamer.core.mqtt_connection import MqttConnection, MqttOptions, unreachable
+from streamer.errors import CliError
 from streamer.live import LiveOptions, assemble, open_checkpoint, run_live
+from streamer.options import count
+from streamer.processes import MAX_PROCESSES, Recognizers
 from streamer.sinks.announcer import Announcer
 from streamer.sinks.device_health import HealthPublisher
 
@@ -23,7 +28,9 @@ from streamer.sinks.device_health import HealthPublisher
 def cmd_mqtt(args: argparse.Namespace) -> int:
     connection = recognizer_mqtt_options(args)
     shard = connection.shard  # N workers on a host share its cores (LiveOptions.inference_threads)
-    options = LiveOptions.from_args(args, workers=shard.count if shard else 1)
+    options = LiveOptions.from_args(args, workers=(shard.count if shard else 1) * args.processes)
+    if args.processes > 1:
+        return mqtt_processes(args, connection, options)
     checkpoint = open_checkpoint(options.checkpoint)
     sigterm_as_interrupt()
     source = start_mqtt(connection, checkpoint.input_channels, connect_timeout=args.connect_timeout,
@@ -40,6 +47,33 @@ def cmd_mqtt(args: argparse.Namespace) -> int:
         return 1 if source.fatal else code  # the source said why, in one line, when it gave up
     finally:
         source.close()
+
+
+def mqtt_processes(args: argparse.Namespace, connection: MqttOptions, options: LiveOptions) -> int:
+    """``--processes N``: this process holds the connection and dispatches each device's messages to
+    the one recognizer process that owns it (streamer/processes.py)."""
+    if not options.headless:
+        raise CliError("--processes N runs headless: add --headless, and watch the fleet with harstream web")
+    if args.shared_group:
+        raise CliError("--processes N shares the devices itself: drop --shared-group (or --processes)")
+    open_checkpoint(options.checkpoint)  # a missing model: one line before any process starts
+    sigterm_as_interrupt()
+    recognizers = Recognizers(options, connection, args.processes, publish=args.publish,
+                              discovery=args.ha_discovery, connect_timeout=args.connect_timeout,
+                              debug=getattr(args, "debug", False))  # fmt: skip
+    try:
+        recognizers.start()
+        link = MqttConnection(connection, receive=recognizers.router.on_message)
+        settle(link, f"broker {connection.broker.url}", args.connect_timeout, True,
+               lambda: unreachable(connection.broker) or link.status)  # fmt: skip
+        shard = f" (shard {connection.shard.text})" if connection.shard else ""
+        pids = " ".join(str(child.process.pid) for child in recognizers.children)  # process 0's first
+        say(f"connected to {connection.broker.url} as {connection.client_id}, listening on "
+            f"{connection.subscription}{shard}, for {args.processes} recognizer processes "
+            f"(pids {pids})")  # fmt: skip
+        return recognizers.serve(link)
+    finally:
+        recognizers.stop()
 
 
 def cmd_serial(args: argparse.Namespace) -> int:
@@ -65,6 +99,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     fleet.add_argument("--shard", metavar="K/N",
                        help="keep only the devices with crc32(device id) %% N == K (streamer/core/shard.py); "
                        "run N workers, K = 0 .. N-1")
+    fleet.add_argument("--processes", type=count(1, MAX_PROCESSES), default=1, metavar="N",
+                       help="N recognizer processes on this host, each serving the devices with "
+                       "crc32(device id) %% N == its number; this one receives and dispatches (default 1)")
     fleet.add_argument("--shared-group", metavar="NAME",
                        help="subscribe through the MQTT 5 shared subscription $share/NAME/TOPIC; needs a "
                        "broker that keeps a topic on one subscriber (EMQX hash_topic), not mosquitto")
