@@ -57,8 +57,8 @@ from streamer.ui.dashboard import summary_table
 log = logging.getLogger(__name__)
 
 MAX_PROCESSES = 64
-SEND_EVERY_S = 0.005  # how often a sender thread packs its process's outbox into a frame
-REPORT_EVERY_S = 0.01  # how often a child sends its predictions' lines
+SEND_EVERY_S = 0.02  # how often a sender thread packs its process's outbox into a frame
+REPORT_EVERY_S = 0.05  # how often a child sends its predictions' lines
 SUMMARY_EVERY_S = 1.0  # ... and its summary so far
 START_TIMEOUT_S = 120.0  # for a child to load its model (torch's import on a busy machine included)
 STOP_GRACE_S = 15.0  # for the children to drain and say their summaries, then they are terminated

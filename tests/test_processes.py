@@ -88,8 +88,10 @@ def test_each_device_goes_to_its_crc32_process_and_a_full_outbox_sheds_the_oldes
     assert router.drops.of(mine[1]) == {PROCESS_DIED: 1}
 
 
-def test_two_processes_predict_every_device_exactly_once(broker, short_window_checkpoint) -> None:
-    process, out, err = recognizers(broker, short_window_checkpoint)
+@pytest.mark.parametrize("n", [1, 2])
+def test_processes_predict_every_device_exactly_once(broker, short_window_checkpoint, n: int) -> None:
+    """One process apart from the receiving one, or two sharing the devices by crc32."""
+    process, out, err = recognizers(broker, short_window_checkpoint, processes=n)
     try:
         publish_devices(broker.url, DEVICES)
         sender = mqtt_client(broker.url)  # a garbage payload and an id that is no device id
@@ -103,7 +105,7 @@ def test_two_processes_predict_every_device_exactly_once(broker, short_window_ch
     for p in predictions(out.lines):
         counts[p["device"]] = counts.get(p["device"], 0) + 1
     assert counts == {d: WINDOWS_PER_DEVICE for d in DEVICES}  # every window, once
-    split = [sum(zlib.crc32(d.encode("utf-8")) % 2 == k for d in DEVICES) for k in range(2)]
+    split = [sum(zlib.crc32(d.encode("utf-8")) % n == k for d in DEVICES) for k in range(n)]
     assert [p["devices"] for p in summary["processes"]] == split  # no device served by two processes
     windows = len(DEVICES) * WINDOWS_PER_DEVICE
     assert sum(p["windows"] for p in summary["processes"]) == summary["windows"] == windows

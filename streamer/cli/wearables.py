@@ -28,8 +28,8 @@ from streamer.sinks.device_health import HealthPublisher
 def cmd_mqtt(args: argparse.Namespace) -> int:
     connection = recognizer_mqtt_options(args)
     shard = connection.shard  # N workers on a host share its cores (LiveOptions.inference_threads)
-    options = LiveOptions.from_args(args, workers=(shard.count if shard else 1) * args.processes)
-    if args.processes > 1:
+    options = LiveOptions.from_args(args, workers=(shard.count if shard else 1) * max(1, args.processes))
+    if args.processes:  # a receiving process apart: paho's thread no longer shares a GIL with inference
         return mqtt_processes(args, connection, options)
     checkpoint = open_checkpoint(options.checkpoint)
     sigterm_as_interrupt()
@@ -99,9 +99,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     fleet.add_argument("--shard", metavar="K/N",
                        help="keep only the devices with crc32(device id) %% N == K (streamer/core/shard.py); "
                        "run N workers, K = 0 .. N-1")
-    fleet.add_argument("--processes", type=count(1, MAX_PROCESSES), default=1, metavar="N",
+    fleet.add_argument("--processes", type=count(0, MAX_PROCESSES), default=0, metavar="N",
                        help="N recognizer processes on this host, each serving the devices with "
-                       "crc32(device id) %% N == its number; this one receives and dispatches (default 1)")
+                       "crc32(device id) %% N == its number, while this one receives and dispatches; "
+                       "headless (default 0: this process receives and recognizes)")
     fleet.add_argument("--shared-group", metavar="NAME",
                        help="subscribe through the MQTT 5 shared subscription $share/NAME/TOPIC; needs a "
                        "broker that keeps a topic on one subscriber (EMQX hash_topic), not mosquitto")
