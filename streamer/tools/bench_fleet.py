@@ -44,7 +44,8 @@ RATE_HZ = 50.0
 PARTITIONS = 4  # the fleet's partition queues, with one worker or two
 HELD_P99_MS = 250.0
 SETTLE_S = 3.0  # after the workers say they are connected: two workers hand each other their shares
-SETUPS = ("mosquitto", "mosquitto_p1", "mosquitto_p2", "rabbitmq_1", "rabbitmq_2")  # _pN: --processes N; _N: N workers
+# mosquitto_pN: mqtt --processes N; rabbitmq_N: N fleet workers
+SETUPS = ("mosquitto", "mosquitto_p1", "mosquitto_p2", "rabbitmq_1", "rabbitmq_2")
 
 
 def quiet(stage: str) -> None:
