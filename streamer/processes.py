@@ -3,7 +3,7 @@ by exactly one recognizer process, the broker's traffic received once.
 
 The parent holds the one MQTT connection; its :class:`~streamer.sources.dispatch.Router` puts each
 message in the outbox of the process that owns the device, and a sender thread per process sends
-its outbox as one frame every few milliseconds over a duplex pipe (streamer/sources/dispatch.py:
+its outbox as one frame every 20 ms (:data:`SEND_EVERY_S`) over a duplex pipe (streamer/sources/dispatch.py:
 the frames, bytes of our own format). Each child (a ``spawn`` process, :func:`child_main`) runs a
 normal live run (streamer/live.py ``assemble``) on a
 :class:`~streamer.sources.dispatch.DispatchedSource`, headless, and sends back over the same pipe

@@ -8,7 +8,7 @@ from model.net.checkpoint import load_checkpoint
 from streamer.cli.main import build_parser
 from streamer.core.backends import make_backend
 from streamer.core.types import FleetBatch
-from streamer.tools.bench import Fleet, end_to_end, fastest_backend
+from streamer.tools.bench import Fleet, end_to_end, fastest_backend, scheduling_figures
 
 
 @pytest.mark.parametrize("backend", ["torch", "onnx"])
@@ -18,6 +18,13 @@ def test_a_small_fleet_runs_through_the_pipeline_without_drops(tiny_checkpoint, 
     # starts on ticks 0 1 2 4 5 of 40: 200 195 190 180 175 samples; windows of 128 every 32
     assert run["windows"] == run["windows_expected"] == 3 + 3 + 2 + 2 + 2
     assert run["dropped"] == 0 and run["p99_ms"] < 3000
+    assert 0 < run["cpu_ms_per_device_s"] < 1e4  # the figure bench --fleet reports for a recognizer
+
+
+def test_scheduling_is_measured_one_by_one_and_together_side_by_side(tiny_checkpoint):
+    figures = scheduling_figures(load_checkpoint(tiny_checkpoint), devices=20, rounds=8, take=7)
+    one, together = figures["one_by_one_us_per_message"], figures["together_us_per_message"]
+    assert one > 0 and together > 0 and figures["ratio"] == round(one / together, 2)
 
 
 def test_the_fleet_hands_over_every_device_s_samples_of_a_tick_as_one_batch():

@@ -173,9 +173,13 @@ def bench_table(result: dict, quick: bool) -> Table:
             table.add_row(key, f"{value:,.4g}" if isinstance(value, float) else str(value))
     for key, row in result["batches"].items():
         table.add_row(f"batch {key}", f"{row['windows_per_s']:,.0f} windows/s, p50 {row['p50_ms']:.1f} ms")
+    one, together = (result["scheduling"][f"{k}_us_per_message"] for k in ("one_by_one", "together"))
+    table.add_row("scheduling a message, one by one / together",
+                  f"{one:.0f} / {together:.0f} µs CPU ({result['scheduling']['ratio']:.1f}x)")
     for run in result["e2e_runs"]:
         table.add_row(f"e2e {run['devices']} devices", f"p99 {run['p99_ms']:.0f} ms, dropped "
-                      f"{run['dropped']}, cpu {run['cpu_percent']:.0f}%, held {run['held']}")
+                      f"{run['dropped']}, cpu {run['cpu_percent']:.0f}% ({run['cpu_ms_per_device_s']:.2f} ms "
+                      f"per device-s), held {run['held']}")
     return table
 
 

@@ -237,6 +237,44 @@ def end_to_end(checkpoint: Checkpoint, n: int, seconds: float, hop: int = 32,
     }
 
 
+def scheduling_figures(checkpoint: Checkpoint, devices: int = 1000, rounds: int = 16, take: int = 40) -> dict:
+    """CPU per message to schedule ``devices`` wearables' binary messages of 25 real samples, side by
+    side: pushed one by one (``Scheduler.push``) and as the live loop takes them, ``take`` at a time
+    (``Scheduler.push_many``: stacked, every device's filters in one call). Decoding is left out; the
+    first rounds too (streams starting)."""
+    from model.data.recordings import load_hapt
+    from streamer.core.scheduler import Scheduler
+    from streamer.core.wire import decode, encode_binary
+
+    values = load_hapt((2,))[0].values  # HAPT_CHANNELS, as encode_binary wants them
+    per = 25
+    channels = tuple(checkpoint.input_channels)
+
+    def message(r: int, d: int) -> bytes:  # device d's r-th message, from its own place in the recording
+        start = (r * per + 7 * d) % 5000
+        return encode_binary(r * per / 50 + d / devices, 50.0, values[start : start + per])
+
+    messages = [[decode(message(r, d), f"d{d}", channels, 0.0) for d in range(devices)]
+                for r in range(rounds)]  # fmt: skip
+    out = {}
+    for name in ("one_by_one", "together"):
+        scheduler = Scheduler(checkpoint.preprocessing, checkpoint.window, 32, checkpoint.rate_hz,
+                              max_devices=2 * devices)  # fmt: skip
+        spent = 0.0
+        for r, batches in enumerate(messages):
+            t0 = time.process_time()
+            if name == "together":
+                for k in range(0, devices, take):
+                    scheduler.push_many(batches[k : k + take])
+            else:
+                for batch in batches:
+                    scheduler.push(batch)
+            spent += (time.process_time() - t0) if r >= 4 else 0.0
+        out[f"{name}_us_per_message"] = round(1e6 * spent / ((rounds - 4) * devices), 1)
+    out["ratio"] = round(out["one_by_one_us_per_message"] / out["together_us_per_message"], 2)
+    return out
+
+
 def largest_fleet(checkpoint: Checkpoint, seconds: float, sizes: tuple[int, ...],
                   backend: Backend | None = None,
                   progress: Callable[[str], None] = quiet) -> tuple[int, list[dict]]:  # fmt: skip
@@ -261,6 +299,8 @@ def run_bench(checkpoint: Checkpoint, quick: bool, backend: str | None = None,
     out = inference_figures(checkpoint, seconds, (1, 16, 64, 256), progress)
     e2e_seconds = 10.0 if quick else 60.0
     sizes = (25, 50, 100, 200) if quick else (50, 100, 200, 300, 400, 500, 700, 1000, 1500)
+    progress("scheduling: 1,000 devices' messages one by one and together")
+    out["scheduling"] = scheduling_figures(checkpoint)
     out["e2e_backend"] = backend = backend or fastest_backend()
     engine_backend = make_backend(backend, checkpoint.path, threads=torch.get_num_threads())
     best, runs = largest_fleet(checkpoint, e2e_seconds, sizes, engine_backend, progress)
