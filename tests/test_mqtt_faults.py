@@ -276,14 +276,16 @@ def password_broker(folder: Path) -> Mosquitto:
     return Mosquitto(folder, extra=(*user, "allow_anonymous false", f"password_file {passwords}"))
 
 
-@pytest.mark.parametrize("mode", ["--headless", "dashboard"])
+@pytest.mark.parametrize("mode", ["--headless", "dashboard", "--processes"])
 def test_a_wrong_password_is_one_line_saying_not_authorised_and_exit_1(tmp_path, tiny_checkpoint,
                                                                        mode: str) -> None:  # fmt: skip
     """Headless it read 'Protocol error'; the dashboard retried forever. Retrying with the same
-    wrong password helps nobody: both stop at once with one line."""
+    wrong password helps nobody: all stop at once with one line (--processes too, its recognizer
+    processes ended with it)."""
     broker = password_broker(tmp_path / "broker")
     try:
-        extra = ["--headless"] if mode == "--headless" else []
+        extra = {"--headless": ["--headless"], "dashboard": [],
+                 "--processes": ["--headless", "--processes", "2"]}[mode]  # fmt: skip
         process = harstream("mqtt", "--broker", broker.url, "--checkpoint", str(tiny_checkpoint),
                             "--username", "wearer", "--password", "wrong", "--connect-timeout", "20",
                             *extra)  # fmt: skip
