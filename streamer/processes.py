@@ -210,6 +210,7 @@ class Child:
         self.latest: dict | None = None  # its summary so far
         self.final: dict | None = None
         self.died = False
+        self.terminated = False  # by stop(), after its grace: said there, not again as a death
         self.stopping = threading.Event()
         self.reader = threading.Thread(target=self._read, name=f"reader-{self.index}", daemon=True)
         self.sender = threading.Thread(target=self._send, name=f"sender-{self.index}", daemon=True)
@@ -259,6 +260,8 @@ class Child:
         self.process.join(2)
         code = self.process.exitcode
         how = f"killed by {signal.Signals(-code).name}" if code and code < 0 else f"exit code {code}"
+        if self.terminated:
+            return
         print(f"harstream: recognizer process {self.index} (pid {self.process.pid}) died ({how}): its "
               f"devices' messages are dropped, counted as {PROCESS_DIED!r}", file=sys.stderr, flush=True)
 
@@ -355,6 +358,7 @@ class Recognizers:
             if child.process.is_alive():
                 print(f"harstream: recognizer process {child.index} did not stop within {STOP_GRACE_S:g} s: "
                       "terminated", file=sys.stderr, flush=True)  # fmt: skip
+                child.terminated = True
                 child.process.terminate()
                 child.process.join(2)
             child.reader.join(2)
