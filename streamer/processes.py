@@ -31,6 +31,8 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 
+from rich.console import Console
+
 from model.strict_json import dumps
 from streamer.core.mqtt_connection import MqttConnection, MqttOptions
 from streamer.errors import CliError
@@ -341,8 +343,6 @@ class Recognizers:
             with self._out:
                 json_line({"summary": summary})
         else:
-            from rich.console import Console
-
             Console().print(summary_table(summary))
         return code
 
