@@ -406,7 +406,7 @@ class Pipeline:
         if not batches:
             return []
         self._count_samples(sum(len(b.timestamps) for b in batches))
-        return self.scheduler.push_many(batches) if len(batches) > 1 else self.scheduler.push(batches[0])
+        return self.scheduler.push_many(batches)  # one batch alone: push_many pushes it as it is
 
     def _count_samples(self, samples: int) -> None:
         self.stats.samples += samples

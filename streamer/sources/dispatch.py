@@ -224,9 +224,6 @@ class DispatchedSource(WireSource):
             for device, payload, arrival in unpack_messages(frame):
                 emit(Deferred(device, partial(self._decode, device, payload, arrival)))
 
-    def summary(self) -> dict:
-        return {}
-
 
 def died_counts(messages: list[Message]) -> Counter:
     """Messages per device, for a dead process's outbox."""
